@@ -1,0 +1,372 @@
+//! Command-line flags (every one also an environment variable), validated once into
+//! typed settings. Startup errors name the flag to change.
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    error::{Error, Result},
+    token::Prefix,
+};
+
+/// Where the embedded cluster lives when no database URL is given.
+pub const DEFAULT_DATA_DIR: &str = "./.auth-service";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "auth-service",
+    version,
+    about = "gRPC personal access token service"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (auth.v1.AuthService, health, reflection).
+    Serve(ServeArgs),
+    /// Create, list and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Apply pending schema migrations and exit.
+    Migrate,
+}
+
+/// Database selection and tuning, accepted before or after any subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL (production mode, shared by replicas), e.g.
+    /// postgres://auth@db.internal/auth. Without it, an embedded cluster under
+    /// --data-dir is used.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_DATABASE_URL",
+        conflicts_with = "data_dir"
+    )]
+    pub database_url: Option<String>,
+    /// Directory of the embedded PostgreSQL cluster [default: ./.auth-service].
+    #[arg(long, global = true, env = "AUTH_SERVICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory holding initdb, pg_ctl and postgres for the embedded cluster
+    /// [default: found on PATH, via pg_config, or under /usr/lib/postgresql].
+    #[arg(long, global = true, env = "AUTH_SERVICE_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Maximum pooled database connections per process.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub db_pool_size: usize,
+    /// How long one database operation (including waiting for a pooled connection)
+    /// may take before the call fails with UNAVAILABLE.
+    #[arg(long, global = true, env = "AUTH_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+    /// Prefix of every token this service issues and accepts.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_TOKEN_PREFIX",
+        default_value = "pat_"
+    )]
+    pub token_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// A renew extends a token only when less than this much life remains.
+    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_duration)]
+    pub renew_threshold: Duration,
+    /// A renew sets the expiry to now plus this.
+    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_duration)]
+    pub renew_extension: Duration,
+    /// Absolute cap: renewal never moves a token's expiry past created_at plus this
+    /// (like Vault's max TTL). Off by default.
+    #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
+    /// How often the database is probed for the health service.
+    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub db_check_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (the only time it is shown) as the only line on stdout.
+    Create(CreateArgs),
+    /// List tokens (never their secrets).
+    List {
+        /// Only this user's tokens.
+        #[arg(long, env = "AUTH_SERVICE_USER")]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id (from `token list`).
+    Revoke {
+        /// The token id (a UUID).
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// The user the token belongs to.
+    #[arg(long, env = "AUTH_SERVICE_USER")]
+    pub user: String,
+    /// A name that says what the token is for.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Lifetime, e.g. 90d, 12h, or `never`.
+    #[arg(long, default_value = "90d", value_parser = parse_expiry)]
+    pub expires_in: Expiry,
+    /// A scope to grant; repeat for several.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+}
+
+/// A token lifetime: a duration, or never expiring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    In(Duration),
+    Never,
+}
+
+/// Parses `3d`, `90d`, `1s`, `1h30m`; zero is refused.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: use a duration such as 30s, 12h, 7d or 90d"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_expiry(s: &str) -> std::result::Result<Expiry, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        Ok(Expiry::Never)
+    } else {
+        parse_duration(s).map(Expiry::In)
+    }
+}
+
+/// Which PostgreSQL to use.
+#[derive(Clone)]
+pub enum Database {
+    /// An external server (the URL may hold a password: never printed).
+    Url(Box<tokio_postgres::Config>),
+    /// The private embedded cluster.
+    Embedded {
+        data_dir: PathBuf,
+        pg_bindir: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Url(c) => write!(
+                f,
+                "Url(hosts={:?}, db={:?}, password=<redacted>)",
+                c.get_hosts(),
+                c.get_dbname()
+            ),
+            Database::Embedded { data_dir, .. } => write!(f, "Embedded({})", data_dir.display()),
+        }
+    }
+}
+
+/// Validated database settings.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    pub database: Database,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+/// The renewal rules of `RenewCurrentToken`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    pub threshold: Duration,
+    pub extension: Duration,
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        RenewalPolicy {
+            threshold: Duration::from_secs(7 * DAY),
+            extension: Duration::from_secs(90 * DAY),
+            max_lifetime: None,
+        }
+    }
+}
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub policy: RenewalPolicy,
+    pub prefix: Prefix,
+    pub db_check_interval: Duration,
+}
+
+impl DbArgs {
+    pub fn settings(&self) -> Result<DbSettings> {
+        let database = match &self.database_url {
+            Some(url) => Database::Url(Box::new(tokio_postgres::Config::from_str(url).map_err(
+                |e| {
+                    Error::Config(format!(
+                        "--database-url / AUTH_SERVICE_DATABASE_URL is not a PostgreSQL URL ({e}); \
+                     expected e.g. postgres://user:password@host:5432/dbname"
+                    ))
+                },
+            )?)),
+            None => Database::Embedded {
+                data_dir: self
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                pg_bindir: self.pg_bindir.clone(),
+            },
+        };
+        if self.db_pool_size == 0 {
+            return Err(Error::Config("--db-pool-size must be at least 1".into()));
+        }
+        Ok(DbSettings {
+            database,
+            pool_size: self.db_pool_size,
+            timeout: self.db_timeout,
+        })
+    }
+
+    pub fn prefix(&self) -> Result<Prefix> {
+        Prefix::new(&self.token_prefix)
+    }
+}
+
+impl ServeArgs {
+    pub fn settings(&self, db: &DbArgs) -> Result<ServeSettings> {
+        if self.renew_threshold >= self.renew_extension {
+            return Err(Error::Config(format!(
+                "--renew-threshold ({}) must be shorter than --renew-extension ({})",
+                humantime::format_duration(self.renew_threshold),
+                humantime::format_duration(self.renew_extension)
+            )));
+        }
+        Ok(ServeSettings {
+            listen: self.listen,
+            policy: RenewalPolicy {
+                threshold: self.renew_threshold,
+                extension: self.renew_extension,
+                max_lifetime: self.max_token_lifetime,
+            },
+            prefix: db.prefix()?,
+            db_check_interval: self.db_check_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("auth-service").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn db_flags_go_before_or_after_the_subcommand() {
+        let before = parse(&["--data-dir", "/x", "token", "list"]).unwrap();
+        let after = parse(&["token", "list", "--data-dir", "/x"]).unwrap();
+        assert_eq!(before.db.data_dir, after.db.data_dir);
+        let url = parse(&["migrate", "--database-url", "postgres://a@b/c"]).unwrap();
+        assert!(matches!(
+            url.db.settings().unwrap().database,
+            Database::Url(_)
+        ));
+    }
+
+    #[test]
+    fn url_and_data_dir_conflict() {
+        assert!(
+            parse(&[
+                "--database-url",
+                "postgres://a@b/c",
+                "--data-dir",
+                "/x",
+                "migrate"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let s = serve.settings(&cli.db).unwrap();
+        assert_eq!(s.policy, RenewalPolicy::default());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.prefix.as_str(), "pat_");
+        match cli.db.settings().unwrap().database {
+            Database::Embedded { data_dir, .. } => {
+                assert_eq!(data_dir, PathBuf::from(DEFAULT_DATA_DIR))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_in_human_form() {
+        assert_eq!(
+            parse_duration("3d").unwrap(),
+            Duration::from_secs(3 * 86400)
+        );
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
+        assert!(parse(&["serve", "--renew-threshold", "banana"]).is_err());
+    }
+
+    #[test]
+    fn threshold_must_be_below_extension() {
+        let cli = parse(&[
+            "serve",
+            "--renew-threshold",
+            "90d",
+            "--renew-extension",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let err = serve.settings(&cli.db).unwrap_err().to_string();
+        assert!(err.contains("--renew-threshold"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_names_the_flag_and_hides_nothing_secret() {
+        let cli = parse(&[
+            "migrate",
+            "--database-url",
+            "postgres://u:hunter2@h:notaport/d",
+        ])
+        .unwrap();
+        let err = cli.db.settings().unwrap_err().to_string();
+        assert!(err.contains("--database-url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The connection pool, migrations, and a time limit on every database operation.
+//!
+//! All SQL lives in `sql`; `tokens` turns rows into domain values.
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::error::{Error, Result};
+
+pub mod sql;
+pub mod tokens;
+
+pub use tokens::{CreatedToken, Renewal, TokenInfo, TokenListing};
+
+mod embedded_migrations {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Applies pending migrations over one connection. Replicas starting together take
+/// turns (an advisory lock), so each migration runs once.
+pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
+    client.simple_query(sql::MIGRATION_LOCK).await?;
+    let report = embedded_migrations::migrations::runner()
+        .run_async(client)
+        .await;
+    client.simple_query(sql::MIGRATION_UNLOCK).await?;
+    let report = report.map_err(|e| Error::Internal(format!("schema migration failed: {e}")))?;
+    for m in report.applied_migrations() {
+        tracing::info!(version = m.version(), name = m.name(), "applied migration");
+    }
+    Ok(())
+}
+
+/// A pooled database handle whose every operation fails with `UNAVAILABLE` after
+/// `timeout`, so a hung database cannot hang callers.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl Db {
+    /// Builds the pool; no connection is made until first use.
+    pub fn new(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> Result<Db> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            // `Fast` checks only that the connection is still open; a connection
+            // the server closed (a restart) is dropped and replaced.
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))?;
+        Ok(Db { pool, timeout })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs `op` with a pooled client, bounded by the operation timeout.
+    pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
+    {
+        let work = async {
+            let client = self.pool.get().await?;
+            op(&client).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from the database within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// One trivial query: is the database reachable and answering?
+    pub async fn ping(&self) -> Result<()> {
+        self.run(async |c| {
+            c.simple_query(sql::PING).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies pending migrations with a pooled connection.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        migrate_client(&mut client).await
+    }
+
+    /// Closes the pool: later calls fail, idle connections are dropped.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}

@@ -1,0 +1,157 @@
+//! Every SQL statement the service runs, in one place. All are prepared (and cached
+//! per connection) by `db::tokens`; parameters are always bound, never spliced.
+
+/// Renewal, in one round trip: read the token, extend it if it is inside the renewal
+/// window, and audit the extension.
+///
+/// Parameters: $1 token hash, $2 threshold seconds, $3 extension seconds, $4 maximum
+/// lifetime seconds (NULL: no cap), $5 caller.
+///
+/// The invariant: the UPDATE's WHERE is a compare-and-set against the *threshold*
+/// (`expires_at <= now() + threshold`), not against the value it writes. Under READ
+/// COMMITTED, a concurrent renew that waits on the row lock re-evaluates this WHERE
+/// against the row the winner committed, whose expiry is now far outside the window,
+/// so it updates nothing: N concurrent renews extend exactly once. Comparing with the
+/// new value instead (`expires_at < target`) would let a later caller, whose `now()`
+/// is a few milliseconds later, extend again.
+///
+/// `cur` is this statement's snapshot, so a race loser sees the pre-renewal expiry
+/// there; `lost_race` tells the caller to re-read (`READ_BY_ID`) instead of reporting
+/// that stale value. `now()` is the database's clock: replicas with skewed clocks agree.
+pub const RENEW: &str = "
+WITH cur AS (
+    SELECT id, created_at, expires_at, revoked_at,
+           -- LEAST ignores NULL, so a NULL cap means no cap.
+           LEAST(now() + make_interval(secs => $3::float8),
+                 created_at + make_interval(secs => $4::float8)) AS target
+    FROM tokens
+    WHERE token_hash = $1
+),
+upd AS (
+    UPDATE tokens t
+    SET expires_at = cur.target
+    FROM cur
+    WHERE t.id = cur.id
+      AND t.revoked_at IS NULL
+      AND t.expires_at > now()
+      AND t.expires_at <= now() + make_interval(secs => $2::float8)
+      AND cur.target > t.expires_at
+    RETURNING t.id, t.expires_at
+),
+audit AS (
+    INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
+    SELECT upd.id, 'renew', $5, cur.expires_at, upd.expires_at
+    FROM upd JOIN cur ON cur.id = upd.id
+)
+SELECT cur.id::text,
+       cur.created_at,
+       COALESCE(upd.expires_at, cur.expires_at) AS expires_at,
+       cur.revoked_at,
+       upd.id IS NOT NULL AS renewed,
+       COALESCE(upd.id IS NULL
+         AND cur.revoked_at IS NULL
+         AND cur.expires_at > now()
+         AND cur.expires_at <= now() + make_interval(secs => $2::float8)
+         AND cur.target > cur.expires_at, false) AS lost_race,
+       now() AS db_now
+FROM cur LEFT JOIN upd ON upd.id = cur.id";
+
+/// Re-read after a lost renewal race: a new statement, so a new snapshot that sees
+/// the winner's committed expiry. $1 token id.
+pub const READ_BY_ID: &str = "
+SELECT created_at, expires_at, revoked_at, now() AS db_now
+FROM tokens WHERE id = CAST($1::text AS uuid)";
+
+/// Everything `ValidateToken` and `LookupCurrentToken` return, plus what decides
+/// whether the token is live. $1 token hash.
+pub const LOOKUP: &str = "
+SELECT id::text, user_id, name, scopes, created_at, expires_at, revoked_at, now() AS db_now
+FROM tokens WHERE token_hash = $1";
+
+/// Self-revocation of a live token, audited in the same statement. When it returns
+/// no row, `LOOKUP` says why (unknown, expired, already revoked). $1 hash, $2 caller.
+pub const REVOKE_BY_HASH: &str = "
+WITH upd AS (
+    UPDATE tokens SET revoked_at = now()
+    WHERE token_hash = $1
+      AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+    RETURNING id, revoked_at, expires_at
+),
+audit AS (
+    INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
+    SELECT id, 'revoke', $2, expires_at, expires_at FROM upd
+)
+SELECT id::text, revoked_at FROM upd";
+
+/// Administrative revocation by id (`token revoke ID`). $1 id, $2 caller.
+pub const REVOKE_BY_ID: &str = "
+WITH upd AS (
+    UPDATE tokens SET revoked_at = now()
+    WHERE id = CAST($1::text AS uuid) AND revoked_at IS NULL
+    RETURNING id, revoked_at, expires_at
+),
+audit AS (
+    INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
+    SELECT id, 'revoke', $2, expires_at, expires_at FROM upd
+)
+SELECT revoked_at FROM upd";
+
+/// Does a token with this id exist (to tell "unknown id" from "already revoked")?
+pub const EXISTS_BY_ID: &str = "SELECT revoked_at FROM tokens WHERE id = CAST($1::text AS uuid)";
+
+/// Token creation with its audit row. $1 user, $2 name, $3 hash, $4 display prefix,
+/// $5 scopes, $6 lifetime seconds (NULL: never expires), $7 caller.
+pub const CREATE: &str = "
+WITH ins AS (
+    INSERT INTO tokens (user_id, name, token_hash, display_prefix, scopes, expires_at)
+    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::float8))
+    RETURNING id, created_at, expires_at
+),
+audit AS (
+    INSERT INTO token_events (token_id, kind, caller, expires_at_after)
+    SELECT id, 'create', $7, expires_at FROM ins
+)
+SELECT id::text, created_at, expires_at FROM ins";
+
+/// `token list`: never the hash. $1 user or NULL for everyone.
+pub const LIST: &str = "
+SELECT id::text, user_id, name, display_prefix, scopes, created_at, expires_at,
+       revoked_at, last_used_at, now() AS db_now
+FROM tokens
+WHERE $1::text IS NULL OR user_id = $1
+ORDER BY created_at, id";
+
+/// Batched last-used stamp, written off the request path. $1 token ids.
+pub const TOUCH: &str = "
+UPDATE tokens SET last_used_at = now()
+WHERE id = ANY(CAST($1::text[] AS uuid[]))";
+
+/// The health probe.
+pub const PING: &str = "SELECT 1";
+
+/// Serialises migrations across replicas that start together (an arbitrary constant key).
+pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
+pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
+
+// ---- Test support (used by `crate::testing` only) ----
+
+/// Moves a token's expiry to now + $2 seconds (negative: into the past). $1 id.
+pub const TEST_SET_EXPIRY: &str = "UPDATE tokens SET expires_at = now() + make_interval(secs => $2::float8) WHERE id = CAST($1::text AS uuid)";
+/// A token's stored expiry and the database clock. $1 id.
+pub const TEST_EXPIRY: &str =
+    "SELECT expires_at, now() FROM tokens WHERE id = CAST($1::text AS uuid)";
+/// A token's audit trail, oldest first. $1 id.
+pub const TEST_EVENTS: &str =
+    "SELECT kind, caller FROM token_events WHERE token_id = CAST($1::text AS uuid) ORDER BY id";
+/// A token's last-used stamp. $1 id.
+pub const TEST_LAST_USED: &str =
+    "SELECT last_used_at FROM tokens WHERE id = CAST($1::text AS uuid)";
+/// Every text and bytea value stored anywhere in the token tables, to prove no raw
+/// token is stored.
+pub const TEST_ALL_STORED_TEXT: &str = "
+SELECT t::text FROM tokens t UNION ALL SELECT e::text FROM token_events e";
+/// Takes a token's row lock (inside a transaction the caller opened). $1 id.
+pub const TEST_LOCK_ROW: &str = "SELECT 1 FROM tokens WHERE id = CAST($1::text AS uuid) FOR UPDATE";
+/// How many sessions of this database are waiting on a lock.
+pub const TEST_LOCK_WAITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";

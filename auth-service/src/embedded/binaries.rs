@@ -1,0 +1,93 @@
+//! Finding the PostgreSQL server programs (`initdb`, `pg_ctl`, `postgres`).
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::error::{Error, Result};
+
+const PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
+
+/// The directory holding the server programs.
+#[derive(Debug, Clone)]
+pub struct PgBinaries {
+    pub bindir: PathBuf,
+}
+
+impl PgBinaries {
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
+    /// In order: an explicit `--pg-bindir`, `PATH`, `pg_config --bindir`, and
+    /// Debian's `/usr/lib/postgresql/<version>/bin` (highest version first).
+    pub fn locate(explicit: Option<&Path>) -> Result<PgBinaries> {
+        if let Some(dir) = explicit {
+            return if has_all(dir) {
+                Ok(PgBinaries {
+                    bindir: dir.to_path_buf(),
+                })
+            } else {
+                Err(Error::Config(format!(
+                    "--pg-bindir {}: initdb, pg_ctl and postgres are not all there",
+                    dir.display()
+                )))
+            };
+        }
+        candidates()
+            .into_iter()
+            .find(|d| has_all(d))
+            .map(|bindir| PgBinaries { bindir })
+            .ok_or_else(|| {
+                Error::Config(
+                    "PostgreSQL server programs (initdb, pg_ctl, postgres) were not found on PATH, \
+                     via `pg_config --bindir`, or under /usr/lib/postgresql/*/bin. Install them \
+                     (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install postgresql-server`; \
+                     macOS: `brew install postgresql@16`), point --pg-bindir at them, or use an external \
+                     server with --database-url."
+                        .into(),
+                )
+            })
+    }
+}
+
+fn has_all(dir: &Path) -> bool {
+    PROGRAMS.iter().all(|p| dir.join(p).is_file())
+}
+
+fn candidates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .collect();
+    debian.sort_by_key(|d| std::cmp::Reverse(d.0));
+    dirs.extend(debian.into_iter().map(|(_, d)| d));
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn an_explicit_dir_without_programs_names_the_flag() {
+        let err = PgBinaries::locate(Some(Path::new("/nonexistent")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--pg-bindir"), "{err}");
+    }
+}

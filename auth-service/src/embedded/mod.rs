@@ -1,0 +1,316 @@
+//! The embedded default: a private PostgreSQL cluster under the data directory,
+//! reachable only through a Unix socket inside it (no TCP port).
+//!
+//! `initdb` on first use, `pg_ctl start` when it is not running, `pg_ctl stop` only
+//! by the process that started it, so `auth-service token ...` works against the
+//! same data directory while `serve` runs. When we are root the programs run as the
+//! `postgres` system user, since PostgreSQL refuses to run as root.
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use crate::error::{Error, Result};
+
+pub mod account;
+pub mod binaries;
+
+pub use account::RunAs;
+pub use binaries::PgBinaries;
+
+/// The socket path must fit in `sockaddr_un.sun_path` (108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+const SOCKET_NAME: &str = ".s.PGSQL.5432";
+
+/// Tuning for a cluster; tests turn durability off for speed.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub fsync: bool,
+    pub max_connections: u32,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            fsync: true,
+            max_connections: 100,
+        }
+    }
+}
+
+/// A running embedded cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bins: PgBinaries,
+    pgdata: PathBuf,
+    run_as: Option<RunAs>,
+    /// Whether this process started the server (and so stops it).
+    owned: bool,
+}
+
+impl Cluster {
+    /// Initialises the cluster under `data_dir` if needed and makes sure it runs.
+    pub fn start(
+        data_dir: &Path,
+        bindir: Option<&Path>,
+        options: &ClusterOptions,
+    ) -> Result<Cluster> {
+        let bins = PgBinaries::locate(bindir)?;
+        let run_as = account::cluster_account()?;
+        let pgdata = prepare_dirs(data_dir, run_as.as_ref())?;
+        let mut cluster = Cluster {
+            bins,
+            pgdata,
+            run_as,
+            owned: false,
+        };
+        if !cluster.pgdata.join("PG_VERSION").is_file() {
+            cluster.initdb()?;
+        }
+        cluster.write_settings(options)?;
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// Where clients connect: the socket directory, as the `postgres` superuser.
+    pub fn client_config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.pgdata)
+            .port(5432)
+            .user("postgres")
+            .dbname(dbname);
+        config.application_name("auth-service");
+        config
+    }
+
+    /// Kills the server at once (no checkpoint): for throwaway test clusters at exit.
+    pub fn stop_immediately(&self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
+    }
+
+    /// Stops the server if this process started it; otherwise leaves it to its owner.
+    pub fn stop(mut self) -> Result<()> {
+        if self.owned {
+            self.stop_server()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server now (fast shutdown: clients are disconnected).
+    pub fn stop_server(&mut self) -> Result<()> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])?;
+        self.owned = false;
+        tracing::info!(pgdata = %self.pgdata.display(), "embedded PostgreSQL stopped");
+        Ok(())
+    }
+
+    /// Starts the server unless one already runs on this data directory.
+    pub fn start_server(&mut self) -> Result<()> {
+        if self.is_running() {
+            tracing::info!(pgdata = %self.pgdata.display(), "using the embedded PostgreSQL that is already running");
+            return Ok(());
+        }
+        let log = self.pgdata.join("server.log");
+        let log = log.to_string_lossy();
+        match self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log]) {
+            Ok(()) => {
+                self.owned = true;
+                tracing::info!(pgdata = %self.pgdata.display(), "embedded PostgreSQL started");
+                Ok(())
+            }
+            // Another process (a `token` command, a second `serve`) may have won the race.
+            Err(_) if self.is_running() => Ok(()),
+            Err(e) => Err(Error::Config(format!(
+                "{e}\n--- last lines of {log} ---\n{}",
+                tail(&self.pgdata.join("server.log"), 15)
+            ))),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.command("pg_ctl")
+            .args(["status", "-D"])
+            .arg(&self.pgdata)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bins.program(program));
+        // The cluster user may not be able to enter our working directory.
+        cmd.current_dir("/").env("LC_ALL", "C");
+        if let Some(who) = &self.run_as {
+            cmd.uid(who.uid)
+                .gid(who.gid)
+                .env("HOME", "/")
+                .env("USER", &who.name);
+        }
+        cmd
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D").arg(&self.pgdata).args(args);
+        checked(cmd.output(), "pg_ctl", args.first().copied().unwrap_or(""))
+    }
+
+    /// `initdb` into a scratch directory renamed into place, so a crash halfway
+    /// never leaves a half-made cluster behind.
+    fn initdb(&mut self) -> Result<()> {
+        let scratch = self.pgdata.with_extension("init");
+        let _ = fs::remove_dir_all(&scratch);
+        make_dir(&scratch, 0o700, self.run_as.as_ref())?;
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D").arg(&scratch).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ]);
+        checked(cmd.output(), "initdb", "")?;
+        // Our settings come last so they win; the included file is rewritten at each start.
+        let mut conf = fs::read_to_string(scratch.join("postgresql.conf"))
+            .map_err(io("reading postgresql.conf"))?;
+        conf.push_str(
+            "\n# Added by auth-service: no TCP, a private socket, our own settings.\n\
+             listen_addresses = ''\nunix_socket_permissions = 0700\n\
+             include_if_exists = 'auth-service.conf'\n",
+        );
+        fs::write(scratch.join("postgresql.conf"), conf).map_err(io("writing postgresql.conf"))?;
+        if self.pgdata.exists() {
+            fs::remove_dir(&self.pgdata).map_err(|e| {
+                Error::Config(format!(
+                    "{} exists but holds no PostgreSQL cluster ({e}); move it away or choose another --data-dir",
+                    self.pgdata.display()
+                ))
+            })?;
+        }
+        fs::rename(&scratch, &self.pgdata).map_err(io("moving the new cluster into place"))?;
+        tracing::info!(pgdata = %self.pgdata.display(), "initialised embedded PostgreSQL cluster");
+        Ok(())
+    }
+
+    fn write_settings(&self, options: &ClusterOptions) -> Result<()> {
+        let socket_dir = self.pgdata.to_string_lossy().replace('\'', "''");
+        let body = format!(
+            "# Written by auth-service at every start.\nunix_socket_directories = '{socket_dir}'\n\
+             max_connections = {}\nfsync = {}\nsynchronous_commit = {}\nfull_page_writes = {}\n",
+            options.max_connections,
+            on_off(options.fsync),
+            on_off(options.fsync),
+            on_off(options.fsync),
+        );
+        let path = self.pgdata.join("auth-service.conf");
+        fs::write(&path, body).map_err(io("writing auth-service.conf"))?;
+        if let Some(who) = &self.run_as {
+            std::os::unix::fs::chown(&path, Some(who.uid), Some(who.gid))
+                .map_err(io("chown auth-service.conf"))?;
+        }
+        Ok(())
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Creates the data directory and decides where the cluster lives: `<data_dir>/pgdata`,
+/// unless the cluster user cannot reach it (root running in a private home directory),
+/// in which case the cluster lives under `/var/lib/auth-service` and `pgdata` links there.
+fn prepare_dirs(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
+    fs::create_dir_all(data_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create --data-dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let data_dir = fs::canonicalize(data_dir).map_err(io("resolving --data-dir"))?;
+    // Only the cluster user needs to enter it when we are root; nobody else at all.
+    let mode = if run_as.is_some() { 0o711 } else { 0o700 };
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(mode))
+        .map_err(io("chmod --data-dir"))?;
+    let link = data_dir.join("pgdata");
+    let pgdata = match run_as {
+        Some(who) if account::blocking_ancestor(&data_dir, who).is_some() => {
+            let blocked = account::blocking_ancestor(&data_dir, who).unwrap_or_default();
+            let home = PathBuf::from("/var/lib/auth-service/clusters");
+            fs::create_dir_all(&home).map_err(io("creating /var/lib/auth-service/clusters"))?;
+            let target = home.join(format!(
+                "{:016x}",
+                fnv1a(data_dir.as_os_str().as_encoded_bytes())
+            ));
+            if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+                let _ = fs::remove_file(&link);
+                std::os::unix::fs::symlink(&target, &link).map_err(io("linking pgdata"))?;
+            }
+            tracing::info!(
+                blocked = %blocked.display(), cluster = %target.display(),
+                "the `{}` user cannot enter the data directory, so the cluster lives elsewhere (linked from {})",
+                who.name, link.display()
+            );
+            target
+        }
+        _ => link,
+    };
+    let socket = pgdata.join(SOCKET_NAME);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::Config(format!(
+            "the data directory path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): \
+             choose a shorter --data-dir",
+            socket.as_os_str().len()
+        )));
+    }
+    Ok(pgdata)
+}
+
+fn make_dir(dir: &Path, mode: u32, owner: Option<&RunAs>) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io("creating the cluster directory"))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(io("chmod the cluster directory"))?;
+    if let Some(who) = owner {
+        std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid))
+            .map_err(io("chown the cluster directory"))?;
+    }
+    Ok(())
+}
+
+/// A stable, dependency-free hash for naming a relocated cluster directory.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Config(format!("{what}: {e}"))
+}
+
+fn checked(output: std::io::Result<Output>, program: &str, action: &str) -> Result<()> {
+    let out = output.map_err(|e| Error::Config(format!("could not run {program}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{program} {action} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    )))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

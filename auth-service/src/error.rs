@@ -1,0 +1,220 @@
+//! The crate's one error type, and its mapping to gRPC status codes (in exactly one place).
+//!
+//! The variants say what the caller should do: credential problems mean "get a new
+//! token / log in again" (`UNAUTHENTICATED`); database trouble means "retry later and
+//! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent.
+use std::time::SystemTime;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of every credential error.
+pub const ERROR_DOMAIN: &str = "auth.v1";
+
+/// Why a credential was refused: the `ErrorInfo.reason` a client switches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    MissingCredentials,
+    TokenMalformed,
+    TokenUnknown,
+    TokenExpired,
+    TokenRevoked,
+}
+
+impl Reason {
+    /// The wire name, as documented in the README and the proto.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingCredentials => "MISSING_CREDENTIALS",
+            Reason::TokenMalformed => "TOKEN_MALFORMED",
+            Reason::TokenUnknown => "TOKEN_UNKNOWN",
+            Reason::TokenExpired => "TOKEN_EXPIRED",
+            Reason::TokenRevoked => "TOKEN_REVOKED",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable credential was sent: log in / send `authorization: Bearer <token>`.
+    #[error("{0}")]
+    MissingCredentials(String),
+    /// The string is not a token this service issues (checked without the database).
+    #[error("{0}")]
+    TokenMalformed(String),
+    #[error(
+        "token is not known to this service: it was never issued here or was deleted; create a new token"
+    )]
+    TokenUnknown,
+    #[error("token expired at {}; it can no longer be renewed: create a new token and log in again", fmt_time(*.0))]
+    TokenExpired(SystemTime),
+    #[error("token was revoked at {}; create a new token and log in again", fmt_time(*.0))]
+    TokenRevoked(SystemTime),
+    /// A request argument (not a credential) is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The database is down, slow or out of connections: retry later, keep the token.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a broken invariant; details are in the server log.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A startup or configuration problem, with the flag or command that fixes it.
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// RFC 3339 in UTC, second precision: what people and logs see.
+pub fn fmt_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Error {
+    /// The credential reason, for the variants that are credential problems.
+    pub fn reason(&self) -> Option<Reason> {
+        Some(match self {
+            Error::MissingCredentials(_) => Reason::MissingCredentials,
+            Error::TokenMalformed(_) => Reason::TokenMalformed,
+            Error::TokenUnknown => Reason::TokenUnknown,
+            Error::TokenExpired(_) => Reason::TokenExpired,
+            Error::TokenRevoked(_) => Reason::TokenRevoked,
+            _ => return None,
+        })
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        // Connection loss, server shutdown, resource exhaustion and serialization
+        // conflicts are transient: the caller should retry. A constraint or syntax
+        // error, or a row that does not decode, is a bug in this service. Errors
+        // without an SQLSTATE are I/O, connect, timeout or closed-connection
+        // failures, except the decoding kinds, which tokio-postgres only tells apart
+        // by their text.
+        let transient = match e.code() {
+            None => {
+                let text = e.to_string();
+                ![
+                    "error serializing",
+                    "error deserializing",
+                    "invalid column",
+                    "query returned an unexpected",
+                ]
+                .iter()
+                .any(|bug| text.starts_with(bug))
+            }
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::QUERY_CANCELED
+            }
+        };
+        if transient {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        if let Some(reason) = e.reason() {
+            let details = ErrorDetails::with_error_info(
+                reason.as_str(),
+                ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            );
+            return Status::with_error_details(Code::Unauthenticated, e.to_string(), details);
+        }
+        match e {
+            Error::InvalidArgument(msg) => Status::invalid_argument(msg),
+            Error::NotFound(msg) => Status::not_found(msg),
+            Error::Unavailable(cause) => {
+                // The cause may carry server or host names: log it, send a generic text.
+                tracing::warn!(%cause, "database unavailable");
+                Status::unavailable(
+                    "database unavailable; retry later (your token was not rejected)",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn reason_of(s: &Status) -> Option<String> {
+        s.get_error_details().error_info().map(|i| i.reason.clone())
+    }
+
+    #[test]
+    fn credential_errors_are_unauthenticated_with_reason() {
+        let t = SystemTime::UNIX_EPOCH;
+        let cases = [
+            (Error::MissingCredentials("x".into()), "MISSING_CREDENTIALS"),
+            (Error::TokenMalformed("x".into()), "TOKEN_MALFORMED"),
+            (Error::TokenUnknown, "TOKEN_UNKNOWN"),
+            (Error::TokenExpired(t), "TOKEN_EXPIRED"),
+            (Error::TokenRevoked(t), "TOKEN_REVOKED"),
+        ];
+        for (err, reason) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert_eq!(reason_of(&status).as_deref(), Some(reason));
+            let info = status.get_error_details().error_info().cloned().unwrap();
+            assert_eq!(info.domain, ERROR_DOMAIN);
+        }
+    }
+
+    #[test]
+    fn database_trouble_is_unavailable_and_hides_the_cause() {
+        let status = Status::from(Error::Unavailable("connect to 10.1.2.3 refused".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.1.2.3"));
+        assert!(reason_of(&status).is_none());
+    }
+
+    #[test]
+    fn other_errors_map_to_their_codes() {
+        assert_eq!(
+            Status::from(Error::InvalidArgument("a".into())).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            Status::from(Error::NotFound("a".into())).code(),
+            Code::NotFound
+        );
+        let internal = Status::from(Error::Internal("secret detail".into()));
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(!internal.message().contains("secret detail"));
+    }
+
+    #[test]
+    fn expired_message_names_the_time_and_the_fix() {
+        let msg = Error::TokenExpired(SystemTime::UNIX_EPOCH).to_string();
+        assert!(msg.contains("1970-01-01T00:00:00Z"), "{msg}");
+        assert!(msg.contains("create a new token"), "{msg}");
+    }
+}

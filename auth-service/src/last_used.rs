@@ -1,0 +1,77 @@
+//! `last_used_at`, written off the request path: handlers hand token ids to a
+//! background task that batches them into one UPDATE, at most about once a minute
+//! per token. A full queue drops the stamp rather than slowing a caller down.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+
+use crate::db::Db;
+
+/// How often one token's `last_used_at` is written at most.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+const QUEUE: usize = 4096;
+const BATCH: usize = 512;
+
+/// The handlers' side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Toucher {
+    tx: mpsc::Sender<String>,
+    // A std Mutex: held for a map lookup only, never across an await.
+    recent: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Toucher {
+    /// Notes that the token was just used.
+    pub fn touch(&self, token_id: &str) {
+        let now = Instant::now();
+        {
+            let Ok(mut recent) = self.recent.lock() else {
+                return;
+            };
+            if recent
+                .get(token_id)
+                .is_some_and(|t| now.duration_since(*t) < MIN_INTERVAL)
+            {
+                return;
+            }
+            if recent.len() >= 100_000 {
+                recent.retain(|_, t| now.duration_since(*t) < MIN_INTERVAL);
+            }
+            recent.insert(token_id.to_string(), now);
+        }
+        if self.tx.try_send(token_id.to_string()).is_err() {
+            tracing::debug!("last-used queue full; stamp dropped");
+        }
+    }
+}
+
+/// Starts the writer. It ends, after writing what is queued, once every `Toucher`
+/// clone is dropped.
+pub fn spawn(db: Db) -> (Toucher, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(id) => batch.push(id),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = db.touch(&batch).await {
+                tracing::warn!(%error, tokens = batch.len(), "could not record last use");
+            }
+        }
+    });
+    (
+        Toucher {
+            tx,
+            recent: Arc::default(),
+        },
+        task,
+    )
+}

@@ -1,0 +1,89 @@
+//! Reading the caller's own token from `authorization: Bearer <token>` metadata.
+use tonic::Request;
+
+use crate::{
+    error::{Error, Result},
+    token::{self, Prefix, TokenDigest},
+};
+
+/// Parses the bearer token of a request. Every failure is a credential error that
+/// touches nothing: no database work happens for a request that fails here.
+pub fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Error::MissingCredentials(
+            "no `authorization` metadata: send `authorization: Bearer <token>`".into(),
+        )
+    })?;
+    let value = value.to_str().map_err(|_| {
+        Error::TokenMalformed("the `authorization` metadata is not printable ASCII".into())
+    })?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::MissingCredentials(
+            "the `authorization` metadata must use the Bearer scheme: `authorization: Bearer <token>`".into(),
+        ));
+    }
+    token::parse(prefix, token.trim())
+}
+
+/// The peer address, for the audit trail.
+pub fn caller<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::error::Reason;
+
+    fn with_auth(value: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        r
+    }
+
+    fn reason(r: Result<TokenDigest>) -> Reason {
+        r.unwrap_err().reason().unwrap()
+    }
+
+    #[test]
+    fn schemes_and_shapes() {
+        let p = Prefix::default();
+        let t = token::generate(&p).unwrap();
+        assert!(bearer(&with_auth(&format!("Bearer {}", t.expose())), &p).is_ok());
+        assert!(bearer(&with_auth(&format!("bearer  {} ", t.expose())), &p).is_ok());
+        assert_eq!(
+            reason(bearer(&Request::new(()), &p)),
+            Reason::MissingCredentials
+        );
+        assert_eq!(
+            reason(bearer(&with_auth(&format!("Basic {}", t.expose())), &p)),
+            Reason::MissingCredentials
+        );
+        assert_eq!(
+            reason(bearer(&with_auth(t.expose()), &p)),
+            Reason::MissingCredentials
+        );
+        assert_eq!(
+            reason(bearer(&with_auth("Bearer"), &p)),
+            Reason::MissingCredentials
+        );
+        assert_eq!(
+            reason(bearer(&with_auth("Bearer pat_nope"), &p)),
+            Reason::TokenMalformed
+        );
+    }
+
+    #[test]
+    fn binary_metadata_is_malformed() {
+        let p = Prefix::default();
+        let mut r = Request::new(());
+        let v = tonic::metadata::MetadataValue::try_from(&b"Bearer \xff\xfe"[..]).unwrap();
+        r.metadata_mut().insert("authorization", v);
+        assert_eq!(reason(bearer(&r, &p)), Reason::TokenMalformed);
+    }
+}

@@ -1,0 +1,29 @@
+//! `RenewCurrentToken`: extend the caller's own token in place.
+use auth_api::v1::{RenewCurrentTokenRequest, RenewCurrentTokenResponse};
+use tonic::{Request, Response};
+use tracing::instrument;
+
+use super::{AuthSvc, credentials, timestamp};
+use crate::error::Result;
+
+#[instrument(skip_all, fields(token_id, renewed))]
+pub(super) async fn handle(
+    svc: &AuthSvc,
+    request: Request<RenewCurrentTokenRequest>,
+) -> Result<Response<RenewCurrentTokenResponse>> {
+    let digest = credentials::bearer(&request, &svc.prefix)?;
+    let caller = credentials::caller(&request);
+    let renewal = svc.db.renew(&digest, &svc.policy, &caller).await?;
+    let span = tracing::Span::current();
+    span.record("token_id", renewal.token_id.as_str());
+    span.record("renewed", renewal.renewed);
+    if renewal.renewed {
+        tracing::info!(%caller, "token renewed");
+    }
+    svc.toucher.touch(&renewal.token_id);
+    Ok(Response::new(RenewCurrentTokenResponse {
+        expires_at: timestamp(renewal.expires_at),
+        renewed: renewal.renewed,
+        next_renewal_at: timestamp(renewal.next_renewal_at),
+    }))
+}

@@ -1,0 +1,22 @@
+//! `RevokeCurrentToken`: the caller's own token revokes itself (log out).
+use auth_api::v1::{RevokeCurrentTokenRequest, RevokeCurrentTokenResponse};
+use tonic::{Request, Response};
+use tracing::instrument;
+
+use super::{AuthSvc, credentials, timestamp};
+use crate::error::Result;
+
+#[instrument(skip_all, fields(token_id))]
+pub(super) async fn handle(
+    svc: &AuthSvc,
+    request: Request<RevokeCurrentTokenRequest>,
+) -> Result<Response<RevokeCurrentTokenResponse>> {
+    let digest = credentials::bearer(&request, &svc.prefix)?;
+    let caller = credentials::caller(&request);
+    let (token_id, revoked_at) = svc.db.revoke_by_hash(&digest, &caller).await?;
+    tracing::Span::current().record("token_id", token_id.as_str());
+    tracing::info!(%caller, "token revoked by its holder");
+    Ok(Response::new(RevokeCurrentTokenResponse {
+        revoked_at: timestamp(Some(revoked_at)),
+    }))
+}

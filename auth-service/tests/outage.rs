@@ -1,0 +1,133 @@
+//! A database outage is UNAVAILABLE (never UNAUTHENTICATED), health reports it, and
+//! the service recovers by itself when the database returns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::time::Duration;
+
+use auth_service::{config::RenewalPolicy, db::Db, embedded::Cluster, testing};
+use common::*;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn health(url: &str) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let req = HealthCheckRequest {
+        service: auth_api::SERVICE_NAME.to_string(),
+    };
+    let status = client.check(req).await.unwrap().into_inner().status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+async fn wait_for_health(url: &str, want: ServingStatus) {
+    for _ in 0..150 {
+        if health(url).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health never became {want:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_is_unavailable_and_the_service_recovers() {
+    let dir = testing::scratch_dir("outage");
+    let mut cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Cluster::start(&dir, None, &testing::test_cluster_options())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let db = Db::new(cluster.client_config("postgres"), 8, Duration::from_secs(2)).unwrap();
+    db.migrate().await.unwrap();
+    let server =
+        testing::TestServer::start(db.clone(), testing::test_settings(RenewalPolicy::default()))
+            .await
+            .unwrap();
+    let mut client = server.client().await.unwrap();
+    let (_, token) = token_expiring_in(&db, 30.0 * 86400.0).await;
+    renew(&mut client, &token).await.unwrap();
+    wait_for_health(&server.url(), ServingStatus::Serving).await;
+
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_server().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    for call in 0..3 {
+        let err = renew(&mut client, &token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "renew #{call}: {err:?}");
+        assert!(
+            !err.message().contains("postgres"),
+            "no database detail leaks: {}",
+            err.message()
+        );
+        let err = validate(&mut client, &token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "validate #{call}: {err:?}");
+    }
+    // Malformed input is still judged without the database.
+    assert_eq!(
+        reason(&renew(&mut client, "pat_nope").await.unwrap_err()),
+        "TOKEN_MALFORMED"
+    );
+    wait_for_health(&server.url(), ServingStatus::NotServing).await;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_server().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for_health(&server.url(), ServingStatus::Serving).await;
+    let mut recovered = None;
+    for _ in 0..50 {
+        match renew(&mut client, &token).await {
+            Ok(r) => {
+                recovered = Some(r);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered.is_some(), "the service did not recover");
+    validate(&mut client, &token).await.unwrap();
+
+    server.shutdown().await.unwrap();
+    db.close();
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_database_that_never_answers_is_unavailable_not_unauthenticated() {
+    // Nothing listens on this socket directory: every connection attempt fails.
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(testing::scratch_dir("nodb"))
+        .port(5432)
+        .user("postgres")
+        .dbname("postgres");
+    let db = Db::new(config, 4, Duration::from_secs(1)).unwrap();
+    let server = testing::TestServer::start(db, testing::test_settings(RenewalPolicy::default()))
+        .await
+        .unwrap();
+    let mut client = server.client().await.unwrap();
+    let token = auth_service::token::generate(&Default::default()).unwrap();
+    let err = renew(&mut client, token.expose()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(health(&server.url()).await, ServingStatus::NotServing);
+}
