@@ -277,3 +277,18 @@ pub async fn lock_waiters(db: &Db) -> Result<i64> {
         .await?;
     Ok(row.try_get(0)?)
 }
+
+/// A libpq key-value connection string for `config` (for `--database-url`).
+pub fn conninfo(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        None => String::new(),
+    };
+    format!(
+        "host={host} port={} user={} dbname={}",
+        config.get_ports().first().copied().unwrap_or(5432),
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
+}

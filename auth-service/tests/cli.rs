@@ -1,0 +1,305 @@
+//! The `auth-service` binary as a person uses it: token commands, flags, the
+//! embedded default with `serve`, clean shutdown, and no token in any output.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use auth_api::v1::{
+    RenewCurrentTokenRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
+};
+use auth_service::testing;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("AUTH_SERVICE_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn db_url() -> String {
+    testing::conninfo(&testing::fresh_database().await.unwrap())
+}
+
+#[tokio::test]
+async fn token_create_prints_only_the_token_and_list_never_shows_it() {
+    let url = db_url().await;
+    let out = run(&[
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "ci",
+        "--scope",
+        "read",
+        "--scope",
+        "write",
+        "--database-url",
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout is the token alone: {stdout:?}");
+    let token = lines[0];
+    assert!(token.starts_with("pat_") && token.len() == 40, "{token}");
+    assert!(
+        !text(&out.stderr).contains(token),
+        "stderr never repeats the token"
+    );
+    assert!(text(&out.stderr).contains("shown only once"));
+
+    // Flags before the subcommand work too.
+    let list = run(&["--database-url", &url, "token", "list", "--user", "alice"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listing = text(&list.stdout);
+    assert!(
+        listing.contains("alice") && listing.contains("read,write") && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(listing.contains(&token[..8]), "display prefix shown");
+    assert!(!listing.contains(&token[8..]), "never the secret");
+
+    let id = listing
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    let revoke = run(&["token", "revoke", &id, "--database-url", &url]);
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    assert!(text(&run(&["token", "list", "--database-url", &url]).stdout).contains("revoked"));
+    let twice = run(&["token", "revoke", &id, "--database-url", &url]);
+    assert!(!twice.status.success());
+    assert!(
+        text(&twice.stderr).contains("already revoked"),
+        "{}",
+        text(&twice.stderr)
+    );
+}
+
+#[tokio::test]
+async fn never_expiring_tokens_and_bad_input() {
+    let url = db_url().await;
+    let out = run(&[
+        "token",
+        "create",
+        "--user",
+        "svc",
+        "--expires-in",
+        "never",
+        "--database-url",
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&run(&["token", "list", "--database-url", &url]).stdout).contains("never"));
+
+    let cases: [&[&str]; 5] = [
+        &["token", "create", "--user", "a", "--expires-in", "soon"],
+        &["token", "create", "--user", "a", "--expires-in", "0s"],
+        &["token", "create", "--user", ""],
+        &["token", "revoke", "not-a-uuid"],
+        &["token", "revoke", "00000000-0000-0000-0000-000000000000"],
+    ];
+    for args in cases {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!text(&out.stderr).trim().is_empty(), "{args:?} says why");
+        assert!(out.stdout.is_empty(), "{args:?} prints nothing on stdout");
+    }
+    let none = run(&["token", "list", "--database-url", &url]);
+    assert_eq!(
+        text(&none.stdout).lines().count(),
+        2,
+        "the failed commands created nothing"
+    );
+
+    let wrong = run(&["serve", "--no-such-flag"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(text(&wrong.stderr).contains("--no-such-flag"));
+}
+
+#[tokio::test]
+async fn a_missing_database_is_a_clear_error() {
+    let dir = testing::scratch_dir("missing");
+    let url = format!(
+        "host={} port=5432 user=postgres dbname=postgres connect_timeout=2",
+        dir.display()
+    );
+    let out = run(&["token", "list", "--database-url", &url]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot reach the database") && err.contains("--database-url"),
+        "{err}"
+    );
+}
+
+fn spawn_serve(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        // Every log line there is, to prove none of them carries the token.
+        .env("AUTH_SERVICE_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Drains stderr on a thread (a full pipe would block the server's logging) and
+/// waits for the "listening" line. Returns the channel of every stderr line.
+fn wait_listening(child: &mut Child) -> (Vec<String>, std::sync::mpsc::Receiver<String>) {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains("auth-service listening");
+        seen.push(line);
+        if done {
+            return (seen, rx);
+        }
+    }
+    panic!("serve did not start:\n{}", seen.join("\n"));
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("serve did not stop on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
+    let dir = testing::scratch_dir("embedded");
+    let data = dir.to_str().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = spawn_serve(&["--data-dir", data, "--listen", &listen]);
+    let (mut log, rest) = wait_listening(&mut serve);
+
+    // `token create` against the same data dir while serve runs.
+    let created = run(&[
+        "token",
+        "create",
+        "--user",
+        "bob",
+        "--expires-in",
+        "3d",
+        "--data-dir",
+        data,
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let token = text(&created.stdout).trim().to_string();
+
+    let mut client = AuthServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let renewed = client
+        .renew_current_token(authed(RenewCurrentTokenRequest {}, &token))
+        .await
+        .unwrap();
+    assert!(
+        renewed.into_inner().renewed,
+        "3 days left: inside the 7-day window"
+    );
+    client
+        .validate_token(ValidateTokenRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+    let mut typo = token.clone();
+    typo.replace_range(12..13, if &token[12..13] == "Z" { "Y" } else { "Z" });
+    assert_eq!(
+        reason(
+            &client
+                .validate_token(ValidateTokenRequest {
+                    token: typo.clone()
+                })
+                .await
+                .unwrap_err()
+        ),
+        "TOKEN_MALFORMED"
+    );
+
+    let status = terminate(&mut serve);
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    log.extend(rest.iter());
+    let stdout = {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut serve.stdout.take().unwrap(), &mut s).unwrap();
+        s
+    };
+    let all = log.join("\n") + &stdout;
+    assert!(
+        all.contains("token renewed"),
+        "the trace log is real:\n{all}"
+    );
+    assert!(
+        all.contains("embedded PostgreSQL stopped"),
+        "the cluster is stopped last:\n{all}"
+    );
+    for secret in [&token[8..], &typo[8..]] {
+        assert!(!all.contains(secret), "a token reached the log");
+    }
+    // The cluster really is down: the socket is gone.
+    assert!(
+        !dir.join("pgdata/.s.PGSQL.5432").exists()
+            || std::fs::read_link(dir.join("pgdata")).is_ok()
+    );
+
+    // Data is kept between runs: the same token works after a restart.
+    let mut serve = spawn_serve(&["--data-dir", data, "--listen", &listen]);
+    let (_seen, _rest) = wait_listening(&mut serve);
+    let mut client = AuthServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let again = client
+        .renew_current_token(authed(RenewCurrentTokenRequest {}, &token))
+        .await
+        .unwrap();
+    assert!(
+        !again.into_inner().renewed,
+        "already extended in the first run"
+    );
+    assert!(terminate(&mut serve).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
