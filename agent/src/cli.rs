@@ -1,0 +1,286 @@
+//! Command-line flags (clap derive, each also settable by an `AUTH_AGENT_*` variable),
+//! validated once into the typed [`Context`] and [`RunOptions`] the commands take.
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    client::SERVER_ENV,
+    cmd::Context,
+    config::{self, CONFIG_ENV},
+    daemon::RunOptions,
+    error::AgentError,
+    schedule::Schedule,
+    state::{self, STATE_ENV},
+    token::{TOKEN_ENV, Token, TokenSource},
+};
+
+/// `auth-agent`: keeps a personal access token renewed against `auth.v1.AuthService`.
+#[derive(Debug, Parser)]
+#[command(name = "auth-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// Flags every subcommand accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a token (read from stdin, or --token-file) with the server, then save it and
+    /// the server in the config file (mode 0600). A rejected token is not saved.
+    Login,
+    /// Run the daemon: renew at start, then on a schedule, until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Show the server, user, token name, expiry and last renewal. Exits 3 when the token
+    /// is rejected, 1 when the server cannot be reached.
+    Status,
+    /// Renew the token once, now, and print the result (for cron and for people).
+    Renew,
+    /// Revoke the token on the server and remove it from the config file.
+    Logout,
+}
+
+/// Flags accepted by every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file written by `login`
+    /// [default: $XDG_CONFIG_HOME/auth-agent/config, else ~/.config/auth-agent/config]
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Server URL, http://HOST:PORT [default: the one saved by `login`]
+    #[arg(long, global = true, env = SERVER_ENV, value_name = "URL")]
+    pub server: Option<String>,
+    /// Read the token from this file, re-read on every attempt (e.g. a Kubernetes Secret
+    /// mount). Takes precedence over AUTH_AGENT_TOKEN and the config file.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_AGENT_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// File recording the last renewal, for `status` [default: `state` next to the config]
+    #[arg(long, global = true, env = STATE_ENV, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// Timeout of each call (the preflight renewal of `run` has its own)
+    #[arg(long, global = true, env = "AUTH_AGENT_REQUEST_TIMEOUT", value_name = "DURATION",
+          default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Flags of `auth-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Timeout of the preflight renewal at start
+    #[arg(long, env = "AUTH_AGENT_PREFLIGHT_TIMEOUT", value_name = "DURATION",
+          default_value = "15s", value_parser = humantime::parse_duration)]
+    pub preflight_timeout: Duration,
+    /// Longest time between renewals (the server's next_renewal_at is used when sooner)
+    #[arg(long, env = "AUTH_AGENT_INTERVAL", value_name = "DURATION",
+          default_value = "3d", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// First retry delay after a failure; doubles on each further failure
+    #[arg(long, env = "AUTH_AGENT_BACKOFF_INITIAL", value_name = "DURATION",
+          default_value = "30s", value_parser = humantime::parse_duration)]
+    pub backoff_initial: Duration,
+    /// Cap on the retry delay
+    #[arg(long, env = "AUTH_AGENT_BACKOFF_MAX", value_name = "DURATION",
+          default_value = "1h", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// Longest sleep before the wall clock is checked again (catches up after a suspend)
+    #[arg(long, env = "AUTH_AGENT_CHECK_PERIOD", value_name = "DURATION",
+          default_value = "60s", value_parser = humantime::parse_duration)]
+    pub check_period: Duration,
+    /// Serve /healthz, /readyz and /metrics on this address, e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, env = "AUTH_AGENT_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl GlobalArgs {
+    /// Resolves the flags into a [`Context`]: default paths, the server, the token source.
+    pub fn context(&self) -> Result<Context, AgentError> {
+        let (config_path, config_explicit) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (config::default_path()?, false),
+        };
+        let server = self
+            .server
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .transpose()?;
+        // The token itself is deliberately not a flag: a command line is readable by every
+        // user through /proc and `ps`. It can only come from the environment (or a file).
+        let token_source = token_source(
+            self.token_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            std::env::var_os(TOKEN_ENV),
+            config_path.clone(),
+            config_explicit,
+        );
+        let state_file = self
+            .state_file
+            .clone()
+            .unwrap_or_else(|| state::default_path(&config_path));
+        positive("--request-timeout", self.request_timeout)?;
+        Ok(Context {
+            config_path,
+            config_explicit,
+            server,
+            token_source,
+            state_file,
+            request_timeout: self.request_timeout,
+            channel: None,
+        })
+    }
+}
+
+/// The token source by precedence: `--token-file`/`AUTH_AGENT_TOKEN_FILE`, then
+/// `AUTH_AGENT_TOKEN` (an empty one counts as unset), then the config file.
+pub fn token_source(
+    token_file: Option<PathBuf>,
+    env_token: Option<OsString>,
+    config_path: PathBuf,
+    explicit: bool,
+) -> TokenSource {
+    if let Some(path) = token_file {
+        return TokenSource::File(path);
+    }
+    match env_token.filter(|v| !v.is_empty()) {
+        Some(value) => TokenSource::Env(value.to_str().and_then(|v| Token::parse(v).ok())),
+        None => TokenSource::Config {
+            path: config_path,
+            explicit,
+        },
+    }
+}
+
+impl RunArgs {
+    /// Builds the daemon's options; `context.server` must already be resolved.
+    pub fn options(
+        &self,
+        context: &Context,
+        server: crate::client::ServerUrl,
+    ) -> Result<RunOptions, AgentError> {
+        positive("--preflight-timeout", self.preflight_timeout)?;
+        positive("--interval", self.interval)?;
+        positive("--backoff-initial", self.backoff_initial)?;
+        positive("--check-period", self.check_period)?;
+        if self.backoff_max < self.backoff_initial {
+            return Err(AgentError::FixConfig(format!(
+                "--backoff-max ({}) is shorter than --backoff-initial ({})",
+                humantime::format_duration(self.backoff_max),
+                humantime::format_duration(self.backoff_initial)
+            )));
+        }
+        let mut opts = RunOptions::new(server, context.token_source.clone());
+        opts.preflight_timeout = self.preflight_timeout;
+        opts.request_timeout = context.request_timeout;
+        opts.schedule = Schedule {
+            interval: self.interval,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            ..Schedule::default()
+        };
+        opts.check_period = self.check_period;
+        opts.state_file = Some(context.state_file.clone());
+        opts.channel = context.channel.clone();
+        Ok(opts)
+    }
+}
+
+fn positive(flag: &str, value: Duration) -> Result<(), AgentError> {
+    if value.is_zero() {
+        return Err(AgentError::FixConfig(format!(
+            "{flag} must be longer than zero"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    const TOKEN: &str = "pat_0123456789abcdefghijABCDEFGHIJklmnop";
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_source_precedence_is_file_then_env_then_config() {
+        let config = PathBuf::from("/c/config");
+        let file = token_source(
+            Some("/s/token".into()),
+            Some(TOKEN.into()),
+            config.clone(),
+            false,
+        );
+        assert_eq!(file, TokenSource::File("/s/token".into()));
+        let env = token_source(None, Some(TOKEN.into()), config.clone(), false);
+        assert_eq!(env, TokenSource::Env(Some(Token::parse(TOKEN).unwrap())));
+        let from_config = token_source(None, Some("".into()), config.clone(), true);
+        assert_eq!(
+            from_config,
+            TokenSource::Config {
+                path: config,
+                explicit: true
+            }
+        );
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "auth-agent",
+            "status",
+            "--server",
+            "http://h:1",
+            "--config",
+            "/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.server.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.global.config, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn run_flags_are_validated_with_the_flag_named() {
+        let cli = Cli::try_parse_from([
+            "auth-agent",
+            "--config",
+            "/x",
+            "run",
+            "--backoff-initial",
+            "2h",
+        ])
+        .unwrap();
+        let Command::Run(args) = &cli.command else {
+            panic!("not run")
+        };
+        let context = cli.global.context().unwrap();
+        let err = args
+            .options(&context, "http://h:1".parse().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("--backoff-max"), "{err}");
+    }
+
+    #[test]
+    fn the_help_never_shows_a_token_value() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--token-file"));
+        assert!(
+            !help.contains("--token "),
+            "the token itself must not be a flag"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! `auth-agent login`: check a token with the server (`LookupCurrentToken`) and only then
+//! save it, with the server, in the config file (mode 0600, replaced atomically).
+use std::{
+    fmt,
+    io::{self, BufRead, IsTerminal, Read, Write},
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use super::Context;
+use crate::{
+    client::{Identity, ServerUrl},
+    config::{self, ConfigFile},
+    error::AgentError,
+    timefmt,
+    token::{RejectReason, TOKEN_ENV, Token, TokenSource},
+};
+
+/// The fix for a token that `login` refused: nothing was written, so only the input is wrong.
+const NOT_SAVED: &str = "nothing was saved; check that the whole token was pasted \
+                         (pat_ followed by 36 letters and digits), or create a new one";
+
+/// What `login` did.
+#[derive(Debug)]
+pub struct LoginReport {
+    /// The server the token was checked against, now saved.
+    pub server: ServerUrl,
+    /// Who the token belongs to.
+    pub identity: Identity,
+    /// Where it was saved.
+    pub config_path: PathBuf,
+    /// True when `AUTH_AGENT_TOKEN` is set and will be used instead of the saved token.
+    pub env_token_overrides: bool,
+}
+
+impl fmt::Display for LoginReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = &self.identity;
+        let expiry = match id.expires_at {
+            Some(at) => format!(
+                "expires {} ({})",
+                timefmt::rfc3339(at),
+                timefmt::relative(at, SystemTime::now())
+            ),
+            None => "never expires".to_owned(),
+        };
+        writeln!(
+            f,
+            "logged in to {} as {}: token {:?}, {expiry}",
+            self.server, id.user_id, id.name
+        )?;
+        write!(
+            f,
+            "saved to {} (readable only by you)",
+            self.config_path.display()
+        )?;
+        if self.env_token_overrides {
+            write!(
+                f,
+                "\nnote: {TOKEN_ENV} is set and takes precedence over the saved token; unset it"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `token` with the server and saves it. A rejected token leaves the config file
+/// exactly as it was (or absent) and the error names the server's reason.
+pub async fn login(context: &Context, token: Token) -> Result<LoginReport, AgentError> {
+    let (server, mut client) = context.client().await?;
+    let identity = client
+        .lookup(&token, context.request_timeout)
+        .await
+        .map_err(
+            |status| match AgentError::from_status(&status, &context.token_source) {
+                AgentError::Reauthenticate { reason, .. } => rejected(reason, None),
+                other => other,
+            },
+        )?;
+    let config = ConfigFile {
+        server: Some(server.to_string()),
+        token: Some(token),
+    };
+    config::store(&context.config_path, &config).await?;
+    Ok(LoginReport {
+        server,
+        identity,
+        config_path: context.config_path.clone(),
+        env_token_overrides: matches!(context.token_source, TokenSource::Env(_)),
+    })
+}
+
+fn rejected(reason: RejectReason, detail: Option<String>) -> AgentError {
+    AgentError::Reauthenticate {
+        reason,
+        detail,
+        fix: NOT_SAVED.to_owned(),
+    }
+}
+
+/// Reads the token to log in with: from `--token-file` when given, else from stdin (with
+/// a prompt and without echo when stdin is a terminal).
+pub fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
+    let text = match source {
+        TokenSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|source| AgentError::LocalFile {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?
+        }
+        _ => read_stdin().map_err(|source| AgentError::LocalFile {
+            action: "read",
+            path: "stdin".into(),
+            source,
+        })?,
+    };
+    Token::parse(&text).map_err(|reason| rejected(reason, Some("that is not a token".to_owned())))
+}
+
+fn read_stdin() -> io::Result<String> {
+    let stdin = io::stdin();
+    let mut text = String::new();
+    if !stdin.is_terminal() {
+        stdin.lock().read_to_string(&mut text)?;
+        return Ok(text);
+    }
+    eprint!("Paste the token (input is hidden): ");
+    io::stderr().flush()?;
+    let echo_off = EchoOff::new();
+    stdin.lock().read_line(&mut text)?;
+    drop(echo_off);
+    eprintln!();
+    Ok(text)
+}
+
+/// Turns terminal echo off on stdin until dropped, so a pasted token does not stay on
+/// screen or in a terminal recording. Best effort: without it, the paste is only visible.
+struct EchoOff {
+    original: libc::termios,
+}
+
+impl EchoOff {
+    fn new() -> Option<EchoOff> {
+        // SAFETY: termios is a plain C struct of integers, valid when zeroed; tcgetattr
+        // fills it, and only reads/writes through the pointer we pass, for fd 0.
+        unsafe {
+            let mut settings: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) != 0 {
+                return None;
+            }
+            let original = settings;
+            settings.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) != 0 {
+                return None;
+            }
+            Some(EchoOff { original })
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings tcgetattr returned for the same fd.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.original);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The subcommands, one module each (mini-redis style), and the resolved [`Context`] they
+//! share. Each command is a library function returning a report that prints itself, so
+//! tests call them directly; [`execute`] is what the binary runs.
+use std::{path::PathBuf, time::Duration};
+
+use tonic::transport::Channel;
+
+use crate::{
+    cli::{Cli, Command},
+    client::{Client, SERVER_ENV, ServerUrl},
+    clock::SystemClock,
+    config,
+    error::AgentError,
+    token::TokenSource,
+};
+
+pub mod login;
+pub mod logout;
+pub mod renew;
+pub mod run;
+pub mod status;
+
+/// The global options, resolved: paths defaulted, server parsed, token source chosen.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// True when the config path was given (so messages must name it).
+    pub config_explicit: bool,
+    /// The server from `--server`/`AUTH_AGENT_SERVER`; else the config file's is used.
+    pub server: Option<ServerUrl>,
+    /// Where the token comes from.
+    pub token_source: TokenSource,
+    /// The state file (last renewal).
+    pub state_file: PathBuf,
+    /// Timeout of each call.
+    pub request_timeout: Duration,
+    /// A ready channel to use instead of dialling the server (tests).
+    pub channel: Option<Channel>,
+}
+
+impl Context {
+    /// A context for the config file at `config_path`, with the token from that file, the
+    /// state file next to it, and the default timeout.
+    pub fn new(config_path: PathBuf) -> Self {
+        Context {
+            state_file: crate::state::default_path(&config_path),
+            token_source: TokenSource::Config {
+                path: config_path.clone(),
+                explicit: true,
+            },
+            config_path,
+            config_explicit: true,
+            server: None,
+            request_timeout: crate::daemon::DEFAULT_REQUEST_TIMEOUT,
+            channel: None,
+        }
+    }
+
+    /// The server: the flag (or its variable), else the one `login` saved.
+    pub async fn server(&self) -> Result<ServerUrl, AgentError> {
+        if let Some(server) = &self.server {
+            return Ok(server.clone());
+        }
+        // An unreadable config is not fatal here: the error below says what to do.
+        let saved = config::load(&self.config_path)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.server);
+        match saved {
+            Some(server) => server.parse(),
+            None => Err(AgentError::FixConfig(format!(
+                "no server configured: pass --server http://HOST:PORT, set {SERVER_ENV}, or run \
+                 `auth-agent login --server http://HOST:PORT` (no server saved in {})",
+                self.config_path.display()
+            ))),
+        }
+    }
+
+    /// The server and a client for it.
+    pub async fn client(&self) -> Result<(ServerUrl, Client), AgentError> {
+        let server = self.server().await?;
+        let channel = match &self.channel {
+            Some(channel) => channel.clone(),
+            None => server.connect_lazy()?,
+        };
+        Ok((server, Client::new(channel)))
+    }
+}
+
+/// Runs the parsed command line, printing reports to stdout.
+pub async fn execute(cli: Cli) -> Result<(), AgentError> {
+    let context = cli.global.context()?;
+    match cli.command {
+        Command::Login => {
+            // Know where to send it before asking someone to paste a secret.
+            context.server().await?;
+            let token = login::read_token(&context.token_source)?;
+            println!("{}", login::login(&context, token).await?);
+        }
+        Command::Run(args) => run::run(&context, &args, run::shutdown_signal()).await?,
+        Command::Status => println!("{}", status::status(&context, &SystemClock).await?),
+        Command::Renew => println!("{}", renew::renew(&context, &SystemClock).await?),
+        Command::Logout => println!("{}", logout::logout(&context).await?),
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `auth-agent run`: turn the flags into [`RunOptions`](crate::daemon::RunOptions), bind
+//! the health endpoint, and run the daemon until SIGINT or SIGTERM.
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tracing::warn;
+
+use super::Context;
+use crate::{cli::RunArgs, clock::SystemClock, daemon, error::AgentError};
+
+/// Runs the daemon with the real clock until `shutdown` completes.
+pub async fn run(
+    context: &Context,
+    args: &RunArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let server = context.server().await?;
+    let mut opts = args.options(context, server)?;
+    if let Some(addr) = args.health_addr {
+        let listener = TcpListener::bind(addr).await.map_err(|err| {
+            AgentError::FixConfig(format!(
+                "cannot listen on --health-addr {addr} (AUTH_AGENT_HEALTH_ADDR): {err}"
+            ))
+        })?;
+        opts.health_listener = Some(listener);
+    }
+    daemon::run(opts, Arc::new(SystemClock), shutdown).await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                // Then only Ctrl-C stops us; say so rather than fail to start.
+                warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,158 @@
+//! The config file written by `auth-agent login`: where it lives (XDG), what it holds
+//! (server and token), and how it is read and replaced.
+use std::{
+    ffi::OsString,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{error::AgentError, files, token::Token};
+
+/// Environment variable naming the config file (the `--config` flag's variable).
+pub const CONFIG_ENV: &str = "AUTH_AGENT_CONFIG";
+
+/// What the config file holds. `Debug` is safe to log: [`Token`] prints redacted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The server URL `login` checked the token against.
+    pub server: Option<String>,
+    /// The token; `None` after `logout`.
+    pub token: Option<Token>,
+}
+
+impl ConfigFile {
+    /// Parses the file's text; a `token` that is not a token is an error.
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        let mut map = files::parse(text)?;
+        let token = match map.remove("token") {
+            Some(raw) => {
+                Some(Token::parse(&raw).map_err(|_| "`token` is not a pat_ token".to_owned())?)
+            }
+            None => None,
+        };
+        Ok(ConfigFile {
+            server: map.remove("server"),
+            token,
+        })
+    }
+
+    /// The file's text. This is one of the two places the token is exposed (the other is
+    /// the `authorization` header), and the result goes straight to a 0600 file.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# auth-agent configuration, written by `auth-agent login`.\n\
+             # It holds a secret: keep it readable only by its owner (mode 0600).\n",
+        );
+        if let Some(server) = &self.server {
+            out.push_str(&files::line("server", server));
+        }
+        if let Some(token) = &self.token {
+            out.push_str(&files::line("token", token.expose()));
+        }
+        let _ = writeln!(out);
+        out
+    }
+}
+
+/// The default config file: `$XDG_CONFIG_HOME/auth-agent/config`, else
+/// `~/.config/auth-agent/config`.
+pub fn default_path() -> Result<PathBuf, AgentError> {
+    default_path_from(
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+    )
+    .ok_or_else(|| {
+        AgentError::FixConfig(format!(
+            "cannot find a config directory: pass --config PATH, or set {CONFIG_ENV}, \
+             XDG_CONFIG_HOME or HOME"
+        ))
+    })
+}
+
+/// [`default_path`] from explicit variables. The XDG spec says a relative
+/// `XDG_CONFIG_HOME` is invalid and must be ignored, and so must an empty one.
+pub fn default_path_from(
+    xdg_config_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
+    let base = match xdg_config_home.map(PathBuf::from) {
+        Some(xdg) if xdg.is_absolute() => xdg,
+        _ => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".config"),
+    };
+    Some(base.join("auth-agent").join("config"))
+}
+
+/// Reads the config file; `None` when there is none yet.
+pub async fn load(path: &Path) -> Result<Option<ConfigFile>, AgentError> {
+    let text = files::read_optional(path)
+        .await
+        .map_err(|source| AgentError::LocalFile {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(text) = text else { return Ok(None) };
+    ConfigFile::parse(&text).map(Some).map_err(|err| {
+        AgentError::FixConfig(format!(
+            "{}: {err}; fix it, or run `auth-agent login` to rewrite it",
+            path.display()
+        ))
+    })
+}
+
+/// Replaces the config file atomically, mode 0600 (see [`files::write_private`]).
+pub async fn store(path: &Path, config: &ConfigFile) -> Result<(), AgentError> {
+    let text = config.render();
+    let owned = path.to_owned();
+    // A few hundred bytes and two fsyncs: run on the blocking pool, not the reactor.
+    tokio::task::spawn_blocking(move || files::write_private(&owned, &text))
+        .await
+        .map_err(|err| AgentError::LocalFile {
+            action: "write",
+            path: path.to_owned(),
+            source: std::io::Error::other(err),
+        })?
+        .map_err(|source| AgentError::LocalFile {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "pat_0123456789abcdefghijABCDEFGHIJklmnop";
+
+    #[test]
+    fn default_path_follows_xdg() {
+        let path = default_path_from(Some("/x/cfg".into()), Some("/home/u".into()));
+        assert_eq!(path, Some(PathBuf::from("/x/cfg/auth-agent/config")));
+        for xdg in [None, Some("".into()), Some("relative".into())] {
+            let path = default_path_from(xdg, Some("/home/u".into()));
+            assert_eq!(
+                path,
+                Some(PathBuf::from("/home/u/.config/auth-agent/config"))
+            );
+        }
+        assert_eq!(default_path_from(None, None), None);
+    }
+
+    #[test]
+    fn render_and_parse_round_trip() {
+        let config = ConfigFile {
+            server: Some("http://127.0.0.1:50051".into()),
+            token: Some(Token::parse(TOKEN).unwrap()),
+        };
+        let text = config.render();
+        assert_eq!(ConfigFile::parse(&text).unwrap(), config);
+        assert!(!format!("{config:?}").contains(TOKEN));
+    }
+
+    #[test]
+    fn a_malformed_token_is_an_error_that_does_not_echo_it() {
+        let err = ConfigFile::parse("token = \"secret-password\"\n").unwrap_err();
+        assert!(!err.contains("secret-password"), "{err}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The agent's one error type. Each variant says what to do next (log in again, retry
+//! later, fix the configuration), and [`AgentError::from_status`] is the one place where a
+//! gRPC status becomes one of them.
+use std::{error::Error as _, io, path::PathBuf};
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::token::{RejectReason, TokenSource};
+
+/// `google.rpc.ErrorInfo.domain` of the auth service's credential errors.
+pub const ERROR_DOMAIN: &str = "auth.v1";
+
+/// What went wrong, phrased as what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The token is missing, not a token, or rejected by the server: a person must log in
+    /// again (or rotate the Secret). Retrying with the same token cannot help, but the
+    /// daemon keeps re-reading its token source so that it recovers once this is fixed.
+    #[error("{}", rejection_message(reason, detail.as_deref(), fix))]
+    Reauthenticate {
+        /// The `ErrorInfo` reason, or the same vocabulary for a local finding.
+        reason: RejectReason,
+        /// What was found locally (never text from the server).
+        detail: Option<String>,
+        /// The exact command or action that fixes it, from the token source.
+        fix: String,
+    },
+    /// Not a login problem: the server is down, slow, unreachable or answered with an
+    /// unexpected error. Retry later with backoff, and keep the token.
+    #[error("server unavailable ({code}: {cause}); not a login problem, retry later")]
+    RetryLater {
+        /// The gRPC code name, e.g. `UNAVAILABLE` or `DEADLINE_EXCEEDED`.
+        code: &'static str,
+        /// The status message and its causes (transport, DNS, TLS).
+        cause: String,
+    },
+    /// The configuration is wrong and nothing will work until it is fixed; the message
+    /// names the flag, variable or file to change.
+    #[error("{0}")]
+    FixConfig(String),
+    /// A local file could not be read or written; the message names it.
+    #[error("cannot {action} {}: {source}", path.display())]
+    LocalFile {
+        /// What was being done, e.g. "write".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn rejection_message(reason: &RejectReason, detail: Option<&str>, fix: &str) -> String {
+    match detail {
+        None => format!("token rejected ({reason}): {fix}"),
+        Some(detail) => format!("no usable token ({reason}: {detail}): {fix}"),
+    }
+}
+
+impl AgentError {
+    /// Maps a status from the auth service (or from the transport under it) to what to
+    /// do. Only `UNAUTHENTICATED` is a login problem; everything else is retried.
+    pub fn from_status(status: &Status, source: &TokenSource) -> AgentError {
+        if status.code() != Code::Unauthenticated {
+            return AgentError::RetryLater {
+                code: code_name(status.code()),
+                cause: describe(status),
+            };
+        }
+        let reason = match status.get_error_details().error_info() {
+            Some(info) if info.domain == ERROR_DOMAIN => RejectReason::from_wire(&info.reason),
+            Some(info) => RejectReason::Other(format!("{}/{}", info.domain, info.reason)),
+            // An UNAUTHENTICATED without ErrorInfo comes from something in between (a
+            // proxy, a mesh): still a credential problem as far as the agent can tell.
+            None => RejectReason::Other("UNAUTHENTICATED".to_owned()),
+        };
+        source.rejected(reason, None)
+    }
+
+    /// True for a login problem (the daemon's "unauthenticated" state).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, AgentError::Reauthenticate { .. })
+    }
+
+    /// The process exit code for a one-shot command: 3 log in again, 1 retry later,
+    /// 2 fix the configuration (clap also exits 2 on a usage error).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Reauthenticate { .. } => 3,
+            AgentError::RetryLater { .. } => 1,
+            AgentError::FixConfig(_) | AgentError::LocalFile { .. } => 2,
+        }
+    }
+}
+
+/// The status message followed by its chain of causes, which is where tonic puts the
+/// useful part of a transport error ("connection refused", a DNS failure).
+fn describe(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = status.source();
+    while let Some(err) = cause {
+        let next = err.to_string();
+        if !text.contains(&next) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&next);
+        }
+        cause = err.source();
+    }
+    if text.is_empty() {
+        "no details".to_owned()
+    } else {
+        text
+    }
+}
+
+/// The canonical gRPC name of a code, as operators read it in other tools.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    fn config_source() -> TokenSource {
+        TokenSource::Config {
+            path: "/home/u/.config/auth-agent/config".into(),
+            explicit: false,
+        }
+    }
+
+    fn unauthenticated(reason: &str, domain: &str) -> Status {
+        let details = ErrorDetails::with_error_info(reason, domain, HashMap::new());
+        Status::with_error_details(Code::Unauthenticated, "token expired", details)
+    }
+
+    #[test]
+    fn every_wire_reason_becomes_a_rejection_with_the_fix() {
+        for reason in [
+            "MISSING_CREDENTIALS",
+            "TOKEN_MALFORMED",
+            "TOKEN_UNKNOWN",
+            "TOKEN_EXPIRED",
+            "TOKEN_REVOKED",
+        ] {
+            let err =
+                AgentError::from_status(&unauthenticated(reason, ERROR_DOMAIN), &config_source());
+            assert!(err.is_rejection());
+            assert_eq!(err.exit_code(), 3);
+            assert_eq!(
+                err.to_string(),
+                format!("token rejected ({reason}): run `auth-agent login` to re-authenticate")
+            );
+        }
+    }
+
+    #[test]
+    fn unauthenticated_without_our_error_info_is_still_a_rejection() {
+        let bare = AgentError::from_status(&Status::unauthenticated("nope"), &config_source());
+        assert!(
+            bare.to_string()
+                .starts_with("token rejected (UNAUTHENTICATED):"),
+            "{bare}"
+        );
+        let foreign = AgentError::from_status(
+            &unauthenticated("JWT_BAD", "mesh.example"),
+            &config_source(),
+        );
+        assert!(
+            foreign.to_string().contains("(mesh.example/JWT_BAD)"),
+            "{foreign}"
+        );
+    }
+
+    #[test]
+    fn everything_else_is_retried_and_never_mentions_login() {
+        for status in [
+            Status::unavailable("database down"),
+            Status::internal("boom"),
+            Status::deadline_exceeded("no answer within 15s"),
+            Status::unknown("transport error"),
+            Status::permission_denied("not yours"),
+        ] {
+            let err = AgentError::from_status(&status, &config_source());
+            assert!(matches!(err, AgentError::RetryLater { .. }), "{err:?}");
+            assert_eq!(err.exit_code(), 1);
+            assert!(
+                !err.to_string().contains("auth-agent login")
+                    && !err.to_string().contains("rejected"),
+                "{err}"
+            );
+            assert!(err.to_string().contains(code_name(status.code())), "{err}");
+        }
+    }
+
+    #[test]
+    fn local_findings_say_what_was_found() {
+        let err = config_source().rejected(
+            RejectReason::MissingCredentials,
+            Some("no config file at /x".into()),
+        );
+        assert_eq!(
+            err.to_string(),
+            "no usable token (MISSING_CREDENTIALS: no config file at /x): run `auth-agent login` to re-authenticate"
+        );
+    }
+}

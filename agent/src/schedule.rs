@@ -1,0 +1,220 @@
+//! When to call next, as pure functions of the clock reading, the server's answer and a
+//! random sample: computed deadlines, not ticks (house style 8), so they are unit-tested
+//! here without a runtime.
+use std::time::{Duration, SystemTime};
+
+use crate::client::RenewOutcome;
+
+/// Never schedule sooner than this after a success. Guards against a server whose clock is
+/// behind ours: its `next_renewal_at` may already be past for us while it still answers
+/// "not yet", and without a floor the agent would call it in a tight loop.
+pub const MIN_DELAY_AFTER_SUCCESS: Duration = Duration::from_secs(60);
+
+/// The knobs of the schedule. Defaults are documented on each field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Longest time between successful renewals (default 3 days). The server's
+    /// `next_renewal_at` usually comes later; this bounds how stale the agent's view can
+    /// get, and how long a revoked token goes unnoticed.
+    pub interval: Duration,
+    /// First retry delay after a failure (default 30 s); doubles on each failure.
+    pub backoff_initial: Duration,
+    /// Cap on the retry delay (default 1 h).
+    pub backoff_max: Duration,
+    /// Fraction of each delay that is randomised (default 0.2), so that a fleet restarted
+    /// together does not call the server in lock step. 0 makes the schedule exact.
+    pub jitter: f64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            interval: Duration::from_secs(3 * 86_400),
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(3600),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Schedule {
+    /// The next attempt after a successful renewal at `now`; `u` is a sample in `[0, 1)`.
+    ///
+    /// It is the earlier of
+    /// - `now + interval`, shortened by up to `jitter` of it, and
+    /// - the server's `next_renewal_at`, delayed by up to `jitter` of the renewal window
+    ///   (`expires_at - next_renewal_at`, at most one interval). Jitter goes *after* that
+    ///   point, because a renewal before it is a no-op, and the window is days long.
+    ///
+    /// A token that cannot be extended any more (`next_renewal_at` unset) is next looked
+    /// at when it expires, and one that never expires only on the interval.
+    pub fn after_success(&self, now: SystemTime, outcome: &RenewOutcome, u: f64) -> SystemTime {
+        let jitter = self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0);
+        let on_interval = now + self.interval.mul_f64(1.0 - jitter);
+        let from_server = match (outcome.expires_at, outcome.next_renewal_at) {
+            (None, _) => None,
+            (Some(expires_at), None) => Some(expires_at),
+            (Some(expires_at), Some(next)) => {
+                let window = expires_at
+                    .duration_since(next)
+                    .unwrap_or_default()
+                    .min(self.interval);
+                Some(next + window.mul_f64(jitter))
+            }
+        };
+        let next = from_server.map_or(on_interval, |at| at.min(on_interval));
+        next.max(now + MIN_DELAY_AFTER_SUCCESS)
+    }
+
+    /// The delay before retry number `failures` (1 for the first failure): `backoff_initial`
+    /// doubled per failure, capped at `backoff_max`, then shortened by up to `jitter` of
+    /// itself with sample `u` in `[0, 1)`.
+    pub fn backoff(&self, failures: u32, u: f64) -> Duration {
+        let doublings = failures.saturating_sub(1);
+        let base = match 1u32.checked_shl(doublings) {
+            Some(factor) => self
+                .backoff_initial
+                .saturating_mul(factor)
+                .min(self.backoff_max),
+            None => self.backoff_max,
+        };
+        base.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0))
+    }
+
+    /// The next attempt after failure number `failures` at `now`.
+    pub fn after_failure(&self, now: SystemTime, failures: u32, u: f64) -> SystemTime {
+        now + self.backoff(failures, u)
+    }
+}
+
+/// A uniform sample in `[0, 1)` from the OS random source. Jitter only needs to differ
+/// between machines, so if the source fails the midpoint is good enough.
+pub fn random_unit() -> f64 {
+    match getrandom::u64() {
+        // 53 random bits: exactly representable in an f64 mantissa.
+        Ok(bits) => (bits >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)
+    }
+
+    fn exact() -> Schedule {
+        Schedule {
+            jitter: 0.0,
+            ..Schedule::default()
+        }
+    }
+
+    fn outcome(expires_in: Option<Duration>, next_in: Option<Duration>) -> RenewOutcome {
+        RenewOutcome {
+            expires_at: expires_in.map(|d| t0() + d),
+            renewed: true,
+            next_renewal_at: next_in.map(|d| t0() + d),
+        }
+    }
+
+    #[test]
+    fn takes_the_servers_next_renewal_when_it_is_sooner() {
+        let next = exact().after_success(t0(), &outcome(Some(2 * DAY), Some(DAY)), 0.0);
+        assert_eq!(next, t0() + DAY);
+    }
+
+    #[test]
+    fn takes_the_interval_when_it_is_sooner() {
+        let next = exact().after_success(t0(), &outcome(Some(90 * DAY), Some(83 * DAY)), 0.0);
+        assert_eq!(next, t0() + 3 * DAY);
+    }
+
+    #[test]
+    fn jitter_stays_inside_its_bounds() {
+        let schedule = Schedule::default();
+        for u in [0.0, 0.25, 0.5, 0.999] {
+            let on_interval =
+                schedule.after_success(t0(), &outcome(Some(90 * DAY), Some(83 * DAY)), u);
+            assert!(
+                on_interval <= t0() + 3 * DAY && on_interval >= t0() + 3 * DAY - 3 * DAY / 5,
+                "u={u}"
+            );
+            // After next_renewal_at (a renewal before it would be a no-op), well before expiry.
+            let on_server = schedule.after_success(t0(), &outcome(Some(8 * DAY), Some(DAY)), u);
+            assert!(
+                on_server >= t0() + DAY && on_server <= t0() + DAY + 3 * DAY / 5,
+                "u={u}"
+            );
+        }
+        let a = schedule.after_success(t0(), &outcome(Some(90 * DAY), Some(83 * DAY)), 0.1);
+        let b = schedule.after_success(t0(), &outcome(Some(90 * DAY), Some(83 * DAY)), 0.9);
+        assert_ne!(a, b, "different samples must spread a fleet");
+    }
+
+    #[test]
+    fn a_token_that_never_expires_is_checked_on_the_interval() {
+        assert_eq!(
+            exact().after_success(t0(), &outcome(None, None), 0.0),
+            t0() + 3 * DAY
+        );
+    }
+
+    #[test]
+    fn a_token_at_its_maximum_lifetime_is_next_looked_at_when_it_expires() {
+        assert_eq!(
+            exact().after_success(t0(), &outcome(Some(DAY), None), 0.0),
+            t0() + DAY
+        );
+    }
+
+    #[test]
+    fn a_next_renewal_in_the_past_does_not_cause_a_tight_loop() {
+        let skewed = RenewOutcome {
+            expires_at: Some(t0() + DAY),
+            renewed: false,
+            next_renewal_at: Some(t0() - DAY),
+        };
+        assert_eq!(
+            exact().after_success(t0(), &skewed, 0.0),
+            t0() + MIN_DELAY_AFTER_SUCCESS
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_30s_to_an_hour_cap() {
+        let secs: Vec<u64> = (1..=10)
+            .map(|n| exact().backoff(n, 0.0).as_secs())
+            .collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        assert_eq!(exact().backoff(u32::MAX, 0.0), Duration::from_secs(3600));
+        assert_eq!(
+            exact().after_failure(t0(), 2, 0.0),
+            t0() + Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn backoff_jitter_only_shortens() {
+        let schedule = Schedule::default();
+        for u in [0.0, 0.5, 0.999] {
+            let d = schedule.backoff(3, u);
+            assert!(
+                d <= Duration::from_secs(120) && d >= Duration::from_secs(96),
+                "u={u}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_unit_is_in_range() {
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The state file: when the last renewal succeeded and what it answered, so that `status`
+//! can report it. Kept apart from the config because a hardened service may read its
+//! config from a read-only directory and write state elsewhere (systemd `StateDirectory`).
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use crate::{client::RenewOutcome, error::AgentError, files, timefmt};
+
+/// Environment variable naming the state file (the `--state-file` flag's variable).
+pub const STATE_ENV: &str = "AUTH_AGENT_STATE_FILE";
+
+/// What the last successful renewal answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// When the last `RenewCurrentToken` call succeeded (extended or not).
+    pub last_renewal: SystemTime,
+    /// Whether that call extended the expiry.
+    pub extended: bool,
+    /// The expiry it reported; `None` for a token that never expires.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl State {
+    /// The state after a successful renewal at `now`.
+    pub fn after(now: SystemTime, outcome: &RenewOutcome) -> State {
+        State {
+            last_renewal: now,
+            extended: outcome.renewed,
+            expires_at: outcome.expires_at,
+        }
+    }
+
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut out =
+            String::from("# auth-agent state, rewritten after every successful renewal.\n");
+        out.push_str(&files::line(
+            "last_renewal",
+            &timefmt::rfc3339(self.last_renewal),
+        ));
+        out.push_str(&files::line(
+            "last_renewal_extended",
+            if self.extended { "true" } else { "false" },
+        ));
+        let expires = self
+            .expires_at
+            .map_or_else(|| "never".to_owned(), timefmt::rfc3339);
+        out.push_str(&files::line("expires_at", &expires));
+        out
+    }
+
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> Result<State, String> {
+        let map = files::parse(text)?;
+        let get = |key: &str| map.get(key).ok_or_else(|| format!("missing `{key}`"));
+        let time = |key: &str| -> Result<SystemTime, String> {
+            humantime::parse_rfc3339(get(key)?).map_err(|err| format!("`{key}`: {err}"))
+        };
+        Ok(State {
+            last_renewal: time("last_renewal")?,
+            extended: get("last_renewal_extended")? == "true",
+            expires_at: if get("expires_at")? == "never" {
+                None
+            } else {
+                Some(time("expires_at")?)
+            },
+        })
+    }
+}
+
+/// The default state file: `state`, next to the config file.
+pub fn default_path(config_path: &Path) -> PathBuf {
+    config_path.with_file_name("state")
+}
+
+/// Reads the state file; `None` when no renewal has been recorded yet.
+pub async fn load(path: &Path) -> Result<Option<State>, AgentError> {
+    let text = files::read_optional(path)
+        .await
+        .map_err(|source| AgentError::LocalFile {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(text) = text else { return Ok(None) };
+    State::parse(&text).map(Some).map_err(|err| {
+        AgentError::FixConfig(format!(
+            "{}: {err}; delete it, the next renewal rewrites it",
+            path.display()
+        ))
+    })
+}
+
+/// Replaces the state file atomically (mode 0600: it says when a token expires).
+pub async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
+    let text = state.render();
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || files::write_private(&owned, &text))
+        .await
+        .map_err(|err| AgentError::LocalFile {
+            action: "write",
+            path: path.to_owned(),
+            source: std::io::Error::other(err),
+        })?
+        .map_err(|source| AgentError::LocalFile {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn round_trips_with_and_without_expiry() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        for expires_at in [Some(at + Duration::from_secs(86_400)), None] {
+            let state = State {
+                last_renewal: at,
+                extended: true,
+                expires_at,
+            };
+            assert_eq!(State::parse(&state.render()).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn lives_next_to_the_config() {
+        assert_eq!(
+            default_path(Path::new("/home/u/.config/auth-agent/config")),
+            PathBuf::from("/home/u/.config/auth-agent/state")
+        );
+    }
+}

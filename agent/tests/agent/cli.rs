@@ -1,0 +1,423 @@
+//! The `auth-agent` binary itself: exit codes, what `login` writes (and does not), the
+//! config file's mode, the command round trip, and a clean stop on SIGTERM.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use auth_agent::config::ConfigFile;
+use tokio::{io::AsyncWriteExt, process::Command};
+
+use crate::{
+    fake::{Fake, Rpc},
+    support::{TempDir, token},
+};
+
+/// Runs the binary with a clean environment (no stray AUTH_AGENT_* from the caller),
+/// `stdin` piped in, and `envs` set.
+async fn agent(args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-agent"))
+        .args(args)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn login_with_a_rejected_token_writes_nothing() {
+    let fake = Fake::new();
+    fake.accept_only(&[], "TOKEN_UNKNOWN");
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let config = dir.join("sub/config");
+    let config_arg = config.to_str().unwrap();
+
+    let out = agent(
+        &["login", "--server", &url, "--config", config_arg],
+        &format!("{}\n", token("unknown")),
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("token rejected (TOKEN_UNKNOWN)") && stderr.contains("nothing was saved"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("sub").exists(),
+        "not even the directory was created"
+    );
+    assert_eq!(
+        fake.rpcs(),
+        [Rpc::Lookup],
+        "login checks with LookupCurrentToken"
+    );
+
+    // Over an existing login, a rejected token leaves the file byte for byte.
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let before = format!("server = \"{url}\"\ntoken = \"{}\"\n", token("kept"));
+    std::fs::write(&config, &before).unwrap();
+    let out = agent(&["login", "--config", config_arg], &token("unknown"), &[]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+    assert_eq!(
+        std::fs::read_dir(dir.join("sub")).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
+}
+
+#[tokio::test]
+async fn login_refuses_what_is_not_a_token_without_sending_it() {
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let config = dir.join("config");
+
+    let out = agent(
+        &[
+            "login",
+            "--server",
+            &url,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "hunter2\n",
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("TOKEN_MALFORMED"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the rejected input is not echoed: {stderr}"
+    );
+    assert!(
+        fake.rpcs().is_empty(),
+        "something that is not a token never leaves the machine"
+    );
+    assert!(!config.exists());
+}
+
+#[tokio::test]
+async fn login_saves_to_the_xdg_config_readable_only_by_its_owner() {
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let xdg = dir.join("xdg");
+    let tok = token("xdglogin");
+
+    let out = agent(
+        &["login", "--server", &url],
+        &format!("{tok}\n"),
+        &[("XDG_CONFIG_HOME", xdg.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("logged in to {url} as alice")),
+        "{}",
+        text(&out.stdout)
+    );
+    let config = xdg.join("auth-agent/config");
+    assert_eq!(mode(&config), 0o600);
+    assert_eq!(mode(&xdg.join("auth-agent")), 0o700);
+    let saved = ConfigFile::parse(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(saved.server.as_deref(), Some(url.as_str()));
+    assert_eq!(saved.token.unwrap().expose(), tok);
+    assert_eq!(
+        std::fs::read_dir(xdg.join("auth-agent")).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
+
+    // HOME is the fallback when XDG_CONFIG_HOME is unset.
+    let home = dir.join("home");
+    let out = agent(
+        &["login", "--server", &url],
+        &tok,
+        &[("HOME", home.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(mode(&home.join(".config/auth-agent/config")), 0o600);
+}
+
+#[tokio::test]
+async fn status_renew_and_logout_round_trip() {
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let config = dir.join("config");
+    let cfg = config.to_str().unwrap();
+
+    assert_eq!(
+        agent(
+            &["login", "--server", &url, "--config", cfg],
+            &token("round"),
+            &[]
+        )
+        .await
+        .status
+        .code(),
+        Some(0)
+    );
+    // The server comes from the config from now on.
+    let status = agent(&["status", "--config", cfg], "", &[]).await;
+    let stdout = text(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    for line in [
+        format!("server:        {url}"),
+        "user:          alice".into(),
+        "token:         laptop".into(),
+        "last renewal:  none recorded".into(),
+    ] {
+        assert!(stdout.contains(&line), "{line:?} in\n{stdout}");
+    }
+    assert!(
+        stdout.contains("expires:") && stdout.contains("(in 89d 23h)"),
+        "{stdout}"
+    );
+
+    let renew = agent(&["renew", "--config", cfg], "", &[]).await;
+    assert_eq!(renew.status.code(), Some(0));
+    assert!(
+        text(&renew.stdout).starts_with("renewed: the token now expires at"),
+        "{}",
+        text(&renew.stdout)
+    );
+    assert_eq!(mode(&dir.join("state")), 0o600);
+    let status = agent(&["status", "--config", cfg], "", &[]).await;
+    assert!(
+        text(&status.stdout).contains("ago), extended the expiry"),
+        "{}",
+        text(&status.stdout)
+    );
+
+    let logout = agent(&["logout", "--config", cfg], "", &[]).await;
+    assert_eq!(logout.status.code(), Some(0), "{}", text(&logout.stderr));
+    assert!(
+        text(&logout.stdout).contains("token revoked at"),
+        "{}",
+        text(&logout.stdout)
+    );
+    let saved = ConfigFile::parse(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        (saved.server.as_deref(), saved.token),
+        (Some(url.as_str()), None)
+    );
+    assert_eq!(mode(&config), 0o600);
+    assert_eq!(
+        fake.rpcs(),
+        [
+            Rpc::Lookup,
+            Rpc::Lookup,
+            Rpc::Renew,
+            Rpc::Lookup,
+            Rpc::Revoke
+        ]
+    );
+
+    let status = agent(&["status", "--config", cfg], "", &[]).await;
+    assert_eq!(status.status.code(), Some(3));
+    assert!(
+        text(&status.stderr).contains(&format!("run `auth-agent login --config {cfg}`")),
+        "{}",
+        text(&status.stderr)
+    );
+}
+
+#[tokio::test]
+async fn status_exit_codes_separate_a_rejected_token_from_an_unreachable_server() {
+    let fake = Fake::new();
+    fake.accept_only(&[], "TOKEN_EXPIRED");
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let cfg = dir.join("config");
+    let env = [("AUTH_AGENT_TOKEN", token("envtoken"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let rejected = agent(
+        &[
+            "status",
+            "--server",
+            &url,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        "",
+        &env,
+    )
+    .await;
+    assert_eq!(rejected.status.code(), Some(3));
+    assert!(
+        text(&rejected.stderr).contains("token rejected (TOKEN_EXPIRED): set AUTH_AGENT_TOKEN"),
+        "{}",
+        text(&rejected.stderr)
+    );
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let down = agent(
+        &[
+            "status",
+            "--server",
+            &closed,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        "",
+        &env,
+    )
+    .await;
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down.stderr));
+    assert!(
+        text(&down.stderr).contains("not a login problem"),
+        "{}",
+        text(&down.stderr)
+    );
+
+    let unconfigured = agent(&["status", "--config", cfg.to_str().unwrap()], "", &env).await;
+    assert_eq!(unconfigured.status.code(), Some(2));
+    assert!(
+        text(&unconfigured.stderr).contains("--server"),
+        "{}",
+        text(&unconfigured.stderr)
+    );
+}
+
+#[tokio::test]
+async fn run_renews_first_and_stops_cleanly_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let file = dir.join("token");
+    std::fs::write(&file, token("sidecar")).unwrap();
+    let state = dir.join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-agent"))
+        .args([
+            "run",
+            "--server",
+            &url,
+            "--state-file",
+            state.to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("AUTH_AGENT_TOKEN_FILE", &file)
+        .env("HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read the log as it comes until the identity line, so SIGTERM lands after startup.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            let done = line.contains("authenticated as alice, token laptop expires at");
+            log.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the agent exited before authenticating");
+    });
+    started
+        .await
+        .unwrap_or_else(|_| panic!("no identity line in:\n{}", log.join("\n")));
+    assert_eq!(fake.rpcs(), [Rpc::Renew, Rpc::Lookup]);
+
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("shutdown requested"), "{log}");
+    assert!(!log.contains(&token("sidecar")[4..]), "{log}");
+    assert_eq!(mode(&state), 0o600);
+}
+
+#[tokio::test]
+async fn logout_keeps_the_token_while_the_server_cannot_revoke_it() {
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let config = dir.join("config");
+    let cfg = config.to_str().unwrap();
+    assert_eq!(
+        agent(
+            &["login", "--server", &url, "--config", cfg],
+            &token("logout"),
+            &[]
+        )
+        .await
+        .status
+        .code(),
+        Some(0)
+    );
+    let before = std::fs::read_to_string(&config).unwrap();
+
+    fake.revoke_always(crate::fake::fail(tonic::Status::unavailable(
+        "database down",
+    )));
+    let out = agent(&["logout", "--config", cfg], "", &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        before,
+        "kept, so that logout can be retried"
+    );
+
+    // A token the server already refuses is simply forgotten.
+    fake.revoke_always(crate::fake::fail(crate::fake::unauthenticated(
+        "TOKEN_EXPIRED",
+    )));
+    let out = agent(&["logout", "--config", cfg], "", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("already refuses this token (TOKEN_EXPIRED)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        ConfigFile::parse(&std::fs::read_to_string(&config).unwrap())
+            .unwrap()
+            .token,
+        None
+    );
+}
