@@ -88,6 +88,7 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
             eprintln!("migrations applied");
             opened.close().await
         }
+        Command::Healthcheck { addr, service } => healthcheck(addr, service).await,
         Command::Token(cmd) => {
             let prefix = cli.db.prefix()?;
             let opened = open_database(&db_settings).await?;
@@ -188,4 +189,34 @@ async fn create(db: &Db, prefix: &token::Prefix, args: CreateArgs) -> Result<()>
         created.id, args.user, args.name
     );
     Ok(())
+}
+
+async fn healthcheck(addr: std::net::SocketAddr, service: String) -> Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::Config(format!("unhealthy: cannot ask {addr}: {e}"));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3));
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.clone(),
+        })
+        .await
+        .map_err(|e| unreachable(&e.message()))?;
+    let status =
+        ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "unhealthy: {addr} reports {} for {service:?}",
+            status.as_str_name()
+        )))
+    }
 }

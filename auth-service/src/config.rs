@@ -34,6 +34,20 @@ pub enum Command {
     Token(TokenCommand),
     /// Apply pending schema migrations and exit.
     Migrate,
+    /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
+    /// or not (exit 1): for Docker HEALTHCHECK and scripts.
+    Healthcheck {
+        /// The server to ask.
+        #[arg(
+            long,
+            env = "AUTH_SERVICE_HEALTHCHECK_ADDR",
+            default_value = "127.0.0.1:50051"
+        )]
+        addr: SocketAddr,
+        /// The service name to check ("" for the server as a whole).
+        #[arg(long, default_value = "auth.v1.AuthService")]
+        service: String,
+    },
 }
 
 /// Database selection and tuning, accepted before or after any subcommand.

@@ -215,6 +215,19 @@ async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
     let mut serve = spawn_serve(&["--data-dir", data, "--listen", &listen]);
     let (mut log, rest) = wait_listening(&mut serve);
 
+    // The Docker HEALTHCHECK command sees it serving (the database probe has passed
+    // by the time the first health report is read, or soon after).
+    let mut healthy = run(&["healthcheck", "--addr", &listen]);
+    for _ in 0..50 {
+        if healthy.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        healthy = run(&["healthcheck", "--addr", &listen]);
+    }
+    assert!(healthy.status.success(), "{}", text(&healthy.stderr));
+    assert_eq!(text(&healthy.stdout).trim(), "SERVING");
+
     // `token create` against the same data dir while serve runs.
     let created = run(&[
         "token",
@@ -262,6 +275,8 @@ async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
 
     let status = terminate(&mut serve);
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let down = run(&["healthcheck", "--addr", &listen]);
+    assert!(!down.status.success() && text(&down.stderr).contains("unhealthy"));
     log.extend(rest.iter());
     let stdout = {
         let mut s = String::new();
