@@ -131,3 +131,41 @@ async fn a_database_that_never_answers_is_unavailable_not_unauthenticated() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(health(&server.url()).await, ServingStatus::NotServing);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_exhausted_database_is_unavailable() {
+    let config = testing::fresh_database().await.unwrap();
+    // One connection, one second: a call stuck behind a lock is too slow, and the
+    // call queued behind it finds the pool exhausted.
+    let db = Db::new(config.clone(), 1, Duration::from_secs(1)).unwrap();
+    let server =
+        testing::TestServer::start(db.clone(), testing::test_settings(RenewalPolicy::default()))
+            .await
+            .unwrap();
+    let (id, token) = token_expiring_in(&db, 86400.0).await;
+    let lock = testing::RowLock::take(&config, &id).await.unwrap();
+    let mut a = server.client().await.unwrap();
+    let mut b = a.clone();
+    // The second call first waits for the pool, then (if it gets the connection
+    // back before its second is up) for the lock: UNAVAILABLE either way.
+    let (slow, queued) = tokio::join!(renew(&mut a, &token), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        renew(&mut b, &token).await
+    });
+    assert_eq!(slow.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(queued.unwrap_err().code(), Code::Unavailable);
+    // The timed-out statements were cancelled on the server: nothing waits on the
+    // lock any more, so releasing it cannot let a "failed" renew complete later.
+    let probe = Db::new(config.clone(), 1, Duration::from_secs(5)).unwrap();
+    for _ in 0..100 {
+        if testing::lock_waiters(&probe).await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(testing::lock_waiters(&probe).await.unwrap(), 0);
+    lock.release().await.unwrap();
+    // Nothing was half-done, and the service works again at once.
+    assert_eq!(testing::events(&db, &id).await.unwrap().len(), 1);
+    assert!(renew(&mut a, &token).await.unwrap().renewed);
+}

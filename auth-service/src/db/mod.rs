@@ -42,7 +42,19 @@ pub struct Db {
 
 impl Db {
     /// Builds the pool; no connection is made until first use.
-    pub fn new(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> Result<Db> {
+    pub fn new(
+        mut config: tokio_postgres::Config,
+        max_size: usize,
+        timeout: Duration,
+    ) -> Result<Db> {
+        // The server abandons a statement we stopped waiting for (a lock wait, a
+        // slow disk) instead of keeping the connection busy behind it.
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or(""),
+            timeout.as_millis().max(1)
+        );
+        config.options(options.trim_start());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -67,21 +79,32 @@ impl Db {
         &self.pool
     }
 
-    /// Runs `op` with a pooled client, bounded by the operation timeout.
+    /// Runs `op` with a pooled client, bounded by the operation timeout (waiting
+    /// for a connection included).
     pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
     where
         F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
     {
-        let work = async {
-            let client = self.pool.get().await?;
-            op(&client).await
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Unavailable(format!(
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || {
+            Error::Unavailable(format!(
                 "no answer from the database within {:?}",
                 self.timeout
-            ))),
+            ))
+        };
+        let client = tokio::time::timeout_at(deadline, self.pool.get())
+            .await
+            .map_err(|_| timed_out())??;
+        match tokio::time::timeout_at(deadline, op(&client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Ask the server to abandon the statement we stopped waiting for, so
+                // that a call reported UNAVAILABLE does not then complete behind the
+                // caller's back (statement_timeout is the backstop).
+                let cancel = client.cancel_token();
+                let _ = tokio::time::timeout(self.timeout, cancel.cancel_query(NoTls)).await;
+                Err(timed_out())
+            }
         }
     }
 
