@@ -2,6 +2,7 @@
 //!
 //! `build.rs` compiles `proto/` with the pure-Rust `protox` compiler, so no system
 //! `protoc` is needed; the encoded descriptor set is exported for server reflection.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// The `auth.v1` package: messages, the client and the server trait.
 pub mod v1 {

@@ -17,11 +17,32 @@ pub struct Opened {
     pub cluster: Option<Cluster>,
 }
 
+/// Who is opening the database: `serve` owns the embedded cluster; a one-shot
+/// command borrows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    OneShot,
+}
+
 impl Opened {
-    /// Closes the pool, then stops the embedded cluster if this process started it.
-    pub async fn close(self) -> Result<()> {
+    /// Closes the pool, then stops the embedded cluster if this process owns it. A
+    /// one-shot command that started the cluster leaves it running when another
+    /// process (a `serve` that started meanwhile) is connected to it.
+    pub async fn close(self, role: Role) -> Result<()> {
+        let shared = match &self.cluster {
+            Some(c) if c.owned() && role == Role::OneShot => {
+                self.db.other_clients().await.unwrap_or(0) > 0
+            }
+            _ => false,
+        };
         self.db.close();
         match self.cluster {
+            Some(mut cluster) if shared => {
+                tracing::info!("leaving the embedded PostgreSQL running: another process uses it");
+                cluster.disown();
+                Ok(())
+            }
             Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop())
                 .await
                 .map_err(|e| Error::Internal(format!("stopping PostgreSQL: {e}")))?,
@@ -31,7 +52,7 @@ impl Opened {
 }
 
 /// Connects (starting the embedded cluster if configured) and applies migrations.
-pub async fn open_database(settings: &DbSettings) -> Result<Opened> {
+pub async fn open_database(settings: &DbSettings, role: Role) -> Result<Opened> {
     let (config, cluster) = match &settings.database {
         Database::Url(config) => (config.as_ref().clone(), None),
         Database::Embedded {
@@ -40,7 +61,11 @@ pub async fn open_database(settings: &DbSettings) -> Result<Opened> {
         } => {
             let (data_dir, pg_bindir) = (data_dir.clone(), pg_bindir.clone());
             let cluster = tokio::task::spawn_blocking(move || {
-                Cluster::start(&data_dir, pg_bindir.as_deref(), &ClusterOptions::default())
+                let options = ClusterOptions {
+                    adopt_running: role == Role::Server,
+                    ..ClusterOptions::default()
+                };
+                Cluster::start(&data_dir, pg_bindir.as_deref(), &options)
             })
             .await
             .map_err(|e| Error::Internal(format!("starting PostgreSQL: {e}")))??;
@@ -54,7 +79,7 @@ pub async fn open_database(settings: &DbSettings) -> Result<Opened> {
             None => " (check --database-url / AUTH_SERVICE_DATABASE_URL and that the server is up)",
             Some(_) => "",
         };
-        let _ = opened.close().await;
+        let _ = opened.close(role).await;
         return Err(match e {
             Error::Unavailable(cause) => {
                 Error::Config(format!("cannot reach the database{hint}: {cause}"))
@@ -77,26 +102,32 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
                     settings.listen
                 ))
             })?;
-            let opened = open_database(&db_settings).await?;
+            let opened = open_database(&db_settings, Role::Server).await?;
             tracing::info!(addr = %settings.listen, "auth-service listening");
             let served = server::run(listener, opened.db.clone(), settings, shutdown).await;
-            let closed = opened.close().await;
+            let closed = opened.close(Role::Server).await;
             served.and(closed)
         }
         Command::Migrate => {
-            let opened = open_database(&db_settings).await?;
-            eprintln!("migrations applied");
-            opened.close().await
+            let opened = open_database(&db_settings, Role::OneShot).await?;
+            say("migrations applied");
+            opened.close(Role::OneShot).await
         }
         Command::Healthcheck { addr, service } => healthcheck(addr, service).await,
         Command::Token(cmd) => {
             let prefix = cli.db.prefix()?;
-            let opened = open_database(&db_settings).await?;
+            let opened = open_database(&db_settings, Role::OneShot).await?;
             let result = token_command(&opened.db, &prefix, cmd).await;
-            opened.close().await?;
+            opened.close(Role::OneShot).await?;
             result
         }
     }
+}
+
+/// A line for the person at the terminal (stderr). Unlike `eprintln!`, it cannot
+/// panic when stderr is closed.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn cli_caller() -> String {
@@ -140,7 +171,7 @@ async fn token_command(db: &Db, prefix: &token::Prefix, cmd: TokenCommand) -> Re
         }
         TokenCommand::Revoke { id } => {
             let at = db.revoke_by_id(&id, &cli_caller()).await?;
-            eprintln!("revoked token {id} at {}", fmt_time(at));
+            say(&format!("revoked token {id} at {}", fmt_time(at)));
             Ok(())
         }
     }
@@ -179,15 +210,22 @@ async fn create(db: &Db, prefix: &token::Prefix, args: CreateArgs) -> Result<()>
         .await?;
     // The one and only time the secret is shown: alone on stdout, so
     // `TOKEN=$(auth-service token create ...)` works; the rest goes to stderr.
-    println!("{}", raw.expose());
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{}", raw.expose()).and_then(|()| stdout.flush()) {
+        // Nobody received the secret: a live token nobody holds is only a risk.
+        db.revoke_by_id(&created.id, &cli_caller()).await?;
+        return Err(Error::Config(format!(
+            "could not print the new token ({e}); it was revoked, nothing usable was created"
+        )));
+    }
     let expires = created.expires_at.map_or_else(
         || "never expires".into(),
         |t: SystemTime| format!("expires {}", fmt_time(t)),
     );
-    eprintln!(
+    say(&format!(
         "created token {} for user {:?} (name {:?}), {expires}. It is shown only once: store it now.",
         created.id, args.user, args.name
-    );
+    ));
     Ok(())
 }
 
@@ -210,7 +248,7 @@ async fn healthcheck(addr: std::net::SocketAddr, service: String) -> Result<()> 
         .map_err(|e| unreachable(&e.message()))?;
     let status =
         ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
-    println!("{}", status.as_str_name());
+    let _ = writeln!(std::io::stdout(), "{}", status.as_str_name());
     if status == ServingStatus::Serving {
         Ok(())
     } else {

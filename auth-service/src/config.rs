@@ -45,13 +45,17 @@ pub enum Command {
         )]
         addr: SocketAddr,
         /// The service name to check ("" for the server as a whole).
-        #[arg(long, default_value = "auth.v1.AuthService")]
+        #[arg(
+            long,
+            env = "AUTH_SERVICE_HEALTHCHECK_SERVICE",
+            default_value = "auth.v1.AuthService"
+        )]
         service: String,
     },
 }
 
 /// Database selection and tuning, accepted before or after any subcommand.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL URL (production mode, shared by replicas), e.g.
     /// postgres://auth@db.internal/auth. Without it, an embedded cluster under
@@ -119,7 +123,7 @@ pub enum TokenCommand {
     /// List tokens (never their secrets).
     List {
         /// Only this user's tokens.
-        #[arg(long, env = "AUTH_SERVICE_USER")]
+        #[arg(long, env = "AUTH_SERVICE_LIST_USER")]
         user: Option<String>,
     },
     /// Revoke a token by its id (from `token list`).
@@ -132,16 +136,20 @@ pub enum TokenCommand {
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
     /// The user the token belongs to.
-    #[arg(long, env = "AUTH_SERVICE_USER")]
+    #[arg(long, env = "AUTH_SERVICE_TOKEN_USER")]
     pub user: String,
     /// A name that says what the token is for.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "AUTH_SERVICE_TOKEN_NAME", default_value = "default")]
     pub name: String,
     /// Lifetime, e.g. 90d, 12h, or `never`.
-    #[arg(long, default_value = "90d", value_parser = parse_expiry)]
+    #[arg(long, env = "AUTH_SERVICE_TOKEN_EXPIRES_IN", default_value = "90d", value_parser = parse_expiry)]
     pub expires_in: Expiry,
     /// A scope to grant; repeat for several.
-    #[arg(long = "scope")]
+    #[arg(
+        long = "scope",
+        env = "AUTH_SERVICE_TOKEN_SCOPES",
+        value_delimiter = ','
+    )]
     pub scopes: Vec<String>,
 }
 
@@ -232,6 +240,23 @@ pub struct ServeSettings {
     pub db_check_interval: Duration,
 }
 
+/// The URL may carry a password: never printed.
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("pg_bindir", &self.pg_bindir)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_timeout", &self.db_timeout)
+            .field("token_prefix", &self.token_prefix)
+            .finish()
+    }
+}
+
 impl DbArgs {
     pub fn settings(&self) -> Result<DbSettings> {
         let database = match &self.database_url {
@@ -307,6 +332,14 @@ mod tests {
             url.db.settings().unwrap().database,
             Database::Url(_)
         ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        let cli = parse(&["migrate", "--database-url", "postgres://u:hunter2@h/d"]).unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
+        let settings = cli.db.settings().unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
     }
 
     #[test]

@@ -116,6 +116,8 @@ impl From<tokio_postgres::Error> for Error {
                     || *code == SqlState::T_R_SERIALIZATION_FAILURE
                     || *code == SqlState::T_R_DEADLOCK_DETECTED
                     || *code == SqlState::QUERY_CANCELED
+                    // A failover left us on a read-only standby.
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
             }
         };
         if transient {

@@ -62,6 +62,8 @@ pub fn spawn(db: Db) -> (Toucher, JoinHandle<()>) {
                     Err(_) => break,
                 }
             }
+            batch.sort_unstable();
+            batch.dedup();
             if let Err(error) = db.touch(&batch).await {
                 tracing::warn!(%error, tokens = batch.len(), "could not record last use");
             }

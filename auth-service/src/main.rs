@@ -1,5 +1,6 @@
 //! `auth-service`: parse flags, start logging, run the command.
-use std::process::ExitCode;
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+use std::{future::Future, io::Write, pin::Pin, process::ExitCode};
 
 use auth_service::{
     cli,
@@ -7,36 +8,46 @@ use auth_service::{
     telemetry,
 };
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(if matches!(cli.command, Command::Serve(_)) {
-        "info"
+    let serving = matches!(cli.command, Command::Serve(_));
+    telemetry::init(if serving { "info" } else { "warn" });
+    // Only `serve` catches SIGTERM/Ctrl-C; a one-shot command dies on them as usual.
+    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = if serving {
+        Box::pin(shutdown_signal())
     } else {
-        "warn"
-    });
-    match cli::execute(cli, shutdown_signal()).await {
+        Box::pin(std::future::pending())
+    };
+    match cli::execute(cli, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("auth-service: {e}");
+            let _ = writeln!(std::io::stderr(), "auth-service: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what systemd and Kubernetes send).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// Resolves on SIGTERM (what systemd and Kubernetes send) or Ctrl-C. The handlers
+/// are installed now, not when the future is first polled, so a signal that arrives
+/// during startup (initdb, migrations) still leads to an orderly shutdown that stops
+/// the embedded cluster, instead of killing the process and leaving it running.
+fn shutdown_signal() -> impl Future<Output = ()> + Send {
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

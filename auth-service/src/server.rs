@@ -47,7 +47,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = tokio::spawn(health::monitor(
-        db.clone(),
+        db.dedicated()?,
         reporter.clone(),
         settings.db_check_interval,
         stop_rx,

@@ -39,6 +39,7 @@ pub fn test_cluster_options() -> ClusterOptions {
     ClusterOptions {
         fsync: false,
         max_connections: 300,
+        ..ClusterOptions::default()
     }
 }
 
@@ -207,6 +208,26 @@ pub async fn set_expires_in(db: &Db, id: &str, secs: f64) -> Result<()> {
     db.run(async |c| Ok(c.execute(sql::TEST_SET_EXPIRY, &[&id, &secs]).await?))
         .await?;
     Ok(())
+}
+
+/// Moves a token's creation time `secs` into the past (for the lifetime cap).
+pub async fn set_created_ago(db: &Db, id: &str, secs: f64) -> Result<()> {
+    db.run(async |c| Ok(c.execute(sql::TEST_SET_CREATED_AGO, &[&id, &secs]).await?))
+        .await?;
+    Ok(())
+}
+
+/// Expiry before and after each audit event: (kind, before, after).
+pub type EventExpiry = (String, Option<SystemTime>, Option<SystemTime>);
+
+/// A token's audit trail with the expiries each event recorded, oldest first.
+pub async fn event_expiries(db: &Db, id: &str) -> Result<Vec<EventExpiry>> {
+    let rows = db
+        .run(async |c| Ok(c.query(sql::TEST_EVENT_EXPIRIES, &[&id]).await?))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }
 
 /// A token's stored expiry and the database's clock.

@@ -122,9 +122,7 @@ fn malformed(why: &str) -> Error {
 /// No database work happens for a string that fails here.
 pub fn parse(prefix: &Prefix, presented: &str) -> Result<TokenDigest> {
     if presented.is_empty() {
-        return Err(Error::MissingCredentials(
-            "no token was given; send metadata `authorization: Bearer <token>`".into(),
-        ));
+        return Err(Error::MissingCredentials("no token was given".into()));
     }
     if presented.len() > MAX_TOKEN_LEN {
         return Err(malformed("far too long"));

@@ -318,3 +318,45 @@ async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
     assert!(terminate(&mut serve).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_adopts_a_cluster_left_running_and_stops_it() {
+    // A cluster left running, as after a crash (or started by a `token` command).
+    let dir = testing::scratch_dir("leftover");
+    let data = dir.to_str().unwrap().to_string();
+    let leftover = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            let mut c = auth_service::embedded::Cluster::start(&dir, None, &Default::default())?;
+            c.disown();
+            Ok::<_, auth_service::Error>(c)
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(leftover.is_running());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = spawn_serve(&[
+        "--data-dir",
+        &data,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let (_seen, _rest) = wait_listening(&mut serve);
+    // A one-shot command while serve runs leaves the cluster alone.
+    let list = run(&["token", "list", "--data-dir", &data]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(leftover.is_running());
+    assert!(terminate(&mut serve).success());
+    assert!(
+        !leftover.is_running(),
+        "serve stopped the cluster it adopted"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

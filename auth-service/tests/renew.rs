@@ -35,6 +35,17 @@ async fn inside_the_window_extends_to_now_plus_90_days_once() {
     let events = testing::events(&server.db, &id).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["create", "renew"]);
+    let expiries = testing::event_expiries(&server.db, &id).await.unwrap();
+    assert_eq!(
+        expiries[1].2,
+        Some(stored),
+        "the renew event records the new expiry"
+    );
+    assert!(
+        expiries[1]
+            .1
+            .is_some_and(|before| before < stored - 80 * DAY)
+    );
     assert!(
         events[1].1.starts_with("127.0.0.1:"),
         "caller address audited: {}",
@@ -212,18 +223,38 @@ async fn the_maximum_lifetime_caps_renewal() {
         "no renewal can extend a capped token"
     );
 
-    // At the cap and inside the window: no further extension.
+    // Created 10 days ago, 2 days left: inside the window and below the cap, so it
+    // moves up to the cap (created_at + 30d = now + 20d), not to now + 90d.
+    testing::set_created_ago(&server.db, &id, 10.0 * 86400.0)
+        .await
+        .unwrap();
     testing::set_expires_in(&server.db, &id, 2.0 * 86400.0)
         .await
         .unwrap();
     let again = renew(&mut client, &token).await.unwrap();
-    assert!(
-        again.renewed,
-        "still below the cap, so it moves up to the cap"
-    );
+    assert!(again.renewed);
+    let (stored, db_now) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    assert!(gap(stored.unwrap(), db_now + 20 * DAY) < 5.0);
+
+    // Created 28 days ago: the expiry sits at the cap (now + 2d), inside the
+    // window. The cap forbids any extension, so the guard leaves it alone.
+    testing::set_created_ago(&server.db, &id, 28.0 * 86400.0)
+        .await
+        .unwrap();
+    testing::set_expires_in(&server.db, &id, 2.0 * 86400.0)
+        .await
+        .unwrap();
+    let (at_cap, _) = testing::stored_expiry(&server.db, &id).await.unwrap();
     let third = renew(&mut client, &token).await.unwrap();
-    assert!(!third.renewed);
-    assert_eq!(third.expires_at, again.expires_at);
+    assert!(!third.renewed, "nothing beyond the cap");
+    assert_eq!(third.expires_at.as_ref().map(to_system), at_cap);
+    assert!(third.next_renewal_at.is_none());
+    assert_eq!(
+        testing::stored_expiry(&server.db, &id).await.unwrap().0,
+        at_cap
+    );
+    let renewals = testing::events(&server.db, &id).await.unwrap();
+    assert_eq!(renewals.iter().filter(|e| e.0 == "renew").count(), 2);
 }
 
 #[tokio::test]

@@ -161,3 +161,52 @@ async fn no_raw_token_is_stored() {
     assert!(!everything.contains(&token));
     assert!(!everything.contains(&token[8..]));
 }
+
+#[tokio::test]
+async fn lookup_and_revoke_need_credentials_and_revoke_is_audited() {
+    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (id, token) = testing::create_token(&server.db, "alice", Some(DAY))
+        .await
+        .unwrap();
+    let lookup = client
+        .lookup_current_token(tonic::Request::new(LookupCurrentTokenRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&lookup), "MISSING_CREDENTIALS");
+    let revoke = client
+        .revoke_current_token(tonic::Request::new(RevokeCurrentTokenRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&revoke), "MISSING_CREDENTIALS");
+    let empty = client
+        .revoke_current_token(authed(RevokeCurrentTokenRequest {}, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&empty), "MISSING_CREDENTIALS");
+    assert!(
+        empty.message().contains("authorization: Bearer"),
+        "{}",
+        empty.message()
+    );
+    // Validate carries the token in its body, and says so.
+    let body = validate(&mut client, "").await.unwrap_err();
+    assert!(
+        body.message().contains("`token` field"),
+        "{}",
+        body.message()
+    );
+    // None of that touched the token.
+    validate(&mut client, &token).await.unwrap();
+
+    client
+        .revoke_current_token(authed(RevokeCurrentTokenRequest {}, &token))
+        .await
+        .unwrap();
+    let events = testing::events(&server.db, &id).await.unwrap();
+    assert_eq!(events[1].0, "revoke");
+    assert!(
+        events[1].1.starts_with("127.0.0.1:"),
+        "caller address: {}",
+        events[1].1
+    );
+}

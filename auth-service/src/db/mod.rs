@@ -20,11 +20,15 @@ mod embedded_migrations {
 /// Applies pending migrations over one connection. Replicas starting together take
 /// turns (an advisory lock), so each migration runs once.
 pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
+    // A migration, or the wait for another replica's, may take longer than the
+    // per-request statement_timeout of pooled connections.
+    client.simple_query(sql::NO_STATEMENT_TIMEOUT).await?;
     client.simple_query(sql::MIGRATION_LOCK).await?;
     let report = embedded_migrations::migrations::runner()
         .run_async(client)
         .await;
     client.simple_query(sql::MIGRATION_UNLOCK).await?;
+    client.simple_query(sql::RESET_STATEMENT_TIMEOUT).await?;
     let report = report.map_err(|e| Error::Internal(format!("schema migration failed: {e}")))?;
     for m in report.applied_migrations() {
         tracing::info!(version = m.version(), name = m.name(), "applied migration");
@@ -38,15 +42,14 @@ pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
 pub struct Db {
     pool: Pool,
     timeout: Duration,
+    config: tokio_postgres::Config,
 }
 
 impl Db {
     /// Builds the pool; no connection is made until first use.
-    pub fn new(
-        mut config: tokio_postgres::Config,
-        max_size: usize,
-        timeout: Duration,
-    ) -> Result<Db> {
+    pub fn new(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> Result<Db> {
+        let original = config.clone();
+        let mut config = config;
         // The server abandons a statement we stopped waiting for (a lock wait, a
         // slow disk) instead of keeping the connection busy behind it.
         let options = format!(
@@ -72,7 +75,17 @@ impl Db {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))?;
-        Ok(Db { pool, timeout })
+        Ok(Db {
+            pool,
+            timeout,
+            config: original,
+        })
+    }
+
+    /// A separate one-connection handle on the same database, for the health probe:
+    /// a request pool exhausted by load must not make the probe fail.
+    pub fn dedicated(&self) -> Result<Db> {
+        Db::new(self.config.clone(), 1, self.timeout)
     }
 
     pub fn pool(&self) -> &Pool {
@@ -106,6 +119,12 @@ impl Db {
                 Err(timed_out())
             }
         }
+    }
+
+    /// How many other sessions are connected to the database server.
+    pub async fn other_clients(&self) -> Result<i64> {
+        self.run(async |c| Ok(c.query_one(sql::OTHER_CLIENTS, &[]).await?.try_get(0)?))
+            .await
     }
 
     /// One trivial query: is the database reachable and answering?

@@ -122,13 +122,24 @@ FROM tokens
 WHERE $1::text IS NULL OR user_id = $1
 ORDER BY created_at, id";
 
-/// Batched last-used stamp, written off the request path. $1 token ids.
+/// Batched last-used stamp, written off the request path. $1 token ids, sorted by
+/// the caller so that replicas lock rows in one order and cannot deadlock.
 pub const TOUCH: &str = "
 UPDATE tokens SET last_used_at = now()
 WHERE id = ANY(CAST($1::text[] AS uuid[]))";
 
 /// The health probe.
 pub const PING: &str = "SELECT 1";
+
+/// Migrations run without the per-request statement timeout, then restore it.
+pub const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+pub const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
+
+/// Other sessions connected to this cluster (a running `serve`), so that a `token`
+/// command that started the embedded cluster does not stop it under them.
+pub const OTHER_CLIENTS: &str = "
+SELECT count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
@@ -138,6 +149,10 @@ pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)"
 
 /// Moves a token's expiry to now + $2 seconds (negative: into the past). $1 id.
 pub const TEST_SET_EXPIRY: &str = "UPDATE tokens SET expires_at = now() + make_interval(secs => $2::float8) WHERE id = CAST($1::text AS uuid)";
+/// Moves a token's creation time $2 seconds into the past. $1 id.
+pub const TEST_SET_CREATED_AGO: &str = "UPDATE tokens SET created_at = now() - make_interval(secs => $2::float8) WHERE id = CAST($1::text AS uuid)";
+/// A token's audit trail with the expiry before and after each event. $1 id.
+pub const TEST_EVENT_EXPIRIES: &str = "SELECT kind, expires_at_before, expires_at_after FROM token_events WHERE token_id = CAST($1::text AS uuid) ORDER BY id";
 /// A token's stored expiry and the database clock. $1 id.
 pub const TEST_EXPIRY: &str =
     "SELECT expires_at, now() FROM tokens WHERE id = CAST($1::text AS uuid)";

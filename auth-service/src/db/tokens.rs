@@ -212,7 +212,6 @@ impl Db {
     }
 
     /// Stores a new token's digest (never the secret) with its audit row.
-    #[allow(clippy::too_many_arguments)]
     pub async fn create_token(
         &self,
         user: &str,

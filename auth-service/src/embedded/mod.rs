@@ -29,6 +29,10 @@ const SOCKET_NAME: &str = ".s.PGSQL.5432";
 pub struct ClusterOptions {
     pub fsync: bool,
     pub max_connections: u32,
+    /// Take ownership of a server that is already running (`serve` does: it may be
+    /// left over from a crash, or started by a `token` command), so it is stopped
+    /// when this process shuts down.
+    pub adopt_running: bool,
 }
 
 impl Default for ClusterOptions {
@@ -36,6 +40,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             fsync: true,
             max_connections: 100,
+            adopt_running: false,
         }
     }
 }
@@ -71,6 +76,9 @@ impl Cluster {
         }
         cluster.write_settings(options)?;
         cluster.start_server()?;
+        if options.adopt_running {
+            cluster.owned = true;
+        }
         Ok(cluster)
     }
 
@@ -101,6 +109,16 @@ impl Cluster {
             self.stop_server()?;
         }
         Ok(())
+    }
+
+    /// Whether this process will stop the server when done.
+    pub fn owned(&self) -> bool {
+        self.owned
+    }
+
+    /// Leaves the server running when this process is done (others still use it).
+    pub fn disown(&mut self) {
+        self.owned = false;
     }
 
     /// Stops the server now (fast shutdown: clients are disconnected).
@@ -134,7 +152,8 @@ impl Cluster {
         }
     }
 
-    fn is_running(&self) -> bool {
+    /// Whether a server runs on this data directory (`pg_ctl status`).
+    pub fn is_running(&self) -> bool {
         self.command("pg_ctl")
             .args(["status", "-D"])
             .arg(&self.pgdata)
@@ -229,6 +248,7 @@ fn on_off(b: bool) -> &'static str {
 /// unless the cluster user cannot reach it (root running in a private home directory),
 /// in which case the cluster lives under `/var/lib/auth-service` and `pgdata` links there.
 fn prepare_dirs(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
+    let fresh = !data_dir.exists();
     fs::create_dir_all(data_dir).map_err(|e| {
         Error::Config(format!(
             "cannot create --data-dir {}: {e}",
@@ -236,14 +256,17 @@ fn prepare_dirs(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
         ))
     })?;
     let data_dir = fs::canonicalize(data_dir).map_err(io("resolving --data-dir"))?;
-    // Only the cluster user needs to enter it when we are root; nobody else at all.
-    let mode = if run_as.is_some() { 0o711 } else { 0o700 };
-    fs::set_permissions(&data_dir, fs::Permissions::from_mode(mode))
-        .map_err(io("chmod --data-dir"))?;
+    // A directory we made is private (the cluster user may pass through it when we
+    // are root); one the user already had keeps its permissions.
+    if fresh {
+        let mode = if run_as.is_some() { 0o711 } else { 0o700 };
+        fs::set_permissions(&data_dir, fs::Permissions::from_mode(mode))
+            .map_err(io("chmod --data-dir"))?;
+    }
     let link = data_dir.join("pgdata");
-    let pgdata = match run_as {
-        Some(who) if account::blocking_ancestor(&data_dir, who).is_some() => {
-            let blocked = account::blocking_ancestor(&data_dir, who).unwrap_or_default();
+    let blocked = run_as.and_then(|who| account::blocking_ancestor(&data_dir, who));
+    let pgdata = match (run_as, blocked) {
+        (Some(who), Some(blocked)) => {
             let home = PathBuf::from("/var/lib/auth-service/clusters");
             fs::create_dir_all(&home).map_err(io("creating /var/lib/auth-service/clusters"))?;
             let target = home.join(format!(

@@ -23,7 +23,14 @@ pub fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
             "the `authorization` metadata must use the Bearer scheme: `authorization: Bearer <token>`".into(),
         ));
     }
-    token::parse(prefix, token.trim())
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::MissingCredentials(
+            "the `authorization` metadata holds no token: send `authorization: Bearer <token>`"
+                .into(),
+        ));
+    }
+    token::parse(prefix, token)
 }
 
 /// The peer address, for the audit trail.

@@ -12,9 +12,7 @@ pub(super) async fn handle(
     request: Request<LookupCurrentTokenRequest>,
 ) -> Result<Response<LookupCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
-    let info = svc.db.lookup(&digest).await?;
-    tracing::Span::current().record("token_id", info.id.as_str());
-    svc.toucher.touch(&info.id);
+    let info = svc.describe(&digest).await?;
     Ok(Response::new(LookupCurrentTokenResponse {
         expires_at: timestamp(info.expires_at),
         token_id: info.id,

@@ -9,7 +9,12 @@ use auth_api::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{config::RenewalPolicy, db::Db, last_used::Toucher, token::Prefix};
+use crate::{
+    config::RenewalPolicy,
+    db::{Db, TokenInfo},
+    last_used::Toucher,
+    token::{Prefix, TokenDigest},
+};
 
 pub mod credentials;
 mod lookup;
@@ -26,6 +31,15 @@ pub struct AuthSvc {
 }
 
 impl AuthSvc {
+    /// What Validate and Lookup share: the token's description, recorded on the
+    /// request's span and stamped as used.
+    async fn describe(&self, digest: &TokenDigest) -> crate::error::Result<TokenInfo> {
+        let info = self.db.lookup(digest).await?;
+        tracing::Span::current().record("token_id", info.id.as_str());
+        self.toucher.touch(&info.id);
+        Ok(info)
+    }
+
     pub fn new(db: Db, policy: RenewalPolicy, prefix: Prefix, toucher: Toucher) -> Self {
         AuthSvc {
             db,

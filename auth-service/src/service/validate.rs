@@ -4,17 +4,24 @@ use tonic::{Request, Response};
 use tracing::instrument;
 
 use super::{AuthSvc, timestamp};
-use crate::{error::Result, token};
+use crate::{
+    error::{Error, Result},
+    token,
+};
 
 #[instrument(skip_all, fields(token_id))]
 pub(super) async fn handle(
     svc: &AuthSvc,
     request: Request<ValidateTokenRequest>,
 ) -> Result<Response<ValidateTokenResponse>> {
-    let digest = token::parse(&svc.prefix, &request.get_ref().token)?;
-    let info = svc.db.lookup(&digest).await?;
-    tracing::Span::current().record("token_id", info.id.as_str());
-    svc.toucher.touch(&info.id);
+    let token = &request.get_ref().token;
+    if token.is_empty() {
+        return Err(Error::MissingCredentials(
+            "the request's `token` field is empty: put the token to check there".into(),
+        ));
+    }
+    let digest = token::parse(&svc.prefix, token)?;
+    let info = svc.describe(&digest).await?;
     Ok(Response::new(ValidateTokenResponse {
         expires_at: timestamp(info.expires_at),
         token_id: info.id,
