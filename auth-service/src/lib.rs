@@ -3,7 +3,8 @@
 //! Layout: `config` (flags), `token` (format, checksum, hash), `db` (every SQL
 //! statement and the pool), `embedded` (the private PostgreSQL cluster of the default
 //! mode), `service` (one module per RPC), `server` (`run(listener, ...)`), `cli`
-//! (the `token` and `migrate` subcommands), `testing` (the harness tests share).
+//! (`serve`, `token`, `migrate`, `healthcheck`), `health` and `last_used` (the
+//! background tasks), `testing` (the harness the tests and the benchmark share).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cli;
