@@ -84,39 +84,13 @@ pub fn default_path_from(
 
 /// Reads the config file; `None` when there is none yet.
 pub async fn load(path: &Path) -> Result<Option<ConfigFile>, AgentError> {
-    let text = files::read_optional(path)
-        .await
-        .map_err(|source| AgentError::LocalFile {
-            action: "read",
-            path: path.to_owned(),
-            source,
-        })?;
-    let Some(text) = text else { return Ok(None) };
-    ConfigFile::parse(&text).map(Some).map_err(|err| {
-        AgentError::FixConfig(format!(
-            "{}: {err}; fix it, or run `auth-agent login` to rewrite it",
-            path.display()
-        ))
-    })
+    let fix = "fix it, or run `auth-agent login` to rewrite it";
+    files::load(path, ConfigFile::parse, fix).await
 }
 
 /// Replaces the config file atomically, mode 0600 (see [`files::write_private`]).
 pub async fn store(path: &Path, config: &ConfigFile) -> Result<(), AgentError> {
-    let text = config.render();
-    let owned = path.to_owned();
-    // A few hundred bytes and two fsyncs: run on the blocking pool, not the reactor.
-    tokio::task::spawn_blocking(move || files::write_private(&owned, &text))
-        .await
-        .map_err(|err| AgentError::LocalFile {
-            action: "write",
-            path: path.to_owned(),
-            source: std::io::Error::other(err),
-        })?
-        .map_err(|source| AgentError::LocalFile {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        })
+    files::store(path, config.render()).await
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use std::{
     path::Path,
 };
 
+use crate::error::AgentError;
+
 /// Mode of every file the agent writes: owner read/write only.
 pub const FILE_MODE: u32 = 0o600;
 /// Mode of a directory the agent creates for its files.
@@ -130,6 +132,41 @@ pub async fn read_optional(path: &Path) -> io::Result<Option<String>> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+/// Reads a private file and parses it with `parse`; `None` when it does not exist.
+/// A parse error becomes a configuration error ending in `fix` (what to do about it).
+pub async fn load<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    fix: &str,
+) -> Result<Option<T>, AgentError> {
+    let text = read_optional(path)
+        .await
+        .map_err(|source| AgentError::LocalFile {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+    let Some(text) = text else { return Ok(None) };
+    parse(&text)
+        .map(Some)
+        .map_err(|err| AgentError::FixConfig(format!("{}: {err}; {fix}", path.display())))
+}
+
+/// Replaces a private file atomically, mode 0600 (see [`write_private`]), on the
+/// blocking pool: a few hundred bytes and two fsyncs do not belong on the reactor.
+pub async fn store(path: &Path, text: String) -> Result<(), AgentError> {
+    let owned = path.to_owned();
+    let failed = |source| AgentError::LocalFile {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(move || write_private(&owned, &text))
+        .await
+        .map_err(|err| failed(io::Error::other(err)))?
+        .map_err(failed)
 }
 
 #[cfg(test)]

@@ -77,38 +77,13 @@ pub fn default_path(config_path: &Path) -> PathBuf {
 
 /// Reads the state file; `None` when no renewal has been recorded yet.
 pub async fn load(path: &Path) -> Result<Option<State>, AgentError> {
-    let text = files::read_optional(path)
-        .await
-        .map_err(|source| AgentError::LocalFile {
-            action: "read",
-            path: path.to_owned(),
-            source,
-        })?;
-    let Some(text) = text else { return Ok(None) };
-    State::parse(&text).map(Some).map_err(|err| {
-        AgentError::FixConfig(format!(
-            "{}: {err}; delete it, the next renewal rewrites it",
-            path.display()
-        ))
-    })
+    let fix = "delete it, the next renewal rewrites it";
+    files::load(path, State::parse, fix).await
 }
 
 /// Replaces the state file atomically (mode 0600: it says when a token expires).
 pub async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
-    let text = state.render();
-    let owned = path.to_owned();
-    tokio::task::spawn_blocking(move || files::write_private(&owned, &text))
-        .await
-        .map_err(|err| AgentError::LocalFile {
-            action: "write",
-            path: path.to_owned(),
-            source: std::io::Error::other(err),
-        })?
-        .map_err(|source| AgentError::LocalFile {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        })
+    files::store(path, state.render()).await
 }
 
 #[cfg(test)]
