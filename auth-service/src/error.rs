@@ -3,7 +3,10 @@
 //! The variants say what the caller should do: credential problems mean "get a new
 //! token / log in again" (`UNAUTHENTICATED`); database trouble means "retry later and
 //! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent.
-use std::time::SystemTime;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
+};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -134,6 +137,38 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+/// Lets one log line through per second and counts the ones it held back.
+struct LogLimiter {
+    last_second: AtomicU64,
+    held_back: AtomicU64,
+}
+
+static OUTAGE_LOG: LogLimiter = LogLimiter {
+    last_second: AtomicU64::new(0),
+    held_back: AtomicU64::new(0),
+};
+
+impl LogLimiter {
+    /// `Some(held back since the last line)` when a line may be logged now.
+    fn ready(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_second.load(Ordering::Relaxed);
+        if now != last
+            && self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         if let Some(reason) = e.reason() {
@@ -149,7 +184,11 @@ impl From<Error> for Status {
             Error::NotFound(msg) => Status::not_found(msg),
             Error::Unavailable(cause) => {
                 // The cause may carry server or host names: log it, send a generic text.
-                tracing::warn!(%cause, "database unavailable");
+                // During an outage every call fails the same way: one line a second
+                // (with how many were folded into it) says it without flooding.
+                if let Some(folded) = OUTAGE_LOG.ready() {
+                    tracing::warn!(%cause, similar_since_last = folded, "database unavailable");
+                }
                 Status::unavailable(
                     "database unavailable; retry later (your token was not rejected)",
                 )
@@ -196,6 +235,18 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.1.2.3"));
         assert!(reason_of(&status).is_none());
+    }
+
+    #[test]
+    fn outage_logging_is_limited_to_one_line_a_second() {
+        let limiter = LogLimiter {
+            last_second: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        };
+        assert_eq!(limiter.ready(), Some(0));
+        let passed = (0..1000).filter(|_| limiter.ready().is_some()).count();
+        // At most one more line, should the second have turned during the loop.
+        assert!(passed <= 1, "{passed}");
     }
 
     #[test]
