@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{error::AgentError, files, token::Token};
+use crate::{client::ServerUrl, error::AgentError, files, token::Token};
 
 /// Environment variable naming the config file (the `--config` flag's variable).
 pub const CONFIG_ENV: &str = "AUTH_AGENT_CONFIG";
@@ -86,6 +86,23 @@ pub fn default_path_from(
 pub async fn load(path: &Path) -> Result<Option<ConfigFile>, AgentError> {
     let fix = "fix it, or run `auth-agent login` to rewrite it";
     files::load(path, ConfigFile::parse, fix).await
+}
+
+/// The server `login` saved in the config file at `path`: `None` when there is no file
+/// yet or no server in it. A file that cannot be read or parsed, or a saved URL that is
+/// not a server, is an error naming the file, never mistaken for "nothing saved".
+pub async fn saved_server(path: &Path) -> Result<Option<ServerUrl>, AgentError> {
+    let Some(config) = load(path).await? else {
+        return Ok(None);
+    };
+    config
+        .server
+        .map(|server| {
+            server.parse().map_err(|err| {
+                AgentError::FixConfig(format!("{} (saved in {})", err, path.display()))
+            })
+        })
+        .transpose()
 }
 
 /// Replaces the config file atomically, mode 0600 (see [`files::write_private`]).

@@ -62,14 +62,10 @@ impl Context {
         if let Some(server) = &self.server {
             return Ok(server.clone());
         }
-        // An unreadable config is not fatal here: the error below says what to do.
-        let saved = config::load(&self.config_path)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.server);
-        match saved {
-            Some(server) => server.parse(),
+        // A config that cannot be read or parsed is reported as what it is: "no server
+        // configured" would send the reader to fix the wrong thing.
+        match config::saved_server(&self.config_path).await? {
+            Some(server) => Ok(server),
             None => Err(AgentError::FixConfig(format!(
                 "no server configured: pass --server http://HOST:PORT, set {SERVER_ENV}, or run \
                  `auth-agent login --server http://HOST:PORT` (no server saved in {})",
@@ -105,4 +101,47 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
         Command::Logout => println!("{}", logout::logout(&context).await?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_config(name: &str, text: Option<&str>) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "auth-agent-cmd-{name}-{}-{}",
+            std::process::id(),
+            crate::schedule::random_unit().to_bits()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        path
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_config_is_reported_as_such_not_as_no_server() {
+        let path = temp_config("bad", Some("server = http://unquoted:1\n"));
+        let err = Context::new(path.clone()).server().await.unwrap_err();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("line 1"),
+            "{text}"
+        );
+        assert!(!text.contains("no server configured"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_config_says_no_server_and_a_saved_one_is_used() {
+        let path = temp_config("missing", None);
+        let err = Context::new(path.clone()).server().await.unwrap_err();
+        assert!(err.to_string().contains("no server configured"), "{err}");
+        std::fs::write(&path, "server = \"http://h:1\"\n").unwrap();
+        let server = Context::new(path.clone()).server().await.unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        assert_eq!(server.as_str(), "http://h:1");
+    }
 }
