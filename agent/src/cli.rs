@@ -8,7 +8,7 @@ use crate::{
     client::SERVER_ENV,
     cmd::Context,
     config::{self, CONFIG_ENV},
-    daemon::RunOptions,
+    daemon::{RunOptions, ServerSource},
     error::AgentError,
     schedule::Schedule,
     state::{self, STATE_ENV},
@@ -161,12 +161,9 @@ pub fn token_source(
 }
 
 impl RunArgs {
-    /// Builds the daemon's options; `context.server` must already be resolved.
-    pub fn options(
-        &self,
-        context: &Context,
-        server: crate::client::ServerUrl,
-    ) -> Result<RunOptions, AgentError> {
+    /// Builds the daemon's options. Without `--server`, the daemon uses the server that
+    /// `login` saved in the config file, and waits for one if there is none yet.
+    pub fn options(&self, context: &Context) -> Result<RunOptions, AgentError> {
         positive("--preflight-timeout", self.preflight_timeout)?;
         positive("--interval", self.interval)?;
         positive("--backoff-initial", self.backoff_initial)?;
@@ -178,7 +175,14 @@ impl RunArgs {
                 humantime::format_duration(self.backoff_initial)
             )));
         }
-        let mut opts = RunOptions::new(server, context.token_source.clone());
+        let server = match &context.server {
+            Some(server) => ServerSource::Fixed(server.clone()),
+            None => ServerSource::Saved {
+                config: context.config_path.clone(),
+                explicit: context.config_explicit,
+            },
+        };
+        let mut opts = RunOptions::with_server(server, context.token_source.clone());
         opts.preflight_timeout = self.preflight_timeout;
         opts.request_timeout = context.request_timeout;
         opts.schedule = Schedule {
@@ -268,9 +272,7 @@ mod tests {
             panic!("not run")
         };
         let context = cli.global.context().unwrap();
-        let err = args
-            .options(&context, "http://h:1".parse().unwrap())
-            .unwrap_err();
+        let err = args.options(&context).unwrap_err();
         assert!(err.to_string().contains("--backoff-max"), "{err}");
     }
 

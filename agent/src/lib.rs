@@ -31,7 +31,7 @@ pub mod token;
 
 pub use client::{Client, Identity, RenewOutcome, ServerUrl};
 pub use clock::{Clock, OffsetClock, SystemClock};
-pub use daemon::{RunOptions, run};
+pub use daemon::{RunOptions, ServerSource, run};
 pub use error::AgentError;
 pub use health::{AgentState, Health, Snapshot};
 pub use schedule::Schedule;

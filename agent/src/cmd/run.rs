@@ -14,8 +14,7 @@ pub async fn run(
     args: &RunArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let server = context.server().await?;
-    let mut opts = args.options(context, server)?;
+    let mut opts = args.options(context)?;
     if let Some(addr) = args.health_addr {
         let listener = TcpListener::bind(addr).await.map_err(|err| {
             AgentError::FixConfig(format!(

@@ -372,6 +372,90 @@ async fn run_renews_first_and_stops_cleanly_on_sigterm() {
     assert_eq!(mode(&state), 0o600);
 }
 
+/// Reads `lines` until one contains `needle`, keeping every line in `log`.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    log: &mut Vec<String>,
+    needle: &str,
+) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains(needle);
+            log.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no {needle:?} (exited or timed out) in:\n{}",
+        log.join("\n")
+    );
+}
+
+/// A fresh systemd install: `run` starts before anyone has logged in, with no server and
+/// no token. It must wait (exit 2 would be final under RestartPreventExitStatus=2) and
+/// recover once `login` writes the config, without a restart.
+#[tokio::test]
+async fn run_without_any_config_waits_for_login_and_recovers() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let config = dir.join("state-dir/config");
+    let config_arg = config.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-agent"))
+        .args(["run", "--check-period", "100ms"])
+        .env_clear()
+        .env("AUTH_AGENT_CONFIG", &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    read_until(&mut stderr, &mut log, "no server configured").await;
+    let fix = format!("auth-agent login --config {config_arg} --server http://HOST:PORT");
+    assert!(log.last().unwrap().contains(&fix), "{}", log.join("\n"));
+    assert!(log.last().unwrap().contains("WARN"), "{}", log.join("\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run must wait, not exit"
+    );
+
+    let login = agent(
+        &["login", "--config", config_arg, "--server", &url],
+        &format!("{}\n", token("fresh")),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status.code(), Some(0), "{}", text(&login.stderr));
+    read_until(&mut stderr, &mut log, "authenticated as alice").await;
+
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = log.join("\n");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(
+        log.matches("no server configured").count(),
+        1,
+        "said once, not every check period:\n{log}"
+    );
+    // login's own lookup, then the daemon's preflight renewal and lookup.
+    assert_eq!(fake.rpcs(), [Rpc::Lookup, Rpc::Renew, Rpc::Lookup]);
+}
+
 #[tokio::test]
 async fn logout_keeps_the_token_while_the_server_cannot_revoke_it() {
     let fake = Fake::new();
