@@ -18,14 +18,14 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::transport::Channel;
+use tonic::{Status, transport::Channel};
 use tracing::{info, warn};
 
 use crate::{
     client::{Client, Identity, RenewOutcome, SERVER_ENV, ServerUrl},
     clock::{self, Clock},
     config,
-    error::AgentError,
+    error::{AgentError, code_name},
     health::{AgentState, Health},
     http,
     schedule::{self, Schedule},
@@ -266,6 +266,9 @@ struct Daemon {
     /// Consecutive failed attempts, of any kind: the backoff exponent.
     failures: u32,
     rejected: Option<Rejected>,
+    /// Why the token was last rejected, when a different token has since met only
+    /// outages: "token accepted again" still names it once one is accepted.
+    recovering_from: Option<RejectReason>,
     /// The token whose identity was last looked up and logged.
     identified: Option<Token>,
     said_never_expires: bool,
@@ -288,6 +291,7 @@ impl Daemon {
             state_file: opts.state_file,
             failures: 0,
             rejected: None,
+            recovering_from: None,
             identified: None,
             said_never_expires: false,
             warned_unrenewable: None,
@@ -335,14 +339,7 @@ impl Daemon {
             Err(status) => match AgentError::from_status(&status, &self.source) {
                 err if err.is_rejection() => self.on_rejected(&err, Some(token.clone())),
                 err => {
-                    self.failures = self.failures.saturating_add(1);
-                    warn!("renewal failed: {err}");
-                    self.health.update(|s| {
-                        s.attempts.error += 1;
-                        if s.state != AgentState::Unauthenticated {
-                            s.state = AgentState::Retrying;
-                        }
-                    });
+                    self.on_failed(&status, &err, &token);
                     Attempt::Failed
                 }
             },
@@ -350,11 +347,36 @@ impl Daemon {
         (attempt, Some(token))
     }
 
+    /// A renewal failure that is not a login problem (outage, timeout, transport).
+    fn on_failed(&mut self, status: &Status, err: &AgentError, token: &Token) {
+        self.failures = self.failures.saturating_add(1);
+        warn!(code = code_name(status.code()), "renewal failed: {err}");
+        // Only the token that was rejected is known to be bad. A different one (a new
+        // login, a rotated Secret) that meets an outage is presumed good: the marker goes,
+        // so the wait stops treating it as new every check period and backs off, and the
+        // state is "retrying" (ready), as for any outage.
+        let still_rejected = self
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.token.as_ref() == Some(token));
+        if !still_rejected && let Some(previous) = self.rejected.take() {
+            self.recovering_from = Some(previous.reason);
+        }
+        self.health.update(|s| {
+            s.attempts.error += 1;
+            if !still_rejected {
+                s.state = AgentState::Retrying;
+                s.reject_reason = None;
+            }
+        });
+    }
+
     async fn on_success(&mut self, outcome: &RenewOutcome) {
         let now = self.clock.now();
         self.failures = 0;
-        if let Some(previous) = self.rejected.take() {
-            info!(reason = %previous.reason, "token accepted again: recovered from {}", previous.reason);
+        let recovered = self.rejected.take().map(|r| r.reason);
+        if let Some(reason) = recovered.or(self.recovering_from.take()) {
+            info!(reason = %reason, "token accepted again: recovered from {reason}");
         }
         match outcome.expires_at {
             None if !self.said_never_expires => {
@@ -411,8 +433,17 @@ impl Daemon {
         }
     }
 
-    /// Logs the login warning and enters the unauthenticated state.
+    /// A renewal attempt without a usable token: the login warning, the unauthenticated
+    /// state, and one `rejected` attempt.
     fn on_rejected(&mut self, err: &AgentError, token: Option<Token>) -> Attempt {
+        self.mark_rejected(err, token);
+        self.health.update(|s| s.attempts.rejected += 1);
+        Attempt::Rejected
+    }
+
+    /// Logs the login warning and enters the unauthenticated state. Counts no attempt:
+    /// a lookup rejected after a successful renewal was counted by its renewal result.
+    fn mark_rejected(&mut self, err: &AgentError, token: Option<Token>) {
         let reason = match err {
             AgentError::Reauthenticate { reason, .. } => reason.clone(),
             _ => RejectReason::Other("UNAUTHENTICATED".to_owned()),
@@ -423,10 +454,9 @@ impl Daemon {
         self.health.update(|s| {
             s.state = AgentState::Unauthenticated;
             s.reject_reason = Some(reason.to_string());
-            s.attempts.rejected += 1;
         });
+        self.recovering_from = None;
         self.rejected = Some(Rejected { reason, token });
-        Attempt::Rejected
     }
 
     /// `LookupCurrentToken` and the "authenticated as" line. False when the token is
@@ -440,11 +470,12 @@ impl Daemon {
             }
             Err(status) => match AgentError::from_status(&status, &self.source) {
                 err if err.is_rejection() => {
-                    let _ = self.on_rejected(&err, Some(token.clone()));
+                    self.mark_rejected(&err, Some(token.clone()));
                     false
                 }
                 err => {
                     warn!(
+                        code = code_name(status.code()),
                         "identity lookup failed: {err}; it is retried after the next successful renewal"
                     );
                     true

@@ -373,3 +373,77 @@ async fn a_token_that_never_expires_is_announced_once() {
     );
     assert!(snapshot.never_expires && snapshot.expires_at.is_none());
 }
+
+/// Token A is rejected; the source now holds B, and B meets an outage. B is not known to
+/// be bad: the agent must back off (not retry every check period because B != A) and be
+/// "retrying", i.e. ready, as in any outage.
+#[tokio::test(start_paused = true)]
+async fn a_new_token_that_meets_an_outage_backs_off_and_is_retrying() {
+    let dir = TempDir::new();
+    let file = dir.join("token");
+    std::fs::write(&file, token("old")).unwrap();
+    let h = start(
+        TokenSource::File(file.clone()),
+        schedule(3 * DAY, Duration::from_secs(600), Duration::from_secs(3600)),
+        |fake| {
+            fake.accept_only(&[&token("new")], "TOKEN_REVOKED");
+            fake.renew_always(fail(Status::unavailable("database down")));
+        },
+    );
+    h.wait_state(AgentState::Unauthenticated).await;
+    std::fs::write(&file, token("new")).unwrap();
+    tokio::time::timeout(
+        3 * 3600 * Duration::from_secs(1),
+        h.wait_state(AgentState::Retrying),
+    )
+    .await
+    .expect("an outage with a token not known to be bad is \"retrying\"");
+    let renews = h.renews(4).await;
+    let snapshot = h.health.snapshot();
+    let logs = h.stop().await;
+
+    let with_new: Vec<Call> = renews
+        .iter()
+        .filter(|c| c.token.as_deref() == Some(token("new").as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(with_new.len(), 3, "{renews:?}");
+    // Failures 2 and 3 of the run: 20 and 40 minutes, not one check period each.
+    assert_eq!(gaps(&with_new), [1200, 2400]);
+    assert_eq!(logs.matching("has a new token").len(), 1, "{}", logs.text());
+    assert_eq!(snapshot.state, AgentState::Retrying);
+    assert!(snapshot.state.is_ready() && snapshot.reject_reason.is_none());
+    assert!(
+        logs.matching("renewal failed")
+            .iter()
+            .all(|l| l.contains("code=\"UNAVAILABLE\"") || l.contains("code=UNAVAILABLE")),
+        "structured code field: {}",
+        logs.text()
+    );
+}
+
+/// A renewal that works followed by a rejected lookup is one renewal attempt, counted as
+/// renewed; the lookup's rejection shows in the state, not in the attempt counters.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_lookup_after_a_renewal_is_not_counted_twice() {
+    let h = start(
+        env("lookupfails"),
+        schedule(3 * DAY, Duration::from_secs(30), Duration::from_secs(3600)),
+        |fake| {
+            fake.lookup_always(fail(crate::fake::unauthenticated("TOKEN_REVOKED")));
+        },
+    );
+    h.health
+        .subscribe()
+        .wait_for(|s| s.state == AgentState::Unauthenticated && s.next_attempt_at.is_some())
+        .await
+        .unwrap();
+    let attempts = h.health.snapshot().attempts;
+    h.stop().await;
+
+    assert_eq!(
+        (attempts.renewed, attempts.rejected),
+        (1, 0),
+        "{attempts:?}"
+    );
+}
