@@ -18,6 +18,17 @@ pub const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
 
 /// How long to wait for a TCP (and later TLS) connection before calling it a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval, sent even while idle. The agent makes one call every few days,
+/// and a connection that idle is often dead without anyone knowing (a NAT or load balancer
+/// dropped it, a laptop slept): pings find out and close it, so that the next renewal
+/// dials afresh instead of being written into a dead socket and hanging until its timeout.
+/// A minute is far above what servers treat as abusive (hyper enforces no minimum).
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive idle time: the kernel's own check, which also covers the connection
+/// while HTTP/2 is still being set up.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A validated server URL: `http://host:port` (or `https://`, refused until TLS exists).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,10 +77,18 @@ impl ServerUrl {
                 "{self}: this build of auth-agent has no TLS support yet; use an http:// URL"
             )));
         }
-        let endpoint = Endpoint::from_shared(self.0.clone())
+        Ok(self.endpoint()?.connect_lazy())
+    }
+
+    /// The endpoint with the agent's transport settings (see the constants above).
+    fn endpoint(&self) -> Result<Endpoint, AgentError> {
+        Ok(Endpoint::from_shared(self.0.clone())
             .map_err(|err| AgentError::FixConfig(format!("invalid server URL {self}: {err}")))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        Ok(endpoint.connect_lazy())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(TCP_KEEPALIVE)))
     }
 }
 
@@ -221,6 +240,19 @@ mod tests {
             let err = bad.parse::<ServerUrl>().unwrap_err().to_string();
             assert!(err.contains("--server"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn keepalive_detects_a_dead_connection_well_within_a_check() {
+        // The endpoint's settings cannot be read back (tonic's Endpoint is opaque), so
+        // this checks the values it is built from: a ping answered or failed inside the
+        // default request timeout's order of magnitude, and never busier than a minute.
+        let url: ServerUrl = "http://127.0.0.1:1".parse().unwrap();
+        assert!(url.endpoint().is_ok());
+        assert!(HTTP2_KEEPALIVE_TIMEOUT < HTTP2_KEEPALIVE_INTERVAL);
+        assert!(HTTP2_KEEPALIVE_INTERVAL + HTTP2_KEEPALIVE_TIMEOUT <= Duration::from_secs(120));
+        assert!(HTTP2_KEEPALIVE_INTERVAL >= Duration::from_secs(60));
+        assert!(TCP_KEEPALIVE <= Duration::from_secs(120));
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 use tracing::{info, warn};
 
 use crate::{
@@ -117,10 +117,16 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     // A given server is checked now, so that a bad one is an exit, not a wait.
     let target = match (&opts.server, opts.channel.take()) {
-        (ServerSource::Fixed(server), Some(channel)) => Target::Ready(server.clone(), channel),
-        (ServerSource::Fixed(server), None) => {
-            Target::Ready(server.clone(), server.connect_lazy()?)
-        }
+        (ServerSource::Fixed(server), Some(channel)) => Target::Ready {
+            server: server.clone(),
+            channel,
+            dialled: false,
+        },
+        (ServerSource::Fixed(server), None) => Target::Ready {
+            server: server.clone(),
+            channel: server.connect_lazy()?,
+            dialled: true,
+        },
         (ServerSource::Saved { config, explicit }, channel) => Target::Saved {
             config: config.clone(),
             explicit: *explicit,
@@ -156,8 +162,13 @@ pub async fn run(
 
 /// What the daemon talks to, as far as `run` could tell before starting.
 enum Target {
-    /// A known server and a channel to it.
-    Ready(ServerUrl, Channel),
+    /// A known server and a channel to it; `dialled` when `run` made the channel (and so
+    /// may make a fresh one), not when it was given.
+    Ready {
+        server: ServerUrl,
+        channel: Channel,
+        dialled: bool,
+    },
     /// The server `login` saves in `config`, perhaps not there yet; `channel` overrides
     /// the one dialled once it is (tests, custom transports).
     Saved {
@@ -170,19 +181,27 @@ enum Target {
 /// Finds the server (waiting for `login` to save one if need be), then runs the daemon.
 /// Never returns: `run` ends it by dropping it at shutdown.
 async fn start(opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
-    let (server, channel) = match target {
-        Target::Ready(server, channel) => (server, channel),
+    let (server, channel, dialled) = match target {
+        Target::Ready {
+            server,
+            channel,
+            dialled,
+        } => (server, channel, dialled),
         Target::Saved {
             config,
             explicit,
-            channel,
+            channel: given,
         } => {
-            let (server, dialled) =
+            let (server, channel) =
                 wait_for_server(&config, explicit, opts.check_period, &opts.health).await;
-            (server, channel.unwrap_or(dialled))
+            match given {
+                Some(given) => (server, given, false),
+                None => (server, channel, true),
+            }
         }
     };
     let mut daemon = Daemon::new(opts, server, Client::new(channel), clock);
+    daemon.dialled = dialled;
     daemon.run_loop().await;
 }
 
@@ -254,6 +273,8 @@ struct Rejected {
 
 struct Daemon {
     client: Client,
+    /// True when the daemon made the channel itself, and so may replace it.
+    dialled: bool,
     source: TokenSource,
     server: ServerUrl,
     clock: Arc<dyn Clock>,
@@ -279,6 +300,7 @@ impl Daemon {
     fn new(opts: RunOptions, server: ServerUrl, client: Client, clock: Arc<dyn Clock>) -> Self {
         Daemon {
             client,
+            dialled: false,
             source: opts.token_source,
             server,
             clock,
@@ -351,6 +373,7 @@ impl Daemon {
     fn on_failed(&mut self, status: &Status, err: &AgentError, token: &Token) {
         self.failures = self.failures.saturating_add(1);
         warn!(code = code_name(status.code()), "renewal failed: {err}");
+        self.redial_after(status);
         // Only the token that was rejected is known to be bad. A different one (a new
         // login, a rotated Secret) that meets an outage is presumed good: the marker goes,
         // so the wait stops treating it as new every check period and backs off, and the
@@ -433,6 +456,20 @@ impl Daemon {
         }
     }
 
+    /// After a timeout, the next call gets a new connection. tonic's channel reconnects by
+    /// itself only once the connection is known to be broken; a call that timed out may
+    /// have gone into a connection that is dead but not yet detected (after a suspend, or
+    /// dropped by a NAT), and the next call would be multiplexed onto it and hang too.
+    /// The keepalive pings would close it eventually; this does not wait for them.
+    fn redial_after(&mut self, status: &Status) {
+        if status.code() != Code::DeadlineExceeded || !self.dialled {
+            return;
+        }
+        if let Ok(channel) = self.server.connect_lazy() {
+            self.client = Client::new(channel);
+        }
+    }
+
     /// A renewal attempt without a usable token: the login warning, the unauthenticated
     /// state, and one `rejected` attempt.
     fn on_rejected(&mut self, err: &AgentError, token: Option<Token>) -> Attempt {
@@ -478,6 +515,7 @@ impl Daemon {
                         code = code_name(status.code()),
                         "identity lookup failed: {err}; it is retried after the next successful renewal"
                     );
+                    self.redial_after(&status);
                     true
                 }
             },

@@ -296,3 +296,36 @@ async fn a_missing_token_file_is_a_login_problem_without_any_call() {
     let warnings = logs.matching("no usable token (MISSING_CREDENTIALS: cannot read");
     assert_eq!(warnings.len(), 1, "{}", logs.text());
 }
+
+/// A call that timed out may sit in a connection that is dead but not known to be (a
+/// suspend, a NAT that dropped it): the next attempt must dial a new one rather than be
+/// multiplexed onto it and hang again.
+#[tokio::test]
+async fn after_a_timeout_the_next_attempt_uses_a_new_connection() {
+    let (_logs, _guard) = capture_logs();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted, mut accepts) = tokio::sync::watch::channel(0usize);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+            accepted.send_replace(held.len());
+        }
+    });
+    let mut opts = RunOptions::new(url.parse().unwrap(), env_source("blackhole"));
+    opts.preflight_timeout = Duration::from_millis(200);
+    opts.request_timeout = Duration::from_millis(200);
+    opts.schedule.backoff_initial = Duration::from_millis(50);
+    opts.schedule.backoff_max = Duration::from_millis(50);
+    let agent = spawn(opts);
+    let dialled_again =
+        tokio::time::timeout(Duration::from_secs(5), accepts.wait_for(|n| *n >= 2)).await;
+    agent.stop().await;
+    holder.abort();
+
+    assert!(
+        dialled_again.is_ok(),
+        "every attempt went into the first, silent connection"
+    );
+}
