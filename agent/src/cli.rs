@@ -127,7 +127,7 @@ impl GlobalArgs {
             .state_file
             .clone()
             .unwrap_or_else(|| state::default_path(&config_path));
-        positive("--request-timeout", self.request_timeout)?;
+        bounded("--request-timeout", self.request_timeout, MAX_TIMEOUT)?;
         Ok(Context {
             config_path,
             config_explicit,
@@ -164,10 +164,11 @@ impl RunArgs {
     /// Builds the daemon's options. Without `--server`, the daemon uses the server that
     /// `login` saved in the config file, and waits for one if there is none yet.
     pub fn options(&self, context: &Context) -> Result<RunOptions, AgentError> {
-        positive("--preflight-timeout", self.preflight_timeout)?;
-        positive("--interval", self.interval)?;
-        positive("--backoff-initial", self.backoff_initial)?;
-        positive("--check-period", self.check_period)?;
+        bounded("--preflight-timeout", self.preflight_timeout, MAX_TIMEOUT)?;
+        bounded("--interval", self.interval, MAX_INTERVAL)?;
+        bounded("--backoff-initial", self.backoff_initial, MAX_BACKOFF)?;
+        bounded("--backoff-max", self.backoff_max, MAX_BACKOFF)?;
+        bounded("--check-period", self.check_period, MAX_CHECK_PERIOD)?;
         if self.backoff_max < self.backoff_initial {
             return Err(AgentError::FixConfig(format!(
                 "--backoff-max ({}) is shorter than --backoff-initial ({})",
@@ -198,10 +199,29 @@ impl RunArgs {
     }
 }
 
-fn positive(flag: &str, value: Duration) -> Result<(), AgentError> {
+/// Longest `--interval`: a token checked less than yearly is as good as unwatched.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+/// Longest `--backoff-initial` and `--backoff-max`.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(7 * 86_400);
+/// Longest `--request-timeout` and `--preflight-timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `--check-period`: it bounds how late a renewal is after a suspend.
+pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Checks that `value` is longer than zero and at most `max`. The upper bounds keep
+/// every deadline representable (a `SystemTime` plus `300000000000y` overflows) and catch
+/// a unit typo (`--check-period 60d`) before it silently disables the agent.
+fn bounded(flag: &str, value: Duration, max: Duration) -> Result<(), AgentError> {
     if value.is_zero() {
         return Err(AgentError::FixConfig(format!(
             "{flag} must be longer than zero"
+        )));
+    }
+    if value > max {
+        return Err(AgentError::FixConfig(format!(
+            "{flag} ({}) is too long: at most {}",
+            humantime::format_duration(value),
+            humantime::format_duration(max)
         )));
     }
     Ok(())
@@ -274,6 +294,56 @@ mod tests {
         let context = cli.global.context().unwrap();
         let err = args.options(&context).unwrap_err();
         assert!(err.to_string().contains("--backoff-max"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_bounded_with_the_flag_named() {
+        for (flag, value) in [
+            ("--interval", "300000000000y"),
+            ("--interval", "366d"),
+            ("--backoff-max", "8d"),
+            ("--backoff-initial", "8d"),
+            ("--check-period", "2h"),
+            ("--preflight-timeout", "61m"),
+            ("--request-timeout", "2h"),
+        ] {
+            let mut args = vec!["auth-agent", "--config", "/x", "run", flag, value];
+            if flag == "--backoff-initial" {
+                args.extend(["--backoff-max", "7d"]);
+            }
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let Command::Run(run) = &cli.command else {
+                panic!("not run")
+            };
+            let err = cli
+                .global
+                .context()
+                .and_then(|context| run.options(&context))
+                .unwrap_err();
+            assert!(matches!(err, AgentError::FixConfig(_)), "{flag}: {err:?}");
+            assert!(
+                err.to_string().starts_with(&format!("{flag} ("))
+                    && err.to_string().contains("at most"),
+                "{flag} {value}: {err}"
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "auth-agent",
+            "--config",
+            "/x",
+            "run",
+            "--interval",
+            "365d",
+            "--backoff-max",
+            "7d",
+            "--check-period",
+            "1h",
+        ])
+        .unwrap();
+        let Command::Run(run) = &cli.command else {
+            panic!("not run")
+        };
+        assert!(run.options(&cli.global.context().unwrap()).is_ok());
     }
 
     #[test]

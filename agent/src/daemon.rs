@@ -293,7 +293,8 @@ struct Daemon {
     /// The token whose identity was last looked up and logged.
     identified: Option<Token>,
     said_never_expires: bool,
-    warned_unrenewable: Option<SystemTime>,
+    /// The expiry last warned about as unrenewable, and whether the final warning is done.
+    warned_unrenewable: Option<(SystemTime, bool)>,
 }
 
 impl Daemon {
@@ -426,9 +427,8 @@ impl Daemon {
             }
         }
         if let (Some(at), None) = (outcome.expires_at, outcome.next_renewal_at)
-            && self.warned_unrenewable != Some(at)
+            && self.should_warn_unrenewable(at, now)
         {
-            self.warned_unrenewable = Some(at);
             warn!(
                 "token has reached its maximum lifetime and cannot be renewed: it expires at {} ({}); \
                  create a new token before then, and {}",
@@ -468,6 +468,23 @@ impl Daemon {
         if let Ok(channel) = self.server.connect_lazy() {
             self.client = Client::new(channel);
         }
+    }
+
+    /// Whether to warn that the token expiring at `expires_at` cannot be renewed: when
+    /// first seen, and once more at the final check ([`schedule::FINAL_NOTICE`] before
+    /// expiry), while the token still works.
+    fn should_warn_unrenewable(&mut self, expires_at: SystemTime, now: SystemTime) -> bool {
+        let in_final_notice = expires_at
+            .duration_since(now)
+            .map_or(true, |left| left <= schedule::FINAL_NOTICE);
+        let due = match self.warned_unrenewable {
+            Some((at, final_done)) if at == expires_at => in_final_notice && !final_done,
+            _ => true,
+        };
+        if due {
+            self.warned_unrenewable = Some((expires_at, in_final_notice));
+        }
+        due
     }
 
     /// A renewal attempt without a usable token: the login warning, the unauthenticated

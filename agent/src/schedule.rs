@@ -10,6 +10,13 @@ use crate::client::RenewOutcome;
 /// "not yet", and without a floor the agent would call it in a tight loop.
 pub const MIN_DELAY_AFTER_SUCCESS: Duration = Duration::from_secs(60);
 
+/// How long before a token that cannot be renewed any more expires the agent looks at it
+/// one last time: one more warning while it still works, close enough to act on.
+pub const FINAL_NOTICE: Duration = Duration::from_secs(3600);
+
+/// Used in place of a delay that does not fit in a `SystemTime` (which would panic).
+const FALLBACK_DELAY: Duration = Duration::from_secs(365 * 86_400);
+
 /// The knobs of the schedule. Defaults are documented on each field.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -46,24 +53,34 @@ impl Schedule {
     ///   (`expires_at - next_renewal_at`, at most one interval). Jitter goes *after* that
     ///   point, because a renewal before it is a no-op, and the window is days long.
     ///
-    /// A token that cannot be extended any more (`next_renewal_at` unset) is next looked
-    /// at when it expires, and one that never expires only on the interval.
+    /// A token that cannot be extended any more (`next_renewal_at` unset) is looked at
+    /// [`FINAL_NOTICE`] before it expires (for one more warning while it works), and once
+    /// inside that, when it expires; one that never expires only on the interval.
+    ///
+    /// Never sooner than [`MIN_DELAY_AFTER_SUCCESS`], and never after a known expiry that
+    /// is still ahead, even when that leaves less than the minimum delay.
     pub fn after_success(&self, now: SystemTime, outcome: &RenewOutcome, u: f64) -> SystemTime {
-        let jitter = self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0);
-        let on_interval = now + self.interval.mul_f64(1.0 - jitter);
+        let jitter = self.jitter_fraction() * unit(u);
+        let on_interval = later(now, scale(self.interval, 1.0 - jitter));
+        let floor = later(now, MIN_DELAY_AFTER_SUCCESS);
         let from_server = match (outcome.expires_at, outcome.next_renewal_at) {
             (None, _) => None,
-            (Some(expires_at), None) => Some(expires_at),
+            (Some(expires_at), None) => Some(final_check(expires_at, floor)),
             (Some(expires_at), Some(next)) => {
                 let window = expires_at
                     .duration_since(next)
                     .unwrap_or_default()
                     .min(self.interval);
-                Some(next + window.mul_f64(jitter))
+                Some(later(next, scale(window, jitter)))
             }
         };
-        let next = from_server.map_or(on_interval, |at| at.min(on_interval));
-        next.max(now + MIN_DELAY_AFTER_SUCCESS)
+        let next = from_server
+            .map_or(on_interval, |at| at.min(on_interval))
+            .max(floor);
+        match outcome.expires_at {
+            Some(expires_at) if expires_at > now => next.min(expires_at),
+            _ => next,
+        }
     }
 
     /// The delay before retry number `failures` (1 for the first failure): `backoff_initial`
@@ -78,13 +95,55 @@ impl Schedule {
                 .min(self.backoff_max),
             None => self.backoff_max,
         };
-        base.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0))
+        scale(base, 1.0 - self.jitter_fraction() * unit(u))
     }
 
     /// The next attempt after failure number `failures` at `now`.
     pub fn after_failure(&self, now: SystemTime, failures: u32, u: f64) -> SystemTime {
-        now + self.backoff(failures, u)
+        later(now, self.backoff(failures, u))
     }
+
+    /// `jitter` in `[0, 1]`; 0 when it is not a number.
+    fn jitter_fraction(&self) -> f64 {
+        if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `delay` times `fraction` (in `[0, 1]`). Unlike `Duration::mul_f64`, which panics when
+/// the f64 product rounds past `Duration::MAX`, this keeps `delay` then.
+fn scale(delay: Duration, fraction: f64) -> Duration {
+    Duration::try_from_secs_f64(delay.as_secs_f64() * fraction)
+        .map_or(delay, |scaled| scaled.min(delay))
+}
+
+/// A sample in `[0, 1]`; the midpoint when it is not a number.
+fn unit(u: f64) -> f64 {
+    if u.is_finite() {
+        u.clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
+}
+
+/// `at + delay`, without the panic of `+` when the sum does not fit in a `SystemTime`
+/// (the flags are bounded, but the server's timestamps are not): then a year later.
+pub fn later(at: SystemTime, delay: Duration) -> SystemTime {
+    at.checked_add(delay)
+        .or_else(|| at.checked_add(FALLBACK_DELAY))
+        .unwrap_or(at)
+}
+
+/// The last look at a token that cannot be renewed any more: [`FINAL_NOTICE`] before it
+/// expires while that is still after `floor`, else when it expires.
+fn final_check(expires_at: SystemTime, floor: SystemTime) -> SystemTime {
+    expires_at
+        .checked_sub(FINAL_NOTICE)
+        .filter(|at| *at >= floor)
+        .unwrap_or(expires_at)
 }
 
 /// A uniform sample in `[0, 1)` from the OS random source. Jitter only needs to differ
@@ -165,11 +224,62 @@ mod tests {
     }
 
     #[test]
-    fn a_token_at_its_maximum_lifetime_is_next_looked_at_when_it_expires() {
+    fn a_token_at_its_maximum_lifetime_gets_a_final_check_before_it_expires() {
+        let hour = Duration::from_secs(3600);
         assert_eq!(
             exact().after_success(t0(), &outcome(Some(DAY), None), 0.0),
-            t0() + DAY
+            t0() + DAY - hour
         );
+        // Past the final check: at expiry, when the server's answer tells the operator.
+        assert_eq!(
+            exact().after_success(t0(), &outcome(Some(hour), None), 0.0),
+            t0() + hour
+        );
+        // Longer-lived ones are still looked at every interval until then.
+        assert_eq!(
+            exact().after_success(t0(), &outcome(Some(30 * DAY), None), 0.0),
+            t0() + 3 * DAY
+        );
+    }
+
+    #[test]
+    fn the_minimum_delay_never_pushes_the_next_attempt_past_expiry() {
+        let left = Duration::from_secs(20);
+        // A server clock behind ours says "not yet" though under a minute is left.
+        let skewed = RenewOutcome {
+            expires_at: Some(t0() + left),
+            renewed: false,
+            next_renewal_at: Some(t0() - DAY),
+        };
+        assert_eq!(exact().after_success(t0(), &skewed, 0.0), t0() + left);
+        assert_eq!(
+            exact().after_success(t0(), &outcome(Some(left), None), 0.0),
+            t0() + left
+        );
+        // An expiry already past (for our clock) does not make a tight loop.
+        let expired = RenewOutcome {
+            expires_at: Some(t0() - left),
+            renewed: false,
+            next_renewal_at: None,
+        };
+        assert_eq!(
+            exact().after_success(t0(), &expired, 0.0),
+            t0() + MIN_DELAY_AFTER_SUCCESS
+        );
+    }
+
+    #[test]
+    fn huge_durations_and_timestamps_do_not_panic() {
+        let huge = Schedule {
+            interval: Duration::MAX,
+            backoff_initial: Duration::MAX,
+            backoff_max: Duration::MAX,
+            jitter: f64::NAN,
+        };
+        let next = huge.after_success(t0(), &outcome(None, None), f64::NAN);
+        assert!(next > t0());
+        assert!(huge.after_failure(t0(), 3, 0.5) > t0());
+        assert_eq!(later(t0(), Duration::MAX), t0() + FALLBACK_DELAY);
     }
 
     #[test]

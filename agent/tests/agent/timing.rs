@@ -447,3 +447,34 @@ async fn a_rejected_lookup_after_a_renewal_is_not_counted_twice() {
         "{attempts:?}"
     );
 }
+
+/// A token at its maximum lifetime: warned about when first seen, looked at once more an
+/// hour before it expires (a second warning while it still works), then at expiry.
+#[tokio::test(start_paused = true)]
+async fn an_unrenewable_token_gets_a_final_warning_an_hour_before_it_expires() {
+    let expires_at = start_wall() + 2 * DAY;
+    let h = start(
+        env("maxlife"),
+        schedule(3 * DAY, Duration::from_secs(30), Duration::from_secs(3600)),
+        |fake| {
+            fake.renew_always(Arc::new(move |_| {
+                Ok(auth_api::v1::RenewCurrentTokenResponse {
+                    expires_at: Some(expires_at.into()),
+                    renewed: false,
+                    next_renewal_at: None,
+                })
+            }));
+        },
+    );
+    let renews = h.renews(3).await;
+    let logs = h.stop().await;
+
+    let walls: Vec<u64> = renews[..3]
+        .iter()
+        .map(|c| c.wall.duration_since(start_wall()).unwrap().as_secs())
+        .collect();
+    assert_eq!(walls, [0, 2 * 86_400 - 3600, 2 * 86_400]);
+    let warnings = logs.matching("has reached its maximum lifetime");
+    assert_eq!(warnings.len(), 2, "{}", logs.text());
+    assert!(warnings[1].contains("(in 1h"), "{}", warnings[1]);
+}
