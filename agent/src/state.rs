@@ -86,6 +86,19 @@ pub async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
     files::store(path, state.render()).await
 }
 
+/// Removes the state file (a different token was logged in); no file is fine.
+pub async fn remove(path: &Path) -> Result<(), AgentError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::LocalFile {
+            action: "remove",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};

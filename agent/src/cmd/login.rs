@@ -7,12 +7,14 @@ use std::{
     time::SystemTime,
 };
 
+use tracing::warn;
+
 use super::Context;
 use crate::{
     client::{Identity, ServerUrl},
     config::{self, ConfigFile},
     error::AgentError,
-    timefmt,
+    state, timefmt,
     token::{RejectReason, TOKEN_ENV, Token, TokenSource},
 };
 
@@ -77,11 +79,23 @@ pub async fn login(context: &Context, token: Token) -> Result<LoginReport, Agent
                 other => other,
             },
         )?;
+    // Unreadable counts as different: a stale last renewal is worse than none.
+    let previous = config::load(&context.config_path)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.token);
+    let changed = previous.as_ref() != Some(&token);
     let config = ConfigFile {
         server: Some(server.to_string()),
         token: Some(token),
     };
     config::store(&context.config_path, &config).await?;
+    // The state file describes the previous token's last renewal; `status` would show it
+    // as this one's. The login itself worked, so failing to remove it is only a warning.
+    if changed && let Err(err) = state::remove(&context.state_file).await {
+        warn!("cannot reset the state file for the new token: {err}");
+    }
     Ok(LoginReport {
         server,
         identity,

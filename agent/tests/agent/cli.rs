@@ -505,3 +505,36 @@ async fn logout_keeps_the_token_while_the_server_cannot_revoke_it() {
         None
     );
 }
+
+/// `status` reads the last renewal from the state file: after `login` with a different
+/// token, the previous token's renewal must not be shown as this one's.
+#[tokio::test]
+async fn login_with_a_different_token_resets_the_state_file() {
+    use auth_agent::{SystemClock, Token, cmd};
+
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let mut context = cmd::Context::new(dir.join("config"));
+    context.server = Some(url.parse().unwrap());
+    let login = |tag: &str| cmd::login::login(&context, Token::parse(&token(tag)).unwrap());
+
+    login("first").await.unwrap();
+    cmd::renew::renew(&context, &SystemClock).await.unwrap();
+    assert!(context.state_file.exists());
+    login("first").await.unwrap();
+    assert!(
+        context.state_file.exists(),
+        "the same token again keeps its history"
+    );
+    login("second").await.unwrap();
+    assert!(
+        !context.state_file.exists(),
+        "the first token's renewal must not be reported for the second"
+    );
+    let status = cmd::status::status(&context, &SystemClock).await.unwrap();
+    assert!(
+        status.to_string().contains("last renewal:  none recorded"),
+        "{status}"
+    );
+}
