@@ -1,5 +1,6 @@
 //! The wall clock the schedule is kept in, injectable so that tests can simulate days and
-//! a suspended laptop, and the bounded sleep that notices when wall time jumps.
+//! a suspended laptop. The bounded sleep that notices when wall time jumps is the
+//! daemon's `wait_until` (it also re-reads the token source while the token is rejected).
 //!
 //! Deadlines are wall-clock (`SystemTime`) because on Linux the monotonic clock behind
 //! tokio's timers stops while the machine is suspended: a laptop that sleeps through its
@@ -61,14 +62,6 @@ impl Clock for OffsetClock {
     }
 }
 
-/// Sleeps until the wall clock reaches `deadline`, in steps of at most `max_step`, so that
-/// a jump of the wall clock (a resume from suspend, an NTP step) is noticed within one step.
-pub async fn sleep_until(clock: &dyn Clock, deadline: SystemTime, max_step: Duration) {
-    while let Some(remaining) = remaining(clock.now(), deadline) {
-        tokio::time::sleep(remaining.min(max_step)).await;
-    }
-}
-
 /// Time left until `deadline`, or `None` when it has passed.
 pub fn remaining(now: SystemTime, deadline: SystemTime) -> Option<Duration> {
     deadline
@@ -91,27 +84,6 @@ mod tests {
         assert_eq!(clock.now(), start + Duration::from_secs(90));
         clock.jump(DAY);
         assert_eq!(clock.now(), start + Duration::from_secs(90) + DAY);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wall_clock_jump_ends_the_sleep_within_one_step() {
-        let clock = std::sync::Arc::new(OffsetClock::new(SystemTime::UNIX_EPOCH + DAY));
-        let deadline = clock.now() + 3 * DAY;
-        let started = tokio::time::Instant::now();
-        let sleeper = {
-            let clock = clock.clone();
-            tokio::spawn(
-                async move { sleep_until(&*clock, deadline, Duration::from_secs(60)).await },
-            )
-        };
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        clock.jump(4 * DAY); // the lid was closed for four days
-        sleeper.await.unwrap();
-        let waited = started.elapsed();
-        assert!(
-            waited <= Duration::from_secs(660),
-            "slept {waited:?} of monotonic time"
-        );
     }
 
     #[test]

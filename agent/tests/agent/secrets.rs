@@ -62,9 +62,14 @@ async fn the_token_never_appears_in_any_log_line() {
     );
 
     let text = logs.text();
+    // The "token absent" check only means something if the layers that handle the
+    // header (h2's HPACK, hyper) were captured at TRACE.
     assert!(
-        logs.lines().len() > 20,
-        "the capture saw the dependencies' trace events too:\n{text}"
+        logs.lines()
+            .iter()
+            .any(|l| l.trim_start().starts_with("TRACE")
+                && (l.contains(" h2::") || l.contains(" hyper"))),
+        "the capture saw h2/hyper trace events too:\n{text}"
     );
     assert!(
         text.contains("token rejected (TOKEN_REVOKED)") && text.contains("renewal failed"),
