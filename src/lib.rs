@@ -1,7 +1,12 @@
-//! Generated code for the `auth.v1` gRPC API, shared by `auth-service` and `auth-agent`.
+//! `auth-api`: the wire contract of `auth.v1`, shared by `auth-service` and `auth-agent`
+//! so that neither restates it.
 //!
-//! `build.rs` compiles `proto/` with the pure-Rust `protox` compiler, so no system
-//! `protoc` is needed; the encoded descriptor set is exported for server reflection.
+//! Modules, top-down:
+//! - [`v1`]: the generated messages, client and server (from `proto/auth/v1/auth.proto`,
+//!   compiled by `build.rs` with the pure-Rust `protox`, so no system `protoc`);
+//! - [`token`]: the token format (prefix, length, alphabet, checksum), its generation and
+//!   the shape check both sides run before any network or database work;
+//! - [`time`]: the one conversion between `google.protobuf.Timestamp` and `chrono`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// The `auth.v1` package: messages, the client and the server trait.
@@ -10,8 +15,17 @@ pub mod v1 {
     tonic::include_proto!("auth.v1");
 }
 
+pub mod time;
+pub mod token;
+
+pub use v1::ErrorReason;
+
 /// Encoded `FileDescriptorSet` of every file in `proto/` and its imports, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("auth_descriptor");
 
 /// The fully-qualified gRPC service name, as health checks and reflection report it.
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
+
+/// The `google.rpc.ErrorInfo.domain` of every error this API defines; its `reason` is
+/// an [`ErrorReason`] name (`ErrorReason::as_str_name`).
+pub const ERROR_DOMAIN: &str = "auth.v1";

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     error::{Error, Result},
+    renewal::RenewalPolicy,
     token::Prefix,
 };
 
@@ -84,7 +85,7 @@ pub struct DbArgs {
     pub db_pool_size: usize,
     /// How long one database operation (including waiting for a pooled connection)
     /// may take before the call fails with UNAVAILABLE.
-    #[arg(long, global = true, env = "AUTH_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "AUTH_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_db_wait)]
     pub db_timeout: Duration,
     /// Prefix of every token this service issues and accepts.
     #[arg(
@@ -102,17 +103,17 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// A renew extends a token only when less than this much life remains.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_lifetime)]
     pub renew_threshold: Duration,
     /// A renew sets the expiry to now plus this.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_duration)]
+    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_lifetime)]
     pub renew_extension: Duration,
     /// Absolute cap: renewal never moves a token's expiry past created_at plus this
     /// (like Vault's max TTL). Off by default.
-    #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+    #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
     pub max_token_lifetime: Option<Duration>,
     /// How often the database is probed for the health service.
-    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
     pub db_check_interval: Duration,
 }
 
@@ -128,8 +129,9 @@ pub enum TokenCommand {
     },
     /// Revoke a token by its id (from `token list`).
     Revoke {
-        /// The token id (a UUID).
-        id: String,
+        /// The token id (a UUID, as `token list` shows it).
+        #[arg(value_parser = parse_token_id)]
+        id: uuid::Uuid,
     },
 }
 
@@ -160,22 +162,54 @@ pub enum Expiry {
     Never,
 }
 
-/// Parses `3d`, `90d`, `1s`, `1h30m`; zero is refused.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+/// Longest `--db-timeout` and `--db-check-interval`. PostgreSQL's `statement_timeout`
+/// (which carries `--db-timeout`) stops at about 24.8 days, and a call that waits more
+/// than an hour for its database is an outage, not a slow call.
+pub const MAX_DB_WAIT: Duration = Duration::from_secs(3600);
+/// Longest token lifetime, renewal threshold or extension: far inside what timestamps
+/// can represent, so that no expiry arithmetic can overflow (`never` exists for tokens
+/// that should not expire).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86400);
+
+/// Parses `3d`, `90d`, `1s`, `1h30m`, from longer than zero up to `max`.
+pub fn parse_bounded(s: &str, max: Duration) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e}: use a duration such as 30s, 12h, 7d or 90d"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
+    if d > max {
+        return Err(format!(
+            "too long: at most {}",
+            humantime::format_duration(max)
+        ));
+    }
     Ok(d)
+}
+
+/// A database wait (`--db-timeout`, `--db-check-interval`).
+pub fn parse_db_wait(s: &str) -> std::result::Result<Duration, String> {
+    parse_bounded(s, MAX_DB_WAIT)
+}
+
+/// A token lifetime or renewal period.
+pub fn parse_lifetime(s: &str) -> std::result::Result<Duration, String> {
+    parse_bounded(s, MAX_LIFETIME)
 }
 
 pub fn parse_expiry(s: &str) -> std::result::Result<Expiry, String> {
     if s.trim().eq_ignore_ascii_case("never") {
         Ok(Expiry::Never)
     } else {
-        parse_duration(s).map(Expiry::In)
+        parse_lifetime(s).map(Expiry::In)
     }
+}
+
+/// A token id as `token revoke` takes it.
+pub fn parse_token_id(s: &str) -> std::result::Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim()).map_err(|_| {
+        "not a token id: ids are UUIDs such as 3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c, as `auth-service token list` shows them".to_string()
+    })
 }
 
 /// Which PostgreSQL to use.
@@ -210,25 +244,6 @@ pub struct DbSettings {
     pub database: Database,
     pub pool_size: usize,
     pub timeout: Duration,
-}
-
-/// The renewal rules of `RenewCurrentToken`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RenewalPolicy {
-    pub threshold: Duration,
-    pub extension: Duration,
-    pub max_lifetime: Option<Duration>,
-}
-
-impl Default for RenewalPolicy {
-    fn default() -> Self {
-        const DAY: u64 = 24 * 3600;
-        RenewalPolicy {
-            threshold: Duration::from_secs(7 * DAY),
-            extension: Duration::from_secs(90 * DAY),
-            max_lifetime: None,
-        }
-    }
 }
 
 /// Validated settings of `serve`.
@@ -288,6 +303,7 @@ impl DbArgs {
 
     pub fn prefix(&self) -> Result<Prefix> {
         Prefix::new(&self.token_prefix)
+            .map_err(|e| Error::Config(format!("--token-prefix / AUTH_SERVICE_TOKEN_PREFIX: {e}")))
     }
 }
 
@@ -377,12 +393,12 @@ mod tests {
     #[test]
     fn durations_in_human_form() {
         assert_eq!(
-            parse_duration("3d").unwrap(),
+            parse_lifetime("3d").unwrap(),
             Duration::from_secs(3 * 86400)
         );
-        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_db_wait("1s").unwrap(), Duration::from_secs(1));
+        assert!(parse_lifetime("0s").is_err());
+        assert!(parse_lifetime("soon").is_err());
         assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
         assert!(parse(&["serve", "--renew-threshold", "banana"]).is_err());
     }
@@ -415,5 +431,60 @@ mod tests {
         let err = cli.db.settings().unwrap_err().to_string();
         assert!(err.contains("--database-url"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_bounded_and_the_error_names_the_flag() {
+        for (args, flag) in [
+            (
+                vec!["--db-timeout", "300000000000y", "migrate"],
+                "--db-timeout",
+            ),
+            (vec!["--db-timeout", "25d", "migrate"], "--db-timeout"),
+            (
+                vec!["serve", "--db-check-interval", "2h"],
+                "--db-check-interval",
+            ),
+            (
+                vec!["serve", "--renew-extension", "300000000000y"],
+                "--renew-extension",
+            ),
+            (
+                vec!["serve", "--renew-threshold", "101years"],
+                "--renew-threshold",
+            ),
+            (
+                vec!["serve", "--max-token-lifetime", "300000000000y"],
+                "--max-token-lifetime",
+            ),
+            (
+                vec![
+                    "token",
+                    "create",
+                    "--user",
+                    "a",
+                    "--expires-in",
+                    "300000000000y",
+                ],
+                "--expires-in",
+            ),
+        ] {
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(
+                err.contains(flag) && err.contains("at most"),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(parse(&["--db-timeout", "1h", "migrate"]).is_ok());
+        assert!(parse(&["token", "create", "--user", "a", "--expires-in", "36500d"]).is_ok());
+    }
+
+    #[test]
+    fn revoke_takes_a_uuid() {
+        let err = parse(&["token", "revoke", "not-a-uuid"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token list"), "{err}");
+        assert!(parse(&["token", "revoke", "3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c"]).is_ok());
     }
 }

@@ -3,39 +3,12 @@
 //! The variants say what the caller should do: credential problems mean "get a new
 //! token / log in again" (`UNAUTHENTICATED`); database trouble means "retry later and
 //! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent.
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::SystemTime,
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use auth_api::{ERROR_DOMAIN, ErrorReason};
+use chrono::{DateTime, SecondsFormat, Utc};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-
-/// The `google.rpc.ErrorInfo` domain of every credential error.
-pub const ERROR_DOMAIN: &str = "auth.v1";
-
-/// Why a credential was refused: the `ErrorInfo.reason` a client switches on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    MissingCredentials,
-    TokenMalformed,
-    TokenUnknown,
-    TokenExpired,
-    TokenRevoked,
-}
-
-impl Reason {
-    /// The wire name, as documented in the README and the proto.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::MissingCredentials => "MISSING_CREDENTIALS",
-            Reason::TokenMalformed => "TOKEN_MALFORMED",
-            Reason::TokenUnknown => "TOKEN_UNKNOWN",
-            Reason::TokenExpired => "TOKEN_EXPIRED",
-            Reason::TokenRevoked => "TOKEN_REVOKED",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,9 +23,9 @@ pub enum Error {
     )]
     TokenUnknown,
     #[error("token expired at {}; it can no longer be renewed: create a new token and log in again", fmt_time(*.0))]
-    TokenExpired(SystemTime),
+    TokenExpired(DateTime<Utc>),
     #[error("token was revoked at {}; create a new token and log in again", fmt_time(*.0))]
-    TokenRevoked(SystemTime),
+    TokenRevoked(DateTime<Utc>),
     /// A request argument (not a credential) is wrong.
     #[error("{0}")]
     InvalidArgument(String),
@@ -72,19 +45,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// RFC 3339 in UTC, second precision: what people and logs see.
-pub fn fmt_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 impl Error {
     /// The credential reason, for the variants that are credential problems.
-    pub fn reason(&self) -> Option<Reason> {
+    pub fn reason(&self) -> Option<ErrorReason> {
         Some(match self {
-            Error::MissingCredentials(_) => Reason::MissingCredentials,
-            Error::TokenMalformed(_) => Reason::TokenMalformed,
-            Error::TokenUnknown => Reason::TokenUnknown,
-            Error::TokenExpired(_) => Reason::TokenExpired,
-            Error::TokenRevoked(_) => Reason::TokenRevoked,
+            Error::MissingCredentials(_) => ErrorReason::MissingCredentials,
+            Error::TokenMalformed(_) => ErrorReason::TokenMalformed,
+            Error::TokenUnknown => ErrorReason::TokenUnknown,
+            Error::TokenExpired(_) => ErrorReason::TokenExpired,
+            Error::TokenRevoked(_) => ErrorReason::TokenRevoked,
             _ => return None,
         })
     }
@@ -151,9 +124,7 @@ static OUTAGE_LOG: LogLimiter = LogLimiter {
 impl LogLimiter {
     /// `Some(held back since the last line)` when a line may be logged now.
     fn ready(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
         let last = self.last_second.load(Ordering::Relaxed);
         if now != last
             && self
@@ -173,7 +144,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         if let Some(reason) = e.reason() {
             let details = ErrorDetails::with_error_info(
-                reason.as_str(),
+                reason.as_str_name(),
                 ERROR_DOMAIN,
                 std::collections::HashMap::new(),
             );
@@ -212,7 +183,7 @@ mod tests {
 
     #[test]
     fn credential_errors_are_unauthenticated_with_reason() {
-        let t = SystemTime::UNIX_EPOCH;
+        let t = DateTime::UNIX_EPOCH;
         let cases = [
             (Error::MissingCredentials("x".into()), "MISSING_CREDENTIALS"),
             (Error::TokenMalformed("x".into()), "TOKEN_MALFORMED"),
@@ -266,7 +237,7 @@ mod tests {
 
     #[test]
     fn expired_message_names_the_time_and_the_fix() {
-        let msg = Error::TokenExpired(SystemTime::UNIX_EPOCH).to_string();
+        let msg = Error::TokenExpired(DateTime::UNIX_EPOCH).to_string();
         assert!(msg.contains("1970-01-01T00:00:00Z"), "{msg}");
         assert!(msg.contains("create a new token"), "{msg}");
     }

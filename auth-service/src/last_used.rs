@@ -8,6 +8,7 @@ use std::{
 };
 
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use uuid::Uuid;
 
 use crate::db::Db;
 
@@ -19,21 +20,21 @@ const BATCH: usize = 512;
 /// The handlers' side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Toucher {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Uuid>,
     // A std Mutex: held for a map lookup only, never across an await.
-    recent: Arc<Mutex<HashMap<String, Instant>>>,
+    recent: Arc<Mutex<HashMap<Uuid, Instant>>>,
 }
 
 impl Toucher {
     /// Notes that the token was just used.
-    pub fn touch(&self, token_id: &str) {
+    pub fn touch(&self, token_id: Uuid) {
         let now = Instant::now();
         {
             let Ok(mut recent) = self.recent.lock() else {
                 return;
             };
             if recent
-                .get(token_id)
+                .get(&token_id)
                 .is_some_and(|t| now.duration_since(*t) < MIN_INTERVAL)
             {
                 return;
@@ -41,9 +42,9 @@ impl Toucher {
             if recent.len() >= 100_000 {
                 recent.retain(|_, t| now.duration_since(*t) < MIN_INTERVAL);
             }
-            recent.insert(token_id.to_string(), now);
+            recent.insert(token_id, now);
         }
-        if self.tx.try_send(token_id.to_string()).is_err() {
+        if self.tx.try_send(token_id).is_err() {
             tracing::debug!("last-used queue full; stamp dropped");
         }
     }
@@ -52,7 +53,7 @@ impl Toucher {
 /// Starts the writer. It ends, after writing what is queued, once every `Toucher`
 /// clone is dropped.
 pub fn spawn(db: Db) -> (Toucher, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Uuid>(QUEUE);
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];

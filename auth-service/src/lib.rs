@@ -1,23 +1,34 @@
 //! auth-service: personal access tokens over PostgreSQL, served over gRPC.
 //!
-//! Layout: `config` (flags), `token` (format, checksum, hash), `db` (every SQL
-//! statement and the pool), `embedded` (the private PostgreSQL cluster of the default
-//! mode), `service` (one module per RPC), `server` (`run(listener, ...)`), `cli`
-//! (`serve`, `token`, `migrate`, `healthcheck`), `health` and `last_used` (the
-//! background tasks), `testing` (the harness the tests and the benchmark share).
+//! Modules, top-down (each uses only those below it):
+//! - [`cmd`]: the subcommands (`serve`, `token`, `migrate`, `healthcheck`);
+//! - [`config`]: clap flags, each also an environment variable, validated into settings;
+//! - [`server`]: `run(listener, db, settings, shutdown)`, the gRPC server and its tasks;
+//! - [`service`]: one module per `auth.v1` RPC, thin over the domain and the database;
+//! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
+//! - [`renewal`]: the renewal and liveness rules, pure functions;
+//! - [`token`]: issuing tokens and hashing presented ones (the format is `auth_api`'s);
+//! - [`db`]: the pool, migrations and every SQL statement;
+//! - [`embedded`]: the private PostgreSQL cluster of the default mode;
+//! - [`error`]: the one error type and its mapping to gRPC status codes;
+//! - [`telemetry`]: logging setup.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod db;
-pub mod embedded;
-pub mod error;
-pub mod health;
-pub mod last_used;
 pub mod server;
 pub mod service;
-pub mod telemetry;
-pub mod testing;
+
+pub mod health;
+pub mod last_used;
+
+pub mod renewal;
 pub mod token;
+
+pub mod db;
+pub mod embedded;
+
+pub mod error;
+pub mod telemetry;
 
 pub use error::Error;

@@ -3,7 +3,7 @@
 use std::{future::Future, io::Write, pin::Pin, process::ExitCode};
 
 use auth_service::{
-    cli,
+    cmd,
     config::{Cli, Command},
     telemetry,
 };
@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     } else {
         Box::pin(std::future::pending())
     };
-    match cli::execute(cli, shutdown).await {
+    match cmd::execute(cli, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "auth-service: {e}");

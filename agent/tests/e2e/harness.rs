@@ -11,31 +11,28 @@ use std::{
 };
 
 use auth_agent::{
-    AgentError, Clock, Health, RunOptions, Snapshot, Token, TokenSource,
+    Clock, RunOptions, Token, TokenSource,
     cmd::{self, Context, login::LoginReport},
 };
-use auth_service::{config::RenewalPolicy, db::Db, testing};
-use tokio::{io::AsyncWriteExt, sync::oneshot, task::JoinHandle};
+use auth_service::{db::Db, renewal::RenewalPolicy};
+use auth_test_support::{agent::RunningAgent, fixtures, server::TestServer};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 pub const HOUR: Duration = Duration::from_secs(3600);
-/// The bound on anything that takes well under a second when the machine is idle: wide
-/// enough for a loaded two-core machine, short enough that a hang fails fast.
-pub const PROMPTLY: Duration = Duration::from_secs(10);
+pub use auth_test_support::agent::PROMPTLY;
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(20);
 
 /// The real auth-service on a database of its own.
 pub struct Service {
-    server: testing::TestServer,
+    server: TestServer,
 }
 
 impl Service {
     pub async fn start(policy: RenewalPolicy) -> Service {
-        let db = testing::test_db().await.unwrap();
-        let server = testing::TestServer::start(db, testing::test_settings(policy))
-            .await
-            .unwrap();
+        let server = TestServer::fresh(policy).await.unwrap();
         Service { server }
     }
 
@@ -49,36 +46,32 @@ impl Service {
 
     /// A token of alice's (named `test`) that expires `secs` from now by the database
     /// clock (negative: already expired). Returns (id, raw token).
-    pub async fn token_expiring_in(&self, secs: f64) -> (String, String) {
-        let (id, raw) = testing::create_token(self.db(), "alice", Some(90 * DAY))
-            .await
-            .unwrap();
-        self.set_expires_in(&id, secs).await;
-        (id, raw)
+    pub async fn token_expiring_in(&self, secs: f64) -> (Uuid, String) {
+        fixtures::token_expiring_in(self.db(), secs).await
     }
 
-    pub async fn set_expires_in(&self, id: &str, secs: f64) {
-        testing::set_expires_in(self.db(), id, secs).await.unwrap();
+    pub async fn set_expires_in(&self, id: &Uuid, secs: f64) {
+        fixtures::set_expires_in(self.db(), *id, secs)
+            .await
+            .unwrap();
     }
 
     /// The stored expiry (the token must have one) and the database clock.
-    pub async fn expiry(&self, id: &str) -> (SystemTime, SystemTime) {
-        let (stored, db_now) = testing::stored_expiry(self.db(), id).await.unwrap();
-        (stored.expect("the token has an expiry"), db_now)
+    pub async fn expiry(&self, id: &Uuid) -> (SystemTime, SystemTime) {
+        let (stored, db_now) = fixtures::stored_expiry(self.db(), *id).await.unwrap();
+        (
+            stored.expect("the token has an expiry").into(),
+            db_now.into(),
+        )
     }
 
     /// The kinds of the token's audit events, oldest first.
-    pub async fn event_kinds(&self, id: &str) -> Vec<String> {
-        testing::events(self.db(), id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(kind, _)| kind)
-            .collect()
+    pub async fn event_kinds(&self, id: &Uuid) -> Vec<String> {
+        fixtures::event_kinds(self.db(), *id).await.unwrap()
     }
 
-    pub async fn revoke(&self, id: &str) {
-        self.db().revoke_by_id(id, "test").await.unwrap();
+    pub async fn revoke(&self, id: &Uuid) {
+        self.db().revoke_by_id(*id, "test").await.unwrap();
     }
 
     pub async fn shutdown(self) {
@@ -129,43 +122,8 @@ pub fn options(service: &Service, config: &Path) -> RunOptions {
 }
 
 /// The daemon running in this test's runtime, through `auth_agent::run`.
-pub struct InProcess {
-    pub health: Health,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), AgentError>>,
-}
-
-pub fn spawn_agent(opts: RunOptions, clock: Arc<dyn Clock>) -> InProcess {
-    let health = opts.health.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(auth_agent::run(opts, clock, async move {
-        let _ = stopped.await;
-    }));
-    InProcess { health, stop, task }
-}
-
-impl InProcess {
-    /// Waits (at most [`PROMPTLY`]) for a snapshot that satisfies `done`, and returns it.
-    pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Snapshot) -> bool) -> Snapshot {
-        let mut rx = self.health.subscribe();
-        match tokio::time::timeout(PROMPTLY, rx.wait_for(|s| done(s))).await {
-            Ok(Ok(snapshot)) => snapshot.clone(),
-            _ => panic!(
-                "{what}: not reached within {PROMPTLY:?}; last {:?}",
-                self.health.snapshot()
-            ),
-        }
-    }
-
-    /// Stops the daemon and checks that `run` returned `Ok` promptly.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(PROMPTLY, self.task)
-            .await
-            .expect("run() stops promptly on shutdown")
-            .unwrap()
-            .unwrap();
-    }
+pub fn spawn_agent(opts: RunOptions, clock: Arc<dyn Clock>) -> RunningAgent {
+    auth_test_support::agent::spawn(opts, clock)
 }
 
 /// Runs a one-shot `auth-agent` command to completion: a clean environment with HOME at

@@ -9,7 +9,7 @@
 use std::{sync::Arc, time::Duration, time::SystemTime};
 
 use auth_agent::{Clock, OffsetClock};
-use auth_service::config::RenewalPolicy;
+use auth_service::renewal::RenewalPolicy;
 
 use crate::{
     harness::{HOUR, Service, assert_no_token, gap, login, options, spawn_agent},

@@ -3,7 +3,7 @@
 //! file nor a change to an existing one; the service's records are left alone too.
 use std::path::Path;
 
-use auth_service::{config::RenewalPolicy, token::Prefix};
+use auth_service::{renewal::RenewalPolicy, token::Prefix};
 
 use crate::{
     harness::{Service, assert_no_token, command, text},

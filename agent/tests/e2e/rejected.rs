@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration, time::SystemTime};
 
 use auth_agent::{AgentState, Clock, OffsetClock, SystemClock};
-use auth_service::config::RenewalPolicy;
+use auth_service::renewal::RenewalPolicy;
 
 use crate::{
     harness::{

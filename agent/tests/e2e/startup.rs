@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use auth_agent::{AgentState, SystemClock, timefmt};
-use auth_service::config::RenewalPolicy;
+use auth_service::renewal::RenewalPolicy;
 
 use crate::{
     harness::{
@@ -118,7 +118,7 @@ async fn the_binary_logs_in_renews_at_startup_and_stops_cleanly_on_sigterm() {
         "{stored:?} vs {db_now:?}"
     );
     assert!(line.contains(&timefmt::rfc3339(stored)), "{line}");
-    let events = auth_service::testing::events(service.db(), &id)
+    let events = auth_test_support::fixtures::events(service.db(), id)
         .await
         .unwrap();
     assert_eq!(events.len(), 2, "{events:?}");

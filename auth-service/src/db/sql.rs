@@ -43,7 +43,7 @@ audit AS (
     SELECT upd.id, 'renew', $5, cur.expires_at, upd.expires_at
     FROM upd JOIN cur ON cur.id = upd.id
 )
-SELECT cur.id::text,
+SELECT cur.id,
        cur.created_at,
        COALESCE(upd.expires_at, cur.expires_at) AS expires_at,
        cur.revoked_at,
@@ -60,12 +60,12 @@ FROM cur LEFT JOIN upd ON upd.id = cur.id";
 /// the winner's committed expiry. $1 token id.
 pub const READ_BY_ID: &str = "
 SELECT created_at, expires_at, revoked_at, now() AS db_now
-FROM tokens WHERE id = CAST($1::text AS uuid)";
+FROM tokens WHERE id = $1";
 
 /// Everything `ValidateToken` and `LookupCurrentToken` return, plus what decides
 /// whether the token is live. $1 token hash.
 pub const LOOKUP: &str = "
-SELECT id::text, user_id, name, scopes, created_at, expires_at, revoked_at, now() AS db_now
+SELECT id, user_id, name, scopes, created_at, expires_at, revoked_at, now() AS db_now
 FROM tokens WHERE token_hash = $1";
 
 /// Self-revocation of a live token, audited in the same statement. When it returns
@@ -82,13 +82,13 @@ audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
     SELECT id, 'revoke', $2, expires_at, expires_at FROM upd
 )
-SELECT id::text, revoked_at FROM upd";
+SELECT id, revoked_at FROM upd";
 
 /// Administrative revocation by id (`token revoke ID`). $1 id, $2 caller.
 pub const REVOKE_BY_ID: &str = "
 WITH upd AS (
     UPDATE tokens SET revoked_at = now()
-    WHERE id = CAST($1::text AS uuid) AND revoked_at IS NULL
+    WHERE id = $1 AND revoked_at IS NULL
     RETURNING id, revoked_at, expires_at
 ),
 audit AS (
@@ -98,7 +98,7 @@ audit AS (
 SELECT revoked_at FROM upd";
 
 /// Does a token with this id exist (to tell "unknown id" from "already revoked")?
-pub const EXISTS_BY_ID: &str = "SELECT revoked_at FROM tokens WHERE id = CAST($1::text AS uuid)";
+pub const EXISTS_BY_ID: &str = "SELECT revoked_at FROM tokens WHERE id = $1";
 
 /// Token creation with its audit row. $1 user, $2 name, $3 hash, $4 display prefix,
 /// $5 scopes, $6 lifetime seconds (NULL: never expires), $7 caller.
@@ -112,11 +112,11 @@ audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_after)
     SELECT id, 'create', $7, expires_at FROM ins
 )
-SELECT id::text, created_at, expires_at FROM ins";
+SELECT id, created_at, expires_at FROM ins";
 
 /// `token list`: never the hash. $1 user or NULL for everyone.
 pub const LIST: &str = "
-SELECT id::text, user_id, name, display_prefix, scopes, created_at, expires_at,
+SELECT id, user_id, name, display_prefix, scopes, created_at, expires_at,
        revoked_at, last_used_at, now() AS db_now
 FROM tokens
 WHERE $1::text IS NULL OR user_id = $1
@@ -126,7 +126,7 @@ ORDER BY created_at, id";
 /// the caller so that replicas lock rows in one order and cannot deadlock.
 pub const TOUCH: &str = "
 UPDATE tokens SET last_used_at = now()
-WHERE id = ANY(CAST($1::text[] AS uuid[]))";
+WHERE id = ANY($1)";
 
 /// The health probe.
 pub const PING: &str = "SELECT 1";
@@ -144,29 +144,3 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
 pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
-
-// ---- Test support (used by `crate::testing` only) ----
-
-/// Moves a token's expiry to now + $2 seconds (negative: into the past). $1 id.
-pub const TEST_SET_EXPIRY: &str = "UPDATE tokens SET expires_at = now() + make_interval(secs => $2::float8) WHERE id = CAST($1::text AS uuid)";
-/// Moves a token's creation time $2 seconds into the past. $1 id.
-pub const TEST_SET_CREATED_AGO: &str = "UPDATE tokens SET created_at = now() - make_interval(secs => $2::float8) WHERE id = CAST($1::text AS uuid)";
-/// A token's audit trail with the expiry before and after each event. $1 id.
-pub const TEST_EVENT_EXPIRIES: &str = "SELECT kind, expires_at_before, expires_at_after FROM token_events WHERE token_id = CAST($1::text AS uuid) ORDER BY id";
-/// A token's stored expiry and the database clock. $1 id.
-pub const TEST_EXPIRY: &str =
-    "SELECT expires_at, now() FROM tokens WHERE id = CAST($1::text AS uuid)";
-/// A token's audit trail, oldest first. $1 id.
-pub const TEST_EVENTS: &str =
-    "SELECT kind, caller FROM token_events WHERE token_id = CAST($1::text AS uuid) ORDER BY id";
-/// A token's last-used stamp. $1 id.
-pub const TEST_LAST_USED: &str =
-    "SELECT last_used_at FROM tokens WHERE id = CAST($1::text AS uuid)";
-/// Every text and bytea value stored anywhere in the token tables, to prove no raw
-/// token is stored.
-pub const TEST_ALL_STORED_TEXT: &str = "
-SELECT t::text FROM tokens t UNION ALL SELECT e::text FROM token_events e";
-/// Takes a token's row lock (inside a transaction the caller opened). $1 id.
-pub const TEST_LOCK_ROW: &str = "SELECT 1 FROM tokens WHERE id = CAST($1::text AS uuid) FOR UPDATE";
-/// How many sessions of this database are waiting on a lock.
-pub const TEST_LOCK_WAITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";

@@ -1,92 +1,60 @@
 //! Token queries: rows in, domain values out. Liveness (expired, revoked) is always
 //! judged against the database's clock returned by the same statement.
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
+use uuid::Uuid;
 
 use super::{Db, sql};
 use crate::{
-    config::RenewalPolicy,
-    error::{Error, Result},
+    error::{Error, Result, fmt_time},
+    renewal::{RenewalPolicy, check_live, next_renewal_at},
     token::TokenDigest,
 };
+
+type Time = DateTime<Utc>;
 
 /// What `ValidateToken` and `LookupCurrentToken` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
-    pub id: String,
+    pub id: Uuid,
     pub user_id: String,
     pub name: String,
     pub scopes: Vec<String>,
-    pub expires_at: Option<SystemTime>,
+    pub expires_at: Option<Time>,
 }
 
 /// The result of `RenewCurrentToken`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renewal {
-    pub token_id: String,
-    pub expires_at: Option<SystemTime>,
+    pub token_id: Uuid,
+    pub expires_at: Option<Time>,
     pub renewed: bool,
-    pub next_renewal_at: Option<SystemTime>,
+    pub next_renewal_at: Option<Time>,
 }
 
 /// A newly stored token (the secret itself stays with the caller).
 #[derive(Debug, Clone)]
 pub struct CreatedToken {
-    pub id: String,
-    pub created_at: SystemTime,
-    pub expires_at: Option<SystemTime>,
+    pub id: Uuid,
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
 }
 
 /// One row of `token list`.
 #[derive(Debug, Clone)]
 pub struct TokenListing {
-    pub id: String,
+    pub id: Uuid,
     pub user_id: String,
     pub name: String,
     pub display_prefix: String,
     pub scopes: Vec<String>,
-    pub created_at: SystemTime,
-    pub expires_at: Option<SystemTime>,
-    pub revoked_at: Option<SystemTime>,
-    pub last_used_at: Option<SystemTime>,
-    pub db_now: SystemTime,
-}
-
-/// A token is live unless revoked (reported first: it is the more specific cause) or
-/// past its expiry by the database clock `now`.
-pub fn check_live(
-    revoked_at: Option<SystemTime>,
-    expires_at: Option<SystemTime>,
-    now: SystemTime,
-) -> Result<()> {
-    if let Some(at) = revoked_at {
-        return Err(Error::TokenRevoked(at));
-    }
-    match expires_at {
-        Some(at) if at <= now => Err(Error::TokenExpired(at)),
-        _ => Ok(()),
-    }
-}
-
-/// The earliest time a renew would extend the token: its expiry minus the threshold;
-/// none when it never expires or has reached the maximum lifetime.
-pub fn next_renewal_at(
-    policy: &RenewalPolicy,
-    created_at: SystemTime,
-    expires_at: Option<SystemTime>,
-) -> Option<SystemTime> {
-    let expires_at = expires_at?;
-    if let Some(cap) = policy.max_lifetime
-        && expires_at >= created_at + cap
-    {
-        return None;
-    }
-    Some(
-        expires_at
-            .checked_sub(policy.threshold)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    )
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
+    pub revoked_at: Option<Time>,
+    pub last_used_at: Option<Time>,
+    pub db_now: Time,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -116,13 +84,13 @@ impl Db {
             })
             .await?
             .ok_or(Error::TokenUnknown)?;
-        let token_id: String = row.try_get(0)?;
-        let mut created_at: SystemTime = row.try_get(1)?;
-        let mut expires_at: Option<SystemTime> = row.try_get(2)?;
-        let revoked_at: Option<SystemTime> = row.try_get(3)?;
+        let token_id: Uuid = row.try_get(0)?;
+        let mut created_at: Time = row.try_get(1)?;
+        let mut expires_at: Option<Time> = row.try_get(2)?;
+        let revoked_at: Option<Time> = row.try_get(3)?;
         let renewed: bool = row.try_get(4)?;
         let lost_race: bool = row.try_get(5)?;
-        let now: SystemTime = row.try_get(6)?;
+        let now: Time = row.try_get(6)?;
         if !renewed {
             check_live(revoked_at, expires_at, now)?;
         }
@@ -160,11 +128,7 @@ impl Db {
     }
 
     /// `RevokeCurrentToken`: revokes a live token; otherwise says why it cannot.
-    pub async fn revoke_by_hash(
-        &self,
-        digest: &TokenDigest,
-        caller: &str,
-    ) -> Result<(String, SystemTime)> {
+    pub async fn revoke_by_hash(&self, digest: &TokenDigest, caller: &str) -> Result<(Uuid, Time)> {
         let row = self
             .run(async |c| {
                 let stmt = c.prepare_cached(sql::REVOKE_BY_HASH).await?;
@@ -182,12 +146,7 @@ impl Db {
     }
 
     /// `token revoke ID`.
-    pub async fn revoke_by_id(&self, id: &str, caller: &str) -> Result<SystemTime> {
-        if !is_uuid(id) {
-            return Err(Error::InvalidArgument(format!(
-                "{id:?} is not a token id; ids are UUIDs, as shown by `auth-service token list`"
-            )));
-        }
+    pub async fn revoke_by_id(&self, id: Uuid, caller: &str) -> Result<Time> {
         self.run(async |c| {
             let stmt = c.prepare_cached(sql::REVOKE_BY_ID).await?;
             if let Some(row) = c.query_opt(&stmt, &[&id, &caller]).await? {
@@ -197,12 +156,9 @@ impl Db {
             match c.query_opt(&stmt, &[&id]).await? {
                 None => Err(Error::NotFound(format!("no token with id {id}"))),
                 Some(row) => {
-                    let at: Option<SystemTime> = row.try_get(0)?;
+                    let at: Option<Time> = row.try_get(0)?;
                     Err(Error::InvalidArgument(match at {
-                        Some(at) => format!(
-                            "token {id} was already revoked at {}",
-                            crate::error::fmt_time(at)
-                        ),
+                        Some(at) => format!("token {id} was already revoked at {}", fmt_time(at)),
                         None => format!("token {id} could not be revoked"),
                     }))
                 }
@@ -271,7 +227,7 @@ impl Db {
     }
 
     /// Stamps `last_used_at = now()` on a batch of tokens.
-    pub async fn touch(&self, ids: &[String]) -> Result<()> {
+    pub async fn touch(&self, ids: &[Uuid]) -> Result<()> {
         self.run(async |c| {
             let stmt = c.prepare_cached(sql::TOUCH).await?;
             c.execute(&stmt, &[&ids]).await?;
@@ -282,7 +238,7 @@ impl Db {
 }
 
 fn token_info(row: &Row) -> Result<TokenInfo> {
-    let expires_at: Option<SystemTime> = row.try_get(5)?;
+    let expires_at: Option<Time> = row.try_get(5)?;
     check_live(row.try_get(6)?, expires_at, row.try_get(7)?)?;
     Ok(TokenInfo {
         id: row.try_get(0)?,
@@ -291,65 +247,4 @@ fn token_info(row: &Row) -> Result<TokenInfo> {
         scopes: row.try_get(3)?,
         expires_at,
     })
-}
-
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::error::Reason;
-
-    const DAY: Duration = Duration::from_secs(86400);
-
-    #[test]
-    fn revoked_wins_over_expired_and_expiry_is_inclusive() {
-        let now = SystemTime::UNIX_EPOCH + 1000 * DAY;
-        let past = now - DAY;
-        assert_eq!(
-            check_live(Some(past), Some(past), now)
-                .unwrap_err()
-                .reason(),
-            Some(Reason::TokenRevoked)
-        );
-        assert_eq!(
-            check_live(None, Some(now), now).unwrap_err().reason(),
-            Some(Reason::TokenExpired)
-        );
-        assert!(check_live(None, Some(now + DAY), now).is_ok());
-        assert!(check_live(None, None, now).is_ok());
-    }
-
-    #[test]
-    fn next_renewal_is_expiry_minus_threshold_unless_capped() {
-        let created = SystemTime::UNIX_EPOCH + 1000 * DAY;
-        let mut policy = RenewalPolicy::default();
-        let exp = created + 90 * DAY;
-        assert_eq!(
-            next_renewal_at(&policy, created, Some(exp)),
-            Some(exp - 7 * DAY)
-        );
-        assert_eq!(next_renewal_at(&policy, created, None), None);
-        policy.max_lifetime = Some(90 * DAY);
-        assert_eq!(next_renewal_at(&policy, created, Some(exp)), None);
-        policy.max_lifetime = Some(180 * DAY);
-        assert_eq!(
-            next_renewal_at(&policy, created, Some(exp)),
-            Some(exp - 7 * DAY)
-        );
-    }
-
-    #[test]
-    fn uuid_shape() {
-        assert!(is_uuid("3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c"));
-        assert!(!is_uuid("3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6"));
-        assert!(!is_uuid("'; DROP TABLE tokens; --'''''''''''''''"));
-    }
 }

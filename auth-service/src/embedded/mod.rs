@@ -24,7 +24,8 @@ pub use binaries::PgBinaries;
 const MAX_SOCKET_PATH: usize = 107;
 const SOCKET_NAME: &str = ".s.PGSQL.5432";
 
-/// Tuning for a cluster; tests turn durability off for speed.
+/// Tuning for a cluster; tests turn durability off for speed (`fsync: false` also
+/// creates the cluster with `initdb --no-sync`).
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub fsync: bool,
@@ -72,7 +73,7 @@ impl Cluster {
             owned: false,
         };
         if !cluster.pgdata.join("PG_VERSION").is_file() {
-            cluster.initdb()?;
+            cluster.initdb(options)?;
         }
         cluster.write_settings(options)?;
         cluster.start_server()?;
@@ -183,7 +184,7 @@ impl Cluster {
 
     /// `initdb` into a scratch directory renamed into place, so a crash halfway
     /// never leaves a half-made cluster behind.
-    fn initdb(&mut self) -> Result<()> {
+    fn initdb(&mut self, options: &ClusterOptions) -> Result<()> {
         let scratch = self.pgdata.with_extension("init");
         let _ = fs::remove_dir_all(&scratch);
         make_dir(&scratch, 0o700, self.run_as.as_ref())?;
@@ -197,6 +198,10 @@ impl Cluster {
             "--locale=C",
             "--no-instructions",
         ]);
+        if !options.fsync {
+            // A throwaway cluster (tests): skip the fsync of every file initdb writes.
+            cmd.arg("--no-sync");
+        }
         checked(cmd.output(), "initdb", "")?;
         // Our settings come last so they win; the included file is rewritten at each start.
         let mut conf = fs::read_to_string(scratch.join("postgresql.conf"))

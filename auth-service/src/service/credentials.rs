@@ -43,8 +43,9 @@ pub fn caller<T>(request: &Request<T>) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use auth_api::ErrorReason as Reason;
+
     use super::*;
-    use crate::error::Reason;
 
     fn with_auth(value: &str) -> Request<()> {
         let mut r = Request::new(());

@@ -1,7 +1,5 @@
 //! The `auth.v1.AuthService` implementation: one module per RPC, each thin (check
 //! input, call the database module, build the response).
-use std::time::SystemTime;
-
 use auth_api::v1::{
     LookupCurrentTokenRequest, LookupCurrentTokenResponse, RenewCurrentTokenRequest,
     RenewCurrentTokenResponse, RevokeCurrentTokenRequest, RevokeCurrentTokenResponse,
@@ -10,9 +8,9 @@ use auth_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    config::RenewalPolicy,
     db::{Db, TokenInfo},
     last_used::Toucher,
+    renewal::RenewalPolicy,
     token::{Prefix, TokenDigest},
 };
 
@@ -35,8 +33,8 @@ impl AuthSvc {
     /// request's span and stamped as used.
     async fn describe(&self, digest: &TokenDigest) -> crate::error::Result<TokenInfo> {
         let info = self.db.lookup(digest).await?;
-        tracing::Span::current().record("token_id", info.id.as_str());
-        self.toucher.touch(&info.id);
+        tracing::Span::current().record("token_id", tracing::field::display(info.id));
+        self.toucher.touch(info.id);
         Ok(info)
     }
 
@@ -48,10 +46,6 @@ impl AuthSvc {
             toucher,
         }
     }
-}
-
-fn timestamp(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
-    t.map(prost_types::Timestamp::from)
 }
 
 #[tonic::async_trait]

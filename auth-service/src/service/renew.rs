@@ -1,9 +1,12 @@
 //! `RenewCurrentToken`: extend the caller's own token in place.
-use auth_api::v1::{RenewCurrentTokenRequest, RenewCurrentTokenResponse};
+use auth_api::{
+    time::to_wire,
+    v1::{RenewCurrentTokenRequest, RenewCurrentTokenResponse},
+};
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{AuthSvc, credentials, timestamp};
+use super::{AuthSvc, credentials};
 use crate::error::Result;
 
 #[instrument(skip_all, fields(token_id, renewed))]
@@ -15,15 +18,15 @@ pub(super) async fn handle(
     let caller = credentials::caller(&request);
     let renewal = svc.db.renew(&digest, &svc.policy, &caller).await?;
     let span = tracing::Span::current();
-    span.record("token_id", renewal.token_id.as_str());
+    span.record("token_id", tracing::field::display(renewal.token_id));
     span.record("renewed", renewal.renewed);
     if renewal.renewed {
         tracing::info!(%caller, "token renewed");
     }
-    svc.toucher.touch(&renewal.token_id);
+    svc.toucher.touch(renewal.token_id);
     Ok(Response::new(RenewCurrentTokenResponse {
-        expires_at: timestamp(renewal.expires_at),
+        expires_at: to_wire(renewal.expires_at),
         renewed: renewal.renewed,
-        next_renewal_at: timestamp(renewal.next_renewal_at),
+        next_renewal_at: to_wire(renewal.next_renewal_at),
     }))
 }

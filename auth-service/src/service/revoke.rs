@@ -3,7 +3,7 @@ use auth_api::v1::{RevokeCurrentTokenRequest, RevokeCurrentTokenResponse};
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{AuthSvc, credentials, timestamp};
+use super::{AuthSvc, credentials};
 use crate::error::Result;
 
 #[instrument(skip_all, fields(token_id))]
@@ -14,9 +14,9 @@ pub(super) async fn handle(
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
     let (token_id, revoked_at) = svc.db.revoke_by_hash(&digest, &caller).await?;
-    tracing::Span::current().record("token_id", token_id.as_str());
+    tracing::Span::current().record("token_id", tracing::field::display(token_id));
     tracing::info!(%caller, "token revoked by its holder");
     Ok(Response::new(RevokeCurrentTokenResponse {
-        revoked_at: timestamp(Some(revoked_at)),
+        revoked_at: Some(auth_api::time::to_timestamp(revoked_at)),
     }))
 }

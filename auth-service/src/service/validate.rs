@@ -3,7 +3,7 @@ use auth_api::v1::{ValidateTokenRequest, ValidateTokenResponse};
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{AuthSvc, timestamp};
+use super::AuthSvc;
 use crate::{
     error::{Error, Result},
     token,
@@ -23,8 +23,8 @@ pub(super) async fn handle(
     let digest = token::parse(&svc.prefix, token)?;
     let info = svc.describe(&digest).await?;
     Ok(Response::new(ValidateTokenResponse {
-        expires_at: timestamp(info.expires_at),
-        token_id: info.id,
+        expires_at: auth_api::time::to_wire(info.expires_at),
+        token_id: info.id.to_string(),
         user_id: info.user_id,
         name: info.name,
         scopes: info.scopes,

@@ -1,12 +1,12 @@
 //! Load benchmark of the real `auth-service serve` binary over loopback.
 //!
 //! ```sh
-//! cargo build --release -p auth-service --bins --examples
-//! target/release/examples/bench --concurrency 32 --seconds 10
+//! cargo build --release -p auth-service -p auth-test-support --bins
+//! target/release/auth-bench --concurrency 32 --seconds 10
 //! ```
 //!
 //! Starts the test harness's throwaway PostgreSQL, creates tokens, runs the server as
-//! a separate process (the binary next to this example's directory), and drives
+//! a separate process (the `auth-service` binary next to this one), and drives
 //! ValidateToken, a no-op RenewCurrentToken and a malformed-token call (the path that
 //! never touches the database) with concurrent clients. Prints requests per second,
 //! latency percentiles and the server's peak resident memory.
@@ -18,7 +18,8 @@ use std::{
 use auth_api::v1::{
     RenewCurrentTokenRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
 };
-use auth_service::{db::Db, testing};
+use auth_service::db::Db;
+use auth_test_support::{cluster, fixtures};
 use tonic::{Request, transport::Channel};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -155,11 +156,11 @@ fn memory_kib(pid: u32, field: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let o = options()?;
-    let config = testing::fresh_database().await?;
+    let config = cluster::fresh_database().await?;
     let db = Db::new(config.clone(), 4, Duration::from_secs(10))?;
     let mut tokens = Vec::with_capacity(o.tokens);
     for i in 0..o.tokens {
-        let (_, raw) = testing::create_token(
+        let (_, raw) = fixtures::create_token(
             &db,
             &format!("user{i}"),
             Some(Duration::from_secs(60 * 86400)),
@@ -172,25 +173,21 @@ async fn main() -> Result<(), BoxError> {
         .local_addr()?
         .port();
     let exe = std::env::current_exe()?;
-    let server_bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .ok_or("no target dir")?
-        .join("auth-service");
+    let server_bin = exe.parent().ok_or("no target dir")?.join("auth-service");
     let mut server = Command::new(&server_bin)
         .args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--database-url",
-            &testing::conninfo(&config),
+            &cluster::conninfo(&config),
         ])
         .env("AUTH_SERVICE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| {
             format!(
-                "{}: {e} (build it: cargo build --release -p auth-service --bins --examples)",
+                "{}: {e} (build it: cargo build --release -p auth-service -p auth-test-support --bins)",
                 server_bin.display()
             )
         })?;

@@ -1,30 +1,31 @@
 //! RenewCurrentToken against a real server and a real PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 
 use std::time::Duration;
 
 use auth_api::v1::RenewCurrentTokenRequest;
-use auth_service::{config::RenewalPolicy, testing};
-use common::*;
+use auth_service::renewal::RenewalPolicy;
+use auth_test_support::{
+    fixtures::{self, gap, token_expiring_in},
+    grpc::*,
+};
 use tonic::{Code, Request};
 
 #[tokio::test]
 async fn inside_the_window_extends_to_now_plus_90_days_once() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (id, token) = token_expiring_in(&server.db, 3.0 * 86400.0).await;
 
     let first = renew(&mut client, &token).await.unwrap();
     assert!(first.renewed);
-    let (stored, db_now) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    let (stored, db_now) = fixtures::stored_expiry(&server.db, id).await.unwrap();
     let stored = stored.unwrap();
-    assert_eq!(to_system(first.expires_at.as_ref().unwrap()), stored);
+    assert_eq!(to_time(first.expires_at.as_ref().unwrap()), stored);
     assert!(
         gap(stored, db_now + 90 * DAY) < 5.0,
         "expiry is now + 90d by the database clock"
     );
     assert_eq!(
-        to_system(first.next_renewal_at.as_ref().unwrap()),
+        to_time(first.next_renewal_at.as_ref().unwrap()),
         stored - 7 * DAY
     );
 
@@ -32,10 +33,10 @@ async fn inside_the_window_extends_to_now_plus_90_days_once() {
     assert!(!second.renewed, "outside the window now: a no-op");
     assert_eq!(second.expires_at, first.expires_at);
 
-    let events = testing::events(&server.db, &id).await.unwrap();
+    let events = fixtures::events(&server.db, id).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["create", "renew"]);
-    let expiries = testing::event_expiries(&server.db, &id).await.unwrap();
+    let expiries = fixtures::event_expiries(&server.db, id).await.unwrap();
     assert_eq!(
         expiries[1].2,
         Some(stored),
@@ -56,18 +57,18 @@ async fn inside_the_window_extends_to_now_plus_90_days_once() {
 
 #[tokio::test]
 async fn outside_the_window_is_a_no_op_reporting_the_current_expiry() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (id, token) = token_expiring_in(&server.db, 30.0 * 86400.0).await;
-    let before = testing::stored_expiry(&server.db, &id).await.unwrap().0;
+    let before = fixtures::stored_expiry(&server.db, id).await.unwrap().0;
     let r = renew(&mut client, &token).await.unwrap();
     assert!(!r.renewed);
-    assert_eq!(Some(to_system(r.expires_at.as_ref().unwrap())), before);
+    assert_eq!(Some(to_time(r.expires_at.as_ref().unwrap())), before);
     assert_eq!(
-        testing::stored_expiry(&server.db, &id).await.unwrap().0,
+        fixtures::stored_expiry(&server.db, id).await.unwrap().0,
         before
     );
     assert_eq!(
-        testing::events(&server.db, &id).await.unwrap().len(),
+        fixtures::events(&server.db, id).await.unwrap().len(),
         1,
         "no renew event"
     );
@@ -75,24 +76,24 @@ async fn outside_the_window_is_a_no_op_reporting_the_current_expiry() {
 
 #[tokio::test]
 async fn a_never_expiring_token_renews_as_a_no_op() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
-    let (id, token) = testing::create_token(&server.db, "svc", None)
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
+    let (id, token) = fixtures::create_token(&server.db, "svc", None)
         .await
         .unwrap();
     let r = renew(&mut client, &token).await.unwrap();
     assert!(!r.renewed);
     assert!(r.expires_at.is_none() && r.next_renewal_at.is_none());
     assert_eq!(
-        testing::stored_expiry(&server.db, &id).await.unwrap().0,
+        fixtures::stored_expiry(&server.db, id).await.unwrap().0,
         None
     );
 }
 
 #[tokio::test]
 async fn expired_revoked_and_unknown_tokens_are_never_extended() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (expired_id, expired) = token_expiring_in(&server.db, -60.0).await;
-    let before = testing::stored_expiry(&server.db, &expired_id)
+    let before = fixtures::stored_expiry(&server.db, expired_id)
         .await
         .unwrap()
         .0;
@@ -101,7 +102,7 @@ async fn expired_revoked_and_unknown_tokens_are_never_extended() {
         "TOKEN_EXPIRED"
     );
     assert_eq!(
-        testing::stored_expiry(&server.db, &expired_id)
+        fixtures::stored_expiry(&server.db, expired_id)
             .await
             .unwrap()
             .0,
@@ -109,8 +110,8 @@ async fn expired_revoked_and_unknown_tokens_are_never_extended() {
     );
 
     let (revoked_id, revoked) = token_expiring_in(&server.db, 86400.0).await;
-    server.db.revoke_by_id(&revoked_id, "test").await.unwrap();
-    let before = testing::stored_expiry(&server.db, &revoked_id)
+    server.db.revoke_by_id(revoked_id, "test").await.unwrap();
+    let before = fixtures::stored_expiry(&server.db, revoked_id)
         .await
         .unwrap()
         .0;
@@ -119,7 +120,7 @@ async fn expired_revoked_and_unknown_tokens_are_never_extended() {
         "TOKEN_REVOKED"
     );
     assert_eq!(
-        testing::stored_expiry(&server.db, &revoked_id)
+        fixtures::stored_expiry(&server.db, revoked_id)
             .await
             .unwrap()
             .0,
@@ -136,7 +137,7 @@ async fn expired_revoked_and_unknown_tokens_are_never_extended() {
 
 #[tokio::test]
 async fn bad_credentials_get_clear_reasons() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (_, token) = token_expiring_in(&server.db, 86400.0).await;
 
     let missing = client
@@ -186,7 +187,7 @@ async fn bad_credentials_get_clear_reasons() {
 
 #[tokio::test]
 async fn a_one_megabyte_token_is_refused_without_harm() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (id, token) = token_expiring_in(&server.db, 86400.0).await;
     let huge = "pat_".to_string() + &"A".repeat(1 << 20);
     // Metadata beyond 16 KiB is refused by HTTP/2 itself, before any handler runs.
@@ -202,7 +203,7 @@ async fn a_one_megabyte_token_is_refused_without_harm() {
     // The server is still healthy and the real token still works, unchanged by the attempt.
     let mut client = server.client().await.unwrap();
     assert!(renew(&mut client, &token).await.unwrap().renewed);
-    assert_eq!(testing::events(&server.db, &id).await.unwrap().len(), 2);
+    assert_eq!(fixtures::events(&server.db, id).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -211,11 +212,11 @@ async fn the_maximum_lifetime_caps_renewal() {
         max_lifetime: Some(30 * DAY),
         ..RenewalPolicy::default()
     };
-    let (server, mut client) = server(policy).await;
+    let (server, mut client) = crate::start(policy).await;
     let (id, token) = token_expiring_in(&server.db, 86400.0).await;
     let r = renew(&mut client, &token).await.unwrap();
     assert!(r.renewed);
-    let (stored, db_now) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    let (stored, db_now) = fixtures::stored_expiry(&server.db, id).await.unwrap();
     // created just now, so the cap (created_at + 30d) wins over now + 90d.
     assert!(gap(stored.unwrap(), db_now + 30 * DAY) < 5.0);
     assert!(
@@ -225,35 +226,35 @@ async fn the_maximum_lifetime_caps_renewal() {
 
     // Created 10 days ago, 2 days left: inside the window and below the cap, so it
     // moves up to the cap (created_at + 30d = now + 20d), not to now + 90d.
-    testing::set_created_ago(&server.db, &id, 10.0 * 86400.0)
+    fixtures::set_created_ago(&server.db, id, 10.0 * 86400.0)
         .await
         .unwrap();
-    testing::set_expires_in(&server.db, &id, 2.0 * 86400.0)
+    fixtures::set_expires_in(&server.db, id, 2.0 * 86400.0)
         .await
         .unwrap();
     let again = renew(&mut client, &token).await.unwrap();
     assert!(again.renewed);
-    let (stored, db_now) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    let (stored, db_now) = fixtures::stored_expiry(&server.db, id).await.unwrap();
     assert!(gap(stored.unwrap(), db_now + 20 * DAY) < 5.0);
 
     // Created 28 days ago: the expiry sits at the cap (now + 2d), inside the
     // window. The cap forbids any extension, so the guard leaves it alone.
-    testing::set_created_ago(&server.db, &id, 28.0 * 86400.0)
+    fixtures::set_created_ago(&server.db, id, 28.0 * 86400.0)
         .await
         .unwrap();
-    testing::set_expires_in(&server.db, &id, 2.0 * 86400.0)
+    fixtures::set_expires_in(&server.db, id, 2.0 * 86400.0)
         .await
         .unwrap();
-    let (at_cap, _) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    let (at_cap, _) = fixtures::stored_expiry(&server.db, id).await.unwrap();
     let third = renew(&mut client, &token).await.unwrap();
     assert!(!third.renewed, "nothing beyond the cap");
-    assert_eq!(third.expires_at.as_ref().map(to_system), at_cap);
+    assert_eq!(third.expires_at.as_ref().map(to_time), at_cap);
     assert!(third.next_renewal_at.is_none());
     assert_eq!(
-        testing::stored_expiry(&server.db, &id).await.unwrap().0,
+        fixtures::stored_expiry(&server.db, id).await.unwrap().0,
         at_cap
     );
-    let renewals = testing::events(&server.db, &id).await.unwrap();
+    let renewals = fixtures::events(&server.db, id).await.unwrap();
     assert_eq!(renewals.iter().filter(|e| e.0 == "renew").count(), 2);
 }
 
@@ -264,9 +265,9 @@ async fn renewal_uses_a_configurable_threshold_and_extension() {
         extension: Duration::from_secs(7200),
         max_lifetime: None,
     };
-    let (server, mut client) = server(policy).await;
+    let (server, mut client) = crate::start(policy).await;
     let (id, token) = token_expiring_in(&server.db, 1800.0).await;
     assert!(renew(&mut client, &token).await.unwrap().renewed);
-    let (stored, now) = testing::stored_expiry(&server.db, &id).await.unwrap();
+    let (stored, now) = fixtures::stored_expiry(&server.db, id).await.unwrap();
     assert!(gap(stored.unwrap(), now + Duration::from_secs(7200)) < 5.0);
 }

@@ -1,28 +1,31 @@
 //! 500 concurrent renews of one token, spread over 3 service instances (each with
 //! its own pool, like replicas) sharing one database: exactly one extends it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 
 use std::time::Duration;
 
-use auth_service::{config::RenewalPolicy, db::Db, testing};
-use common::*;
+use auth_service::{db::Db, renewal::RenewalPolicy};
+use auth_test_support::{
+    cluster,
+    fixtures::{self, gap, token_expiring_in},
+    grpc::*,
+    server::{self, TestServer},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_renews_across_replicas_extend_exactly_once() {
-    let config = testing::fresh_database().await.unwrap();
+    let config = cluster::fresh_database().await.unwrap();
     let mut servers = Vec::new();
     for _ in 0..3 {
         let db = Db::new(config.clone(), 20, Duration::from_secs(10)).unwrap();
         servers.push(
-            testing::TestServer::start(db, testing::test_settings(RenewalPolicy::default()))
+            TestServer::start(db, server::settings(RenewalPolicy::default()))
                 .await
                 .unwrap(),
         );
     }
     let db = &servers[0].db;
     let (id, token) = token_expiring_in(db, 2.0 * 86400.0).await;
-    let (before, _) = testing::stored_expiry(db, &id).await.unwrap();
+    let (before, _) = fixtures::stored_expiry(db, id).await.unwrap();
 
     let mut clients = Vec::new();
     for s in &servers {
@@ -31,7 +34,7 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
     // Hold the token's row lock while the calls arrive, so the 60 that reach the
     // database (3 pools of 20) all read the old expiry and then queue on the lock:
     // a real race every time, not only when timing happens to allow it.
-    let lock = testing::RowLock::take(&config, &id).await.unwrap();
+    let lock = fixtures::RowLock::take(&config, id).await.unwrap();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(500));
     let calls: Vec<_> = (0..500)
         .map(|i| {
@@ -45,13 +48,13 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
         .collect();
     let probe = Db::new(config.clone(), 1, Duration::from_secs(5)).unwrap();
     for _ in 0..300 {
-        if testing::lock_waiters(&probe).await.unwrap() >= 60 {
+        if fixtures::lock_waiters(&probe).await.unwrap() >= 60 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        testing::lock_waiters(&probe).await.unwrap(),
+        fixtures::lock_waiters(&probe).await.unwrap(),
         60,
         "every pooled connection is racing"
     );
@@ -68,15 +71,15 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
         responses.iter().all(|r| r.expires_at == first),
         "every caller sees the same, extended expiry"
     );
-    let (stored, db_now) = testing::stored_expiry(db, &id).await.unwrap();
+    let (stored, db_now) = fixtures::stored_expiry(db, id).await.unwrap();
     assert_ne!(stored, before);
     assert_eq!(
-        stored.map(prost_types::Timestamp::from),
+        stored.map(auth_api::time::to_timestamp),
         first,
         "the stored row holds that value"
     );
     assert!(gap(stored.unwrap(), db_now + 90 * DAY) < 60.0);
-    let renewals = testing::events(db, &id)
+    let renewals = fixtures::events(db, id)
         .await
         .unwrap()
         .into_iter()

@@ -1,18 +1,19 @@
 //! ValidateToken, LookupCurrentToken and RevokeCurrentToken against a real server.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 
 use std::time::Duration;
 
 use auth_api::v1::{LookupCurrentTokenRequest, RevokeCurrentTokenRequest, ValidateTokenRequest};
-use auth_service::{config::RenewalPolicy, testing};
-use common::*;
+use auth_service::renewal::RenewalPolicy;
+use auth_test_support::{
+    fixtures::{self, token_expiring_in},
+    grpc::*,
+};
 use tonic::Code;
 
 #[tokio::test]
 async fn validate_returns_the_owner_and_scopes() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
-    let (id, token) = testing::create_token(&server.db, "alice", Some(10 * DAY))
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
+    let (id, token) = fixtures::create_token(&server.db, "alice", Some(10 * DAY))
         .await
         .unwrap();
     let r = client
@@ -22,12 +23,12 @@ async fn validate_returns_the_owner_and_scopes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.token_id, id);
+    assert_eq!(r.token_id, id.to_string());
     assert_eq!(r.user_id, "alice");
     assert_eq!(r.name, "test");
     assert_eq!(r.scopes, ["read"]);
-    let stored = testing::stored_expiry(&server.db, &id).await.unwrap().0;
-    assert_eq!(Some(to_system(r.expires_at.as_ref().unwrap())), stored);
+    let stored = fixtures::stored_expiry(&server.db, id).await.unwrap().0;
+    assert_eq!(Some(to_time(r.expires_at.as_ref().unwrap())), stored);
 
     let me = client
         .lookup_current_token(authed(LookupCurrentTokenRequest {}, &token))
@@ -36,16 +37,20 @@ async fn validate_returns_the_owner_and_scopes() {
         .into_inner();
     assert_eq!(
         (me.token_id, me.user_id, me.scopes),
-        (id, "alice".to_string(), vec!["read".to_string()])
+        (
+            id.to_string(),
+            "alice".to_string(),
+            vec!["read".to_string()]
+        )
     );
 }
 
 #[tokio::test]
 async fn validate_and_lookup_reject_each_bad_token_with_its_reason() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (_, expired) = token_expiring_in(&server.db, -1.0).await;
     let (revoked_id, revoked) = token_expiring_in(&server.db, 86400.0).await;
-    server.db.revoke_by_id(&revoked_id, "test").await.unwrap();
+    server.db.revoke_by_id(revoked_id, "test").await.unwrap();
     let unknown = auth_service::token::generate(&Default::default())
         .unwrap()
         .expose()
@@ -72,7 +77,7 @@ async fn validate_and_lookup_reject_each_bad_token_with_its_reason() {
             );
         }
     }
-    let (never_id, never) = testing::create_token(&server.db, "svc", None)
+    let (never_id, never) = fixtures::create_token(&server.db, "svc", None)
         .await
         .unwrap();
     let r = client
@@ -80,20 +85,20 @@ async fn validate_and_lookup_reject_each_bad_token_with_its_reason() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.token_id, never_id);
+    assert_eq!(r.token_id, never_id.to_string());
     assert!(r.expires_at.is_none());
 }
 
 #[tokio::test]
 async fn an_oversized_validate_request_is_refused_before_decoding() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let err = validate(&mut client, &"A".repeat(1 << 20))
         .await
         .unwrap_err();
     // tonic's code for a message over the decoding limit (16 KiB here).
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(err.message().contains("too large"), "{err:?}");
-    let (_, token) = testing::create_token(&server.db, "alice", Some(DAY))
+    let (_, token) = fixtures::create_token(&server.db, "alice", Some(DAY))
         .await
         .unwrap();
     validate(&mut client, &token).await.unwrap();
@@ -101,8 +106,8 @@ async fn an_oversized_validate_request_is_refused_before_decoding() {
 
 #[tokio::test]
 async fn revoke_current_token_logs_the_holder_out() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
-    let (id, token) = testing::create_token(&server.db, "alice", Some(10 * DAY))
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
+    let (id, token) = fixtures::create_token(&server.db, "alice", Some(10 * DAY))
         .await
         .unwrap();
     let r = client
@@ -120,7 +125,7 @@ async fn revoke_current_token_logs_the_holder_out() {
         .await
         .unwrap_err();
     assert_eq!(reason(&again), "TOKEN_REVOKED");
-    let kinds: Vec<String> = testing::events(&server.db, &id)
+    let kinds: Vec<String> = fixtures::events(&server.db, id)
         .await
         .unwrap()
         .into_iter()
@@ -131,16 +136,16 @@ async fn revoke_current_token_logs_the_holder_out() {
 
 #[tokio::test]
 async fn last_used_is_recorded_off_the_request_path() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
-    let (id, token) = testing::create_token(&server.db, "alice", Some(DAY))
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
+    let (id, token) = fixtures::create_token(&server.db, "alice", Some(DAY))
         .await
         .unwrap();
-    assert_eq!(testing::last_used(&server.db, &id).await.unwrap(), None);
+    assert_eq!(fixtures::last_used(&server.db, id).await.unwrap(), None);
     validate(&mut client, &token).await.unwrap();
     // Written by a background task: wait for it (bounded), do not sleep blindly.
     let mut stamped = None;
     for _ in 0..100 {
-        stamped = testing::last_used(&server.db, &id).await.unwrap();
+        stamped = fixtures::last_used(&server.db, id).await.unwrap();
         if stamped.is_some() {
             break;
         }
@@ -151,11 +156,11 @@ async fn last_used_is_recorded_off_the_request_path() {
 
 #[tokio::test]
 async fn no_raw_token_is_stored() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
     let (_, token) = token_expiring_in(&server.db, 86400.0).await;
     renew(&mut client, &token).await.unwrap();
     validate(&mut client, &token).await.unwrap();
-    let everything = testing::all_stored_text(&server.db).await.unwrap();
+    let everything = fixtures::all_stored_text(&server.db).await.unwrap();
     assert!(everything.contains("alice"), "the dump is real");
     // Neither the token nor its secret part (after the 8 displayed characters).
     assert!(!everything.contains(&token));
@@ -164,8 +169,8 @@ async fn no_raw_token_is_stored() {
 
 #[tokio::test]
 async fn lookup_and_revoke_need_credentials_and_revoke_is_audited() {
-    let (server, mut client) = server(RenewalPolicy::default()).await;
-    let (id, token) = testing::create_token(&server.db, "alice", Some(DAY))
+    let (server, mut client) = crate::start(RenewalPolicy::default()).await;
+    let (id, token) = fixtures::create_token(&server.db, "alice", Some(DAY))
         .await
         .unwrap();
     let lookup = client
@@ -202,7 +207,7 @@ async fn lookup_and_revoke_need_credentials_and_revoke_is_audited() {
         .revoke_current_token(authed(RevokeCurrentTokenRequest {}, &token))
         .await
         .unwrap();
-    let events = testing::events(&server.db, &id).await.unwrap();
+    let events = fixtures::events(&server.db, id).await.unwrap();
     assert_eq!(events[1].0, "revoke");
     assert!(
         events[1].1.starts_with("127.0.0.1:"),

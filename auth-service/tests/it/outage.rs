@@ -1,60 +1,30 @@
 //! A database outage is UNAVAILABLE (never UNAUTHENTICATED), health reports it, and
 //! the service recovers by itself when the database returns.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 
 use std::time::Duration;
 
-use auth_service::{config::RenewalPolicy, db::Db, embedded::Cluster, testing};
-use common::*;
-use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+use auth_service::{db::Db, renewal::RenewalPolicy};
+use auth_test_support::{
+    cluster,
+    fixtures::{self, token_expiring_in},
+    grpc::*,
+    server::{self, TestServer},
 };
-
-async fn health(url: &str) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
-    let req = HealthCheckRequest {
-        service: auth_api::SERVICE_NAME.to_string(),
-    };
-    let status = client.check(req).await.unwrap().into_inner().status;
-    ServingStatus::try_from(status).unwrap()
-}
-
-async fn wait_for_health(url: &str, want: ServingStatus) {
-    for _ in 0..150 {
-        if health(url).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("health never became {want:?}");
-}
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_is_unavailable_and_the_service_recovers() {
-    let dir = testing::scratch_dir("outage");
-    let mut cluster = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || Cluster::start(&dir, None, &testing::test_cluster_options())
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let (mut cluster, dir) = cluster::own("outage").await.unwrap();
     let db = Db::new(cluster.client_config("postgres"), 8, Duration::from_secs(2)).unwrap();
     db.migrate().await.unwrap();
-    let server =
-        testing::TestServer::start(db.clone(), testing::test_settings(RenewalPolicy::default()))
-            .await
-            .unwrap();
+    let server = TestServer::start(db.clone(), server::settings(RenewalPolicy::default()))
+        .await
+        .unwrap();
     let mut client = server.client().await.unwrap();
     let (_, token) = token_expiring_in(&db, 30.0 * 86400.0).await;
     renew(&mut client, &token).await.unwrap();
+    // SERVING first: NOT_SERVING is also the initial state, so only the change counts.
     wait_for_health(&server.url(), ServingStatus::Serving).await;
 
     cluster = tokio::task::spawn_blocking(move || {
@@ -117,33 +87,38 @@ async fn a_database_that_never_answers_is_unavailable_not_unauthenticated() {
     // Nothing listens on this socket directory: every connection attempt fails.
     let mut config = tokio_postgres::Config::new();
     config
-        .host_path(testing::scratch_dir("nodb"))
+        .host_path(cluster::scratch_dir("nodb"))
         .port(5432)
         .user("postgres")
         .dbname("postgres");
     let db = Db::new(config, 4, Duration::from_secs(1)).unwrap();
-    let server = testing::TestServer::start(db, testing::test_settings(RenewalPolicy::default()))
+    let server = TestServer::start(db, server::settings(RenewalPolicy::default()))
         .await
         .unwrap();
     let mut client = server.client().await.unwrap();
     let token = auth_service::token::generate(&Default::default()).unwrap();
-    let err = renew(&mut client, token.expose()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(health(&server.url()).await, ServingStatus::NotServing);
+    for err in [
+        renew(&mut client, token.expose()).await.unwrap_err(),
+        validate(&mut client, token.expose()).await.unwrap_err(),
+        lookup(&mut client, token.expose()).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    // (Health is NOT_SERVING here too, but it starts that way, so asserting it would
+    // prove nothing: the test above watches it go from SERVING to NOT_SERVING.)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_exhausted_database_is_unavailable() {
-    let config = testing::fresh_database().await.unwrap();
+    let config = cluster::fresh_database().await.unwrap();
     // One connection, one second: a call stuck behind a lock is too slow, and the
     // call queued behind it finds the pool exhausted.
     let db = Db::new(config.clone(), 1, Duration::from_secs(1)).unwrap();
-    let server =
-        testing::TestServer::start(db.clone(), testing::test_settings(RenewalPolicy::default()))
-            .await
-            .unwrap();
+    let server = TestServer::start(db.clone(), server::settings(RenewalPolicy::default()))
+        .await
+        .unwrap();
     let (id, token) = token_expiring_in(&db, 86400.0).await;
-    let lock = testing::RowLock::take(&config, &id).await.unwrap();
+    let lock = fixtures::RowLock::take(&config, id).await.unwrap();
     let mut a = server.client().await.unwrap();
     let mut b = a.clone();
     // The second call first waits for the pool, then (if it gets the connection
@@ -158,14 +133,14 @@ async fn a_slow_or_exhausted_database_is_unavailable() {
     // lock any more, so releasing it cannot let a "failed" renew complete later.
     let probe = Db::new(config.clone(), 1, Duration::from_secs(5)).unwrap();
     for _ in 0..100 {
-        if testing::lock_waiters(&probe).await.unwrap() == 0 {
+        if fixtures::lock_waiters(&probe).await.unwrap() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(testing::lock_waiters(&probe).await.unwrap(), 0);
+    assert_eq!(fixtures::lock_waiters(&probe).await.unwrap(), 0);
     lock.release().await.unwrap();
     // Nothing was half-done, and the service works again at once.
-    assert_eq!(testing::events(&db, &id).await.unwrap().len(), 1);
+    assert_eq!(fixtures::events(&db, id).await.unwrap().len(), 1);
     assert!(renew(&mut a, &token).await.unwrap().renewed);
 }

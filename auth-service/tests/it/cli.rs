@@ -1,7 +1,5 @@
 //! The `auth-service` binary as a person uses it: token commands, flags, the
 //! embedded default with `serve`, clean shutdown, and no token in any output.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,8 +10,7 @@ use std::{
 use auth_api::v1::{
     RenewCurrentTokenRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
 };
-use auth_service::testing;
-use common::*;
+use auth_test_support::{cluster, grpc::*};
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
@@ -30,7 +27,7 @@ fn text(b: &[u8]) -> String {
 }
 
 async fn db_url() -> String {
-    testing::conninfo(&testing::fresh_database().await.unwrap())
+    cluster::conninfo(&cluster::fresh_database().await.unwrap())
 }
 
 #[tokio::test]
@@ -140,7 +137,7 @@ async fn never_expiring_tokens_and_bad_input() {
 
 #[tokio::test]
 async fn a_missing_database_is_a_clear_error() {
-    let dir = testing::scratch_dir("missing");
+    let dir = cluster::scratch_dir("missing");
     let url = format!(
         "host={} port=5432 user=postgres dbname=postgres connect_timeout=2",
         dir.display()
@@ -167,8 +164,10 @@ fn spawn_serve(args: &[&str]) -> Child {
 }
 
 /// Drains stderr on a thread (a full pipe would block the server's logging) and
-/// waits for the "listening" line. Returns the channel of every stderr line.
-fn wait_listening(child: &mut Child) -> (Vec<String>, std::sync::mpsc::Receiver<String>) {
+/// waits for the "listening" line. Returns the address it names (serve is started on
+/// port 0, so the kernel picks a free one), the lines so far, and the channel of the
+/// rest.
+fn wait_listening(child: &mut Child) -> (String, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -180,10 +179,15 @@ fn wait_listening(child: &mut Child) -> (Vec<String>, std::sync::mpsc::Receiver<
     });
     let mut seen = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        let done = line.contains("auth-service listening");
+        let addr = line
+            .contains("auth-service listening")
+            .then(|| line.split("addr=").nth(1))
+            .flatten()
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
         seen.push(line);
-        if done {
-            return (seen, rx);
+        if let Some(addr) = addr {
+            return (addr, seen, rx);
         }
     }
     panic!("serve did not start:\n{}", seen.join("\n"));
@@ -204,16 +208,10 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
-    let dir = testing::scratch_dir("embedded");
+    let dir = cluster::scratch_dir("embedded");
     let data = dir.to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut serve = spawn_serve(&["--data-dir", data, "--listen", &listen]);
-    let (mut log, rest) = wait_listening(&mut serve);
+    let mut serve = spawn_serve(&["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let (listen, mut log, rest) = wait_listening(&mut serve);
 
     // The Docker HEALTHCHECK command sees it serving (the database probe has passed
     // by the time the first health report is read, or soon after).
@@ -302,8 +300,8 @@ async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
     );
 
     // Data is kept between runs: the same token works after a restart.
-    let mut serve = spawn_serve(&["--data-dir", data, "--listen", &listen]);
-    let (_seen, _rest) = wait_listening(&mut serve);
+    let mut serve = spawn_serve(&["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let (listen, _seen, _rest) = wait_listening(&mut serve);
     let mut client = AuthServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap();
@@ -322,12 +320,12 @@ async fn serve_on_the_embedded_default_then_sigterm_stops_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_adopts_a_cluster_left_running_and_stops_it() {
     // A cluster left running, as after a crash (or started by a `token` command).
-    let dir = testing::scratch_dir("leftover");
+    let dir = cluster::scratch_dir("leftover");
     let data = dir.to_str().unwrap().to_string();
     let leftover = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || {
-            let mut c = auth_service::embedded::Cluster::start(&dir, None, &Default::default())?;
+            let mut c = auth_service::embedded::Cluster::start(&dir, None, &cluster::options())?;
             c.disown();
             Ok::<_, auth_service::Error>(c)
         }
@@ -337,18 +335,8 @@ async fn serve_adopts_a_cluster_left_running_and_stops_it() {
     .unwrap();
     assert!(leftover.is_running());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut serve = spawn_serve(&[
-        "--data-dir",
-        &data,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let (_seen, _rest) = wait_listening(&mut serve);
+    let mut serve = spawn_serve(&["--data-dir", &data, "--listen", "127.0.0.1:0"]);
+    let (_listen, _seen, _rest) = wait_listening(&mut serve);
     // A one-shot command while serve runs leaves the cluster alone.
     let list = run(&["token", "list", "--data-dir", &data]);
     assert!(list.status.success(), "{}", text(&list.stderr));

@@ -1,0 +1,12 @@
+//! `auth-service migrate`: apply pending migrations and exit.
+use super::{
+    database::{self, Role},
+    say,
+};
+use crate::{config::DbSettings, error::Result};
+
+pub async fn migrate(db: &DbSettings) -> Result<()> {
+    let opened = database::open(db, Role::OneShot).await?;
+    say("migrations applied");
+    opened.close(Role::OneShot).await
+}

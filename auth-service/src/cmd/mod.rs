@@ -1,0 +1,31 @@
+//! The subcommands, one module each (`serve`, `token`, `migrate`, `healthcheck`), and
+//! [`execute`], which the binary runs. `database` opens what they share.
+use std::io::Write;
+
+use crate::{
+    config::{Cli, Command},
+    error::Result,
+};
+
+pub mod database;
+pub mod healthcheck;
+pub mod migrate;
+pub mod serve;
+pub mod token;
+
+/// Runs one parsed command line; `shutdown` ends `serve`.
+pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let db = cli.db.settings()?;
+    match cli.command {
+        Command::Serve(args) => serve::serve(&db, args.settings(&cli.db)?, shutdown).await,
+        Command::Migrate => migrate::migrate(&db).await,
+        Command::Healthcheck { addr, service } => healthcheck::healthcheck(addr, service).await,
+        Command::Token(cmd) => token::token(&db, &cli.db.prefix()?, cmd).await,
+    }
+}
+
+/// A line for the person at the terminal (stderr). Unlike `eprintln!`, it cannot
+/// panic when stderr is closed.
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}

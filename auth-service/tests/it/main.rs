@@ -1,0 +1,25 @@
+//! Integration tests of auth-service against the real server (started through
+//! `server::run` by `auth_test_support`) and a real, throwaway PostgreSQL: one database
+//! per test.
+//!
+//! One test binary with modules: each binary links tonic and starts its own cluster,
+//! so twelve binaries cost twelve links and twelve clusters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod concurrency;
+mod outage;
+mod renew;
+mod validate;
+
+use auth_api::v1::auth_service_client::AuthServiceClient;
+use auth_service::renewal::RenewalPolicy;
+use auth_test_support::server::TestServer;
+use tonic::transport::Channel;
+
+/// A fresh database, the server on it, and a client.
+async fn start(policy: RenewalPolicy) -> (TestServer, AuthServiceClient<Channel>) {
+    let server = TestServer::fresh(policy).await.unwrap();
+    let client = server.client().await.unwrap();
+    (server, client)
+}

@@ -1,0 +1,149 @@
+//! One throwaway PostgreSQL cluster per test process, without durability (`initdb
+//! --no-sync`, `fsync = off`), and a fresh database per test, cloned from a template
+//! that is migrated once.
+use std::{
+    path::PathBuf,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use auth_service::{
+    db::{self, Db},
+    embedded::{Cluster, ClusterOptions},
+};
+use tokio::task::JoinHandle;
+
+use crate::Result;
+
+const TEMPLATE: &str = "auth_template";
+static SHARED: OnceLock<std::result::Result<Shared, String>> = OnceLock::new();
+static TEMPLATE_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct Shared {
+    cluster: Cluster,
+    dir: PathBuf,
+}
+
+/// Options for test clusters: no durability (speed), room for several servers' pools.
+pub fn options() -> ClusterOptions {
+    ClusterOptions {
+        fsync: false,
+        max_connections: 300,
+        ..ClusterOptions::default()
+    }
+}
+
+/// A unique scratch directory under the system temp dir (short: Unix socket paths
+/// are limited to 107 bytes).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("auth-{tag}-{}-{n}", std::process::id()))
+}
+
+/// Starts a cluster of its own (for tests that stop and start it) under a new scratch
+/// directory; returns it and the directory.
+pub async fn own(tag: &str) -> Result<(Cluster, PathBuf)> {
+    let dir = scratch_dir(tag);
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Cluster::start(&dir, None, &options())
+    })
+    .await??;
+    Ok((cluster, dir))
+}
+
+extern "C" fn stop_shared_cluster() {
+    if let Some(Ok(shared)) = SHARED.get() {
+        // `immediate`: the process is exiting and the data is throwaway.
+        shared.cluster.stop_immediately();
+        let _ = std::fs::remove_dir_all(&shared.dir);
+    }
+}
+
+fn shared() -> Result<&'static Shared> {
+    let shared = SHARED.get_or_init(|| {
+        let dir = scratch_dir("test");
+        let cluster = Cluster::start(&dir, None, &options()).map_err(|e| e.to_string())?;
+        // SAFETY: registering a plain `extern "C" fn` has no preconditions; it runs
+        // once at process exit to stop the cluster and delete its directory.
+        unsafe { libc::atexit(stop_shared_cluster) };
+        Ok(Shared { cluster, dir })
+    });
+    shared
+        .as_ref()
+        .map_err(|e| format!("test PostgreSQL: {e}").into())
+}
+
+/// A direct connection (outside any pool), its driver running on a task.
+pub async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, JoinHandle<()>)> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    Ok((
+        client,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    ))
+}
+
+/// A connection config for a brand-new, migrated database of the shared cluster.
+pub async fn fresh_database() -> Result<tokio_postgres::Config> {
+    let shared = shared()?;
+    TEMPLATE_READY
+        .get_or_try_init(|| async {
+            let (admin, admin_task) = connect(&shared.cluster.client_config("postgres")).await?;
+            admin
+                .simple_query(&format!("CREATE DATABASE {TEMPLATE}"))
+                .await?;
+            drop(admin);
+            let _ = admin_task.await;
+            let (mut client, task) = connect(&shared.cluster.client_config(TEMPLATE)).await?;
+            db::migrate_client(&mut client).await?;
+            // Every connection to the template must be gone before it can be cloned.
+            drop(client);
+            let _ = task.await;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .await?;
+    let name = format!(
+        "test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let (admin, task) = connect(&shared.cluster.client_config("postgres")).await?;
+    admin
+        .simple_query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+        .await?;
+    drop(admin);
+    let _ = task.await;
+    Ok(shared.cluster.client_config(&name))
+}
+
+/// A pooled handle on a fresh test database.
+pub async fn test_db() -> Result<Db> {
+    Ok(Db::new(
+        fresh_database().await?,
+        32,
+        Duration::from_secs(5),
+    )?)
+}
+
+/// A libpq key-value connection string for `config` (for `--database-url`).
+pub fn conninfo(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        None => String::new(),
+    };
+    format!(
+        "host={host} port={} user={} dbname={}",
+        config.get_ports().first().copied().unwrap_or(5432),
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
+}

@@ -1,0 +1,176 @@
+//! Tokens made and altered directly in the database, and what tests read back. The
+//! test-only SQL lives here, never in the service (one statement of it sets any token's
+//! expiry).
+use std::time::Duration;
+
+use auth_service::{
+    db::Db,
+    token::{self, Prefix},
+};
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{Result, cluster};
+
+/// A time as the database stores it.
+pub type Time = DateTime<Utc>;
+
+/// Moves a token's expiry to now + $2 seconds (negative: into the past). $1 id.
+const SET_EXPIRY: &str =
+    "UPDATE tokens SET expires_at = now() + make_interval(secs => $2::float8) WHERE id = $1";
+/// Moves a token's creation time $2 seconds into the past. $1 id.
+const SET_CREATED_AGO: &str =
+    "UPDATE tokens SET created_at = now() - make_interval(secs => $2::float8) WHERE id = $1";
+/// A token's audit trail with the expiry before and after each event. $1 id.
+const EVENT_EXPIRIES: &str = "SELECT kind, expires_at_before, expires_at_after FROM token_events WHERE token_id = $1 ORDER BY id";
+/// A token's stored expiry and the database clock. $1 id.
+const EXPIRY: &str = "SELECT expires_at, now() FROM tokens WHERE id = $1";
+/// A token's audit trail, oldest first. $1 id.
+const EVENTS: &str = "SELECT kind, caller FROM token_events WHERE token_id = $1 ORDER BY id";
+/// A token's last-used stamp. $1 id.
+const LAST_USED: &str = "SELECT last_used_at FROM tokens WHERE id = $1";
+/// Every value stored anywhere in the token tables, rendered as text.
+const ALL_STORED_TEXT: &str =
+    "SELECT t::text FROM tokens t UNION ALL SELECT e::text FROM token_events e";
+/// Takes a token's row lock (inside a transaction the caller opened). $1 id.
+const LOCK_ROW: &str = "SELECT 1 FROM tokens WHERE id = $1 FOR UPDATE";
+/// How many sessions of this database are waiting on a lock.
+const LOCK_WAITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+
+/// Creates a token directly (as `token create` does), user `user`, name `test`, scope
+/// `read`; returns (id, raw token).
+pub async fn create_token(
+    db: &Db,
+    user: &str,
+    lifetime: Option<Duration>,
+) -> Result<(Uuid, String)> {
+    let prefix = Prefix::default();
+    let raw = token::generate(&prefix)?;
+    let created = db
+        .create_token(
+            user,
+            "test",
+            &token::digest_of(&raw, &prefix),
+            &["read".to_string()],
+            lifetime,
+            "test",
+        )
+        .await?;
+    Ok((created.id, raw.expose().to_string()))
+}
+
+/// A token of `alice`'s whose expiry is `secs` from now by the database clock
+/// (negative: already expired). Returns (id, raw token); panics on a database error.
+pub async fn token_expiring_in(db: &Db, secs: f64) -> (Uuid, String) {
+    let (id, raw) = create_token(db, "alice", Some(Duration::from_secs(90 * 86400)))
+        .await
+        .unwrap();
+    set_expires_in(db, id, secs).await.unwrap();
+    (id, raw)
+}
+
+/// Moves a token's expiry to now + `secs` (negative: into the past).
+pub async fn set_expires_in(db: &Db, id: Uuid, secs: f64) -> Result<()> {
+    db.pool()
+        .get()
+        .await?
+        .execute(SET_EXPIRY, &[&id, &secs])
+        .await?;
+    Ok(())
+}
+
+/// Moves a token's creation time `secs` into the past (for the lifetime cap).
+pub async fn set_created_ago(db: &Db, id: Uuid, secs: f64) -> Result<()> {
+    db.pool()
+        .get()
+        .await?
+        .execute(SET_CREATED_AGO, &[&id, &secs])
+        .await?;
+    Ok(())
+}
+
+/// Expiry before and after each audit event: (kind, before, after).
+pub type EventExpiry = (String, Option<Time>, Option<Time>);
+
+/// A token's audit trail with the expiries each event recorded, oldest first.
+pub async fn event_expiries(db: &Db, id: Uuid) -> Result<Vec<EventExpiry>> {
+    let rows = db.pool().get().await?.query(EVENT_EXPIRIES, &[&id]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// A token's stored expiry and the database's clock.
+pub async fn stored_expiry(db: &Db, id: Uuid) -> Result<(Option<Time>, Time)> {
+    let row = db.pool().get().await?.query_one(EXPIRY, &[&id]).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A token's audit trail as (kind, caller), oldest first.
+pub async fn events(db: &Db, id: Uuid) -> Result<Vec<(String, String)>> {
+    let rows = db.pool().get().await?.query(EVENTS, &[&id]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The kinds of a token's audit events, oldest first.
+pub async fn event_kinds(db: &Db, id: Uuid) -> Result<Vec<String>> {
+    Ok(events(db, id)
+        .await?
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect())
+}
+
+/// A token's `last_used_at`.
+pub async fn last_used(db: &Db, id: Uuid) -> Result<Option<Time>> {
+    let row = db.pool().get().await?.query_one(LAST_USED, &[&id]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Every row of the token tables rendered as text (to search for leaked secrets).
+pub async fn all_stored_text(db: &Db) -> Result<String> {
+    let rows = db.pool().get().await?.query(ALL_STORED_TEXT, &[]).await?;
+    let lines = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(lines.join("\n"))
+}
+
+/// How many sessions of the database behind `db` wait on a lock.
+pub async fn lock_waiters(db: &Db) -> Result<i64> {
+    let row = db.pool().get().await?.query_one(LOCK_WAITERS, &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// A transaction holding one token's row lock, so that concurrent renews pile up
+/// behind it and then race (the lost-race path, made deterministic).
+pub struct RowLock {
+    client: tokio_postgres::Client,
+    task: JoinHandle<()>,
+}
+
+impl RowLock {
+    pub async fn take(config: &tokio_postgres::Config, id: Uuid) -> Result<RowLock> {
+        let (client, task) = cluster::connect(config).await?;
+        client.simple_query("BEGIN").await?;
+        client.query(LOCK_ROW, &[&id]).await?;
+        Ok(RowLock { client, task })
+    }
+
+    /// Commits (changing nothing) and lets the waiters go.
+    pub async fn release(self) -> Result<()> {
+        self.client.simple_query("COMMIT").await?;
+        drop(self.client);
+        let _ = self.task.await;
+        Ok(())
+    }
+}
+
+/// |a - b| in seconds.
+pub fn gap(a: Time, b: Time) -> f64 {
+    (a - b).abs().as_seconds_f64()
+}

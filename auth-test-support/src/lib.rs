@@ -1,0 +1,24 @@
+//! Test support for the workspace, used only as a dev-dependency (and by the benchmark
+//! binary), so that none of it, and none of its SQL, ships in a release binary.
+//!
+//! Modules, top-down:
+//! - [`server`]: the real `auth-service` server started through `server::run` on an
+//!   already bound port-0 listener, and stopped again;
+//! - [`agent`]: the real agent daemon started through `auth_agent::run`, and stopped;
+//! - [`grpc`]: client-side helpers (bearer metadata, the ErrorInfo reason, calls);
+//! - [`fixtures`]: tokens made and altered directly in the database, and what tests
+//!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
+//! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
+//!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod agent;
+pub mod grpc;
+pub mod server;
+
+pub mod fixtures;
+
+pub mod cluster;
+
+/// Result type of the helpers: any error, with its message.
+pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
