@@ -188,6 +188,24 @@ pub fn check_any(presented: &str) -> Result<Prefix, Malformed> {
     Ok(Prefix(prefix.to_owned()))
 }
 
+/// The token of `prefix` with the given random part (30 base62 characters) and its
+/// checksum: for fixtures and documentation, where a token must be the same every time.
+/// Real tokens come from [`generate`].
+pub fn with_random(prefix: &Prefix, random: &str) -> Result<String, Malformed> {
+    if random.len() != RANDOM_LEN {
+        return Err(Malformed::WrongLength);
+    }
+    if !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Malformed::BadCharacters);
+    }
+    let sum = checksum(prefix.as_str(), random.as_bytes());
+    let mut token = String::with_capacity(prefix.as_str().len() + BODY_LEN);
+    token.push_str(prefix.as_str());
+    token.push_str(random);
+    token.extend(sum.iter().map(|&b| char::from(b)));
+    Ok(token)
+}
+
 /// Draws a new token of `prefix` from the OS CSPRNG.
 pub fn generate(prefix: &Prefix) -> Result<String, getrandom::Error> {
     let mut random = Vec::with_capacity(BODY_LEN);
@@ -274,6 +292,18 @@ mod tests {
         assert_eq!(
             check_any(&t.replace("svc_", "pat_")),
             Err(Malformed::ChecksumMismatch)
+        );
+    }
+
+    #[test]
+    fn a_chosen_random_part_gets_its_checksum() {
+        let p = Prefix::default();
+        let t = with_random(&p, &"a".repeat(RANDOM_LEN)).unwrap();
+        assert_eq!(check(&p, &t), Ok(()));
+        assert_eq!(with_random(&p, "short"), Err(Malformed::WrongLength));
+        assert_eq!(
+            with_random(&p, &"-".repeat(RANDOM_LEN)),
+            Err(Malformed::BadCharacters)
         );
     }
 

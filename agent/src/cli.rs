@@ -1,19 +1,62 @@
 //! Command-line flags (clap derive, each also settable by an `AUTH_AGENT_*` variable),
-//! validated once into the typed [`Context`] and [`RunOptions`] the commands take.
-use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+//! validated once into the typed [`Context`] and [`RunOptions`] the commands take, and
+//! [`execute`], which runs a parsed command line.
+use std::{
+    ffi::OsString,
+    fmt::Display,
+    io::{self, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    client::SERVER_ENV,
-    cmd::Context,
+    clock::SystemClock,
+    cmd::{self, Context},
     config::{self, CONFIG_ENV},
     daemon::{RunOptions, ServerSource},
     error::AgentError,
     schedule::Schedule,
+    server_url::SERVER_ENV,
+    source::{TOKEN_ENV, TokenSource},
     state::{self, STATE_ENV},
-    token::{TOKEN_ENV, Token, TokenSource},
+    token::Token,
 };
+
+/// Runs the parsed command line, printing reports to stdout.
+pub async fn execute(cli: Cli) -> Result<(), AgentError> {
+    let context = cli.global.context()?;
+    match cli.command {
+        Command::Login => {
+            // Know where to send it before asking someone to paste a secret.
+            context.server().await?;
+            let token = cmd::login::read_token(&context.token_source)?;
+            print(cmd::login::login(&context, token).await?);
+        }
+        Command::Run(args) => {
+            let opts = args.options(&context)?;
+            cmd::run::run(opts, args.health_addr, cmd::run::shutdown_signal()).await?;
+        }
+        Command::Status => print(cmd::status::status(&context, &SystemClock).await?),
+        Command::Renew => print(cmd::renew::renew(&context, &SystemClock).await?),
+        Command::Logout => print(cmd::logout::logout(&context).await?),
+    }
+    Ok(())
+}
+
+/// A report on stdout. Unlike `println!`, it cannot panic when stdout is closed
+/// (`auth-agent status | head -0`): the command already did its work, and a reader that
+/// went away is not an error of ours.
+pub fn print(report: impl Display) {
+    let _ = writeln!(io::stdout(), "{report}");
+}
+
+/// A line on stderr, which cannot panic when stderr is closed (see [`print`]).
+pub fn say(line: impl Display) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
 
 /// `auth-agent`: keeps a personal access token renewed against `auth.v1.AuthService`.
 #[derive(Debug, Parser)]
@@ -136,6 +179,7 @@ impl GlobalArgs {
             state_file,
             request_timeout: self.request_timeout,
             channel: None,
+            transport: Default::default(),
         })
     }
 }
@@ -195,6 +239,7 @@ impl RunArgs {
         opts.check_period = self.check_period;
         opts.state_file = Some(context.state_file.clone());
         opts.channel = context.channel.clone();
+        opts.transport = context.transport;
         Ok(opts)
     }
 }
@@ -233,8 +278,6 @@ mod tests {
 
     use super::*;
 
-    const TOKEN: &str = "pat_0123456789abcdefghijABCDEFGHIJklmnop";
-
     #[test]
     fn clap_definition_is_valid() {
         Cli::command().debug_assert();
@@ -242,16 +285,17 @@ mod tests {
 
     #[test]
     fn token_source_precedence_is_file_then_env_then_config() {
+        let token = auth_api::token::generate(&Default::default()).unwrap();
         let config = PathBuf::from("/c/config");
         let file = token_source(
             Some("/s/token".into()),
-            Some(TOKEN.into()),
+            Some(token.clone().into()),
             config.clone(),
             false,
         );
         assert_eq!(file, TokenSource::File("/s/token".into()));
-        let env = token_source(None, Some(TOKEN.into()), config.clone(), false);
-        assert_eq!(env, TokenSource::Env(Some(Token::parse(TOKEN).unwrap())));
+        let env = token_source(None, Some(token.clone().into()), config.clone(), false);
+        assert_eq!(env, TokenSource::Env(Some(Token::parse(&token).unwrap())));
         let from_config = token_source(None, Some("".into()), config.clone(), true);
         assert_eq!(
             from_config,

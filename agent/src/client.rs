@@ -1,6 +1,6 @@
-//! The gRPC side: the server URL, the channel, and one method per `auth.v1` call the
+//! The gRPC side: the channel to the server, and one method per `auth.v1` call the
 //! agent makes, each with the bearer token and its own timeout.
-use std::{fmt, future::Future, str::FromStr, time::Duration, time::SystemTime};
+use std::{future::Future, time::Duration, time::SystemTime};
 
 use auth_api::v1::{
     LookupCurrentTokenRequest, RenewCurrentTokenRequest, RevokeCurrentTokenRequest,
@@ -8,13 +8,10 @@ use auth_api::v1::{
 };
 use tonic::{
     Code, Request, Status,
-    transport::{Channel, Endpoint, Uri},
+    transport::{Channel, Endpoint},
 };
 
-use crate::{error::AgentError, timefmt, token::Token};
-
-/// Environment variable naming the server (the `--server` flag's variable).
-pub const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
+use crate::{error::AgentError, server_url::ServerUrl, timefmt, token::Token};
 
 /// How long to wait for a TCP (and later TLS) connection before calling it a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,66 +27,47 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// while HTTP/2 is still being set up.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// A validated server URL: `http://host:port` (or `https://`, refused until TLS exists).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerUrl(String);
+/// The transport settings of the channel to the server. The defaults are the
+/// constants above; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PING interval (see [`HTTP2_KEEPALIVE_INTERVAL`]).
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered (see [`HTTP2_KEEPALIVE_TIMEOUT`]).
+    pub keepalive_timeout: Duration,
+    /// TCP keepalive idle time (see [`TCP_KEEPALIVE`]).
+    pub tcp_keepalive: Duration,
+}
 
-impl FromStr for ServerUrl {
-    type Err = AgentError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| {
-            AgentError::FixConfig(format!(
-                "invalid server URL {s:?}: {why}; pass --server http://HOST:PORT or set {SERVER_ENV}"
-            ))
-        };
-        let uri: Uri = s.trim().parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(bad("the scheme must be http:// or https://")),
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            connect_timeout: CONNECT_TIMEOUT,
+            keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+            keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            tcp_keepalive: TCP_KEEPALIVE,
         }
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad("a server URL has no path or query"));
-        }
-        let scheme = uri.scheme_str().unwrap_or("http");
-        Ok(ServerUrl(format!("{scheme}://{authority}")))
     }
 }
 
-impl fmt::Display for ServerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// A channel to `server` that connects on first use, and reconnects after a failure, so
+/// that a server that is down at start does not stop the agent from starting.
+pub fn connect_lazy(server: &ServerUrl, transport: &Transport) -> Result<Channel, AgentError> {
+    if server.is_https() {
+        return Err(AgentError::FixConfig(format!(
+            "{server}: this build of auth-agent has no TLS support yet; use an http:// URL"
+        )));
     }
-}
-
-impl ServerUrl {
-    /// The URL as a string, e.g. `http://127.0.0.1:50051`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A channel that connects on first use, and reconnects after a failure, so that a
-    /// server that is down at start does not stop the agent from starting.
-    pub fn connect_lazy(&self) -> Result<Channel, AgentError> {
-        if self.0.starts_with("https://") {
-            return Err(AgentError::FixConfig(format!(
-                "{self}: this build of auth-agent has no TLS support yet; use an http:// URL"
-            )));
-        }
-        Ok(self.endpoint()?.connect_lazy())
-    }
-
-    /// The endpoint with the agent's transport settings (see the constants above).
-    fn endpoint(&self) -> Result<Endpoint, AgentError> {
-        Ok(Endpoint::from_shared(self.0.clone())
-            .map_err(|err| AgentError::FixConfig(format!("invalid server URL {self}: {err}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_keepalive(Some(TCP_KEEPALIVE)))
-    }
+    let endpoint = Endpoint::from_shared(server.as_str().to_owned())
+        .map_err(|err| AgentError::FixConfig(format!("invalid server URL {server}: {err}")))?
+        .connect_timeout(transport.connect_timeout)
+        .http2_keep_alive_interval(transport.keepalive_interval)
+        .keep_alive_timeout(transport.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(transport.tcp_keepalive));
+    Ok(endpoint.connect_lazy())
 }
 
 /// What `RenewCurrentToken` answered.
@@ -211,8 +189,9 @@ async fn within<T>(
 fn time(timestamp: Option<prost_types::Timestamp>) -> Result<Option<SystemTime>, Status> {
     timestamp
         .map(|ts| {
-            SystemTime::try_from(ts)
-                .map_err(|_| Status::internal("the server sent an invalid timestamp"))
+            auth_api::time::from_timestamp(&ts)
+                .map(SystemTime::from)
+                .ok_or_else(|| Status::internal("the server sent an invalid timestamp"))
         })
         .transpose()
 }
@@ -221,43 +200,22 @@ fn time(timestamp: Option<prost_types::Timestamp>) -> Result<Option<SystemTime>,
 mod tests {
     use super::*;
 
-    #[test]
-    fn accepts_http_and_normalises() {
-        let url: ServerUrl = "http://127.0.0.1:50051/".parse().unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:50051");
-        assert!("https://auth.example.com".parse::<ServerUrl>().is_ok());
-    }
-
-    #[test]
-    fn rejects_what_cannot_be_a_server_and_names_the_flag() {
-        for bad in [
-            "127.0.0.1:50051",
-            "ftp://h:1",
-            "http://h:1/v1",
-            "http://h:1?x=1",
-            "not a url",
-        ] {
-            let err = bad.parse::<ServerUrl>().unwrap_err().to_string();
-            assert!(err.contains("--server"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn keepalive_detects_a_dead_connection_well_within_a_check() {
-        // The endpoint's settings cannot be read back (tonic's Endpoint is opaque), so
-        // this checks the values it is built from: a ping answered or failed inside the
-        // default request timeout's order of magnitude, and never busier than a minute.
-        let url: ServerUrl = "http://127.0.0.1:1".parse().unwrap();
-        assert!(url.endpoint().is_ok());
-        assert!(HTTP2_KEEPALIVE_TIMEOUT < HTTP2_KEEPALIVE_INTERVAL);
-        assert!(HTTP2_KEEPALIVE_INTERVAL + HTTP2_KEEPALIVE_TIMEOUT <= Duration::from_secs(120));
-        assert!(HTTP2_KEEPALIVE_INTERVAL >= Duration::from_secs(60));
-        assert!(TCP_KEEPALIVE <= Duration::from_secs(120));
-    }
-
     #[tokio::test]
     async fn https_is_refused_until_tls_exists() {
         let url: ServerUrl = "https://auth.example.com".parse().unwrap();
-        assert!(matches!(url.connect_lazy(), Err(AgentError::FixConfig(_))));
+        assert!(matches!(
+            connect_lazy(&url, &Transport::default()),
+            Err(AgentError::FixConfig(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_timestamps_are_an_error_not_a_panic() {
+        let bad = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert_eq!(time(Some(bad)).unwrap_err().code(), Code::Internal);
+        assert_eq!(time(None).unwrap(), None);
     }
 }

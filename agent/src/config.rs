@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{client::ServerUrl, error::AgentError, files, token::Token};
+use crate::{error::AgentError, files, server_url::ServerUrl, token::Token};
 
 /// Environment variable naming the config file (the `--config` flag's variable).
 pub const CONFIG_ENV: &str = "AUTH_AGENT_CONFIG";
@@ -26,7 +26,7 @@ impl ConfigFile {
         let mut map = files::parse(text)?;
         let token = match map.remove("token") {
             Some(raw) => {
-                Some(Token::parse(&raw).map_err(|_| "`token` is not a pat_ token".to_owned())?)
+                Some(Token::parse(&raw).map_err(|why| format!("`token` is not a token ({why})"))?)
             }
             None => None,
         };
@@ -85,7 +85,9 @@ pub fn default_path_from(
 /// Reads the config file; `None` when there is none yet.
 pub async fn load(path: &Path) -> Result<Option<ConfigFile>, AgentError> {
     let fix = "fix it, or run `auth-agent login` to rewrite it";
-    files::load(path, ConfigFile::parse, fix).await
+    files::load(path, ConfigFile::parse)
+        .await
+        .map_err(|err| AgentError::file(err, "read", path, fix))
 }
 
 /// The server `login` saved in the config file at `path`: `None` when there is no file
@@ -107,14 +109,14 @@ pub async fn saved_server(path: &Path) -> Result<Option<ServerUrl>, AgentError> 
 
 /// Replaces the config file atomically, mode 0600 (see [`files::write_private`]).
 pub async fn store(path: &Path, config: &ConfigFile) -> Result<(), AgentError> {
-    files::store(path, config.render()).await
+    files::store(path, config.render())
+        .await
+        .map_err(|err| AgentError::file(err, "write", path, ""))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TOKEN: &str = "pat_0123456789abcdefghijABCDEFGHIJklmnop";
 
     #[test]
     fn default_path_follows_xdg() {
@@ -132,13 +134,14 @@ mod tests {
 
     #[test]
     fn render_and_parse_round_trip() {
+        let token = auth_api::token::generate(&Default::default()).unwrap();
         let config = ConfigFile {
             server: Some("http://127.0.0.1:50051".into()),
-            token: Some(Token::parse(TOKEN).unwrap()),
+            token: Some(Token::parse(&token).unwrap()),
         };
         let text = config.render();
         assert_eq!(ConfigFile::parse(&text).unwrap(), config);
-        assert!(!format!("{config:?}").contains(TOKEN));
+        assert!(!format!("{config:?}").contains(&token));
     }
 
     #[test]

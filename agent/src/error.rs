@@ -1,15 +1,55 @@
 //! The agent's one error type. Each variant says what to do next (log in again, retry
 //! later, fix the configuration), and [`AgentError::from_status`] is the one place where a
-//! gRPC status becomes one of them.
-use std::{error::Error as _, io, path::PathBuf};
+//! gRPC status becomes one of them. [`RejectReason`] is why a token was refused.
+use std::{
+    error::Error as _,
+    fmt, io,
+    path::{Path, PathBuf},
+};
 
+use auth_api::{ERROR_DOMAIN, ErrorReason};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::token::{RejectReason, TokenSource};
+/// Why a token cannot be used: the `google.rpc.ErrorInfo` reason sent by the server, or
+/// the same vocabulary for problems found locally (no token, not a token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A reason of the `auth.v1` contract.
+    Known(ErrorReason),
+    /// A reason this agent does not know (a newer server, or a proxy in between).
+    Other(String),
+}
 
-/// `google.rpc.ErrorInfo.domain` of the auth service's credential errors.
-pub const ERROR_DOMAIN: &str = "auth.v1";
+impl RejectReason {
+    /// No token was presented (or none is configured).
+    pub const MISSING_CREDENTIALS: RejectReason =
+        RejectReason::Known(ErrorReason::MissingCredentials);
+    /// The string is not a token.
+    pub const TOKEN_MALFORMED: RejectReason = RejectReason::Known(ErrorReason::TokenMalformed);
+
+    /// Reads a wire reason (`ErrorInfo.reason` in the `auth.v1` domain).
+    pub fn from_wire(reason: &str) -> Self {
+        match ErrorReason::from_str_name(reason) {
+            Some(known) if known != ErrorReason::Unspecified => Self::Known(known),
+            _ => Self::Other(reason.to_owned()),
+        }
+    }
+
+    /// The wire spelling, as printed in messages and metrics.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Known(reason) => reason.as_str_name(),
+            Self::Other(other) => other,
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What went wrong, phrased as what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +101,9 @@ fn rejection_message(reason: &RejectReason, detail: Option<&str>, fix: &str) -> 
 
 impl AgentError {
     /// Maps a status from the auth service (or from the transport under it) to what to
-    /// do. Only `UNAUTHENTICATED` is a login problem; everything else is retried.
-    pub fn from_status(status: &Status, source: &TokenSource) -> AgentError {
+    /// do. Only `UNAUTHENTICATED` is a login problem, whose message ends in `fix` (the
+    /// action that gives the agent a good token); everything else is retried.
+    pub fn from_status(status: &Status, fix: &str) -> AgentError {
         if status.code() != Code::Unauthenticated {
             return AgentError::RetryLater {
                 code: code_name(status.code()),
@@ -76,7 +117,25 @@ impl AgentError {
             // proxy, a mesh): still a credential problem as far as the agent can tell.
             None => RejectReason::Other("UNAUTHENTICATED".to_owned()),
         };
-        source.rejected(reason, None)
+        AgentError::Reauthenticate {
+            reason,
+            detail: None,
+            fix: fix.to_owned(),
+        }
+    }
+
+    /// A local file error: a file that does not parse (`InvalidData`) is a configuration
+    /// error naming the file and `fix`; any other is the OS error on that file.
+    pub fn file(err: io::Error, action: &'static str, path: &Path, fix: &str) -> AgentError {
+        if err.kind() == io::ErrorKind::InvalidData {
+            AgentError::FixConfig(format!("{}: {err}; {fix}", path.display()))
+        } else {
+            AgentError::LocalFile {
+                action,
+                path: path.to_owned(),
+                source: err,
+            }
+        }
     }
 
     /// True for a login problem (the daemon's "unauthenticated" state).
@@ -148,12 +207,7 @@ mod tests {
 
     use super::*;
 
-    fn config_source() -> TokenSource {
-        TokenSource::Config {
-            path: "/home/u/.config/auth-agent/config".into(),
-            explicit: false,
-        }
-    }
+    const FIX: &str = "run `auth-agent login` to re-authenticate";
 
     fn unauthenticated(reason: &str, domain: &str) -> Status {
         let details = ErrorDetails::with_error_info(reason, domain, HashMap::new());
@@ -169,8 +223,7 @@ mod tests {
             "TOKEN_EXPIRED",
             "TOKEN_REVOKED",
         ] {
-            let err =
-                AgentError::from_status(&unauthenticated(reason, ERROR_DOMAIN), &config_source());
+            let err = AgentError::from_status(&unauthenticated(reason, ERROR_DOMAIN), FIX);
             assert!(err.is_rejection());
             assert_eq!(err.exit_code(), 3);
             assert_eq!(
@@ -182,16 +235,13 @@ mod tests {
 
     #[test]
     fn unauthenticated_without_our_error_info_is_still_a_rejection() {
-        let bare = AgentError::from_status(&Status::unauthenticated("nope"), &config_source());
+        let bare = AgentError::from_status(&Status::unauthenticated("nope"), FIX);
         assert!(
             bare.to_string()
                 .starts_with("token rejected (UNAUTHENTICATED):"),
             "{bare}"
         );
-        let foreign = AgentError::from_status(
-            &unauthenticated("JWT_BAD", "mesh.example"),
-            &config_source(),
-        );
+        let foreign = AgentError::from_status(&unauthenticated("JWT_BAD", "mesh.example"), FIX);
         assert!(
             foreign.to_string().contains("(mesh.example/JWT_BAD)"),
             "{foreign}"
@@ -207,7 +257,7 @@ mod tests {
             Status::unknown("transport error"),
             Status::permission_denied("not yours"),
         ] {
-            let err = AgentError::from_status(&status, &config_source());
+            let err = AgentError::from_status(&status, FIX);
             assert!(matches!(err, AgentError::RetryLater { .. }), "{err:?}");
             assert_eq!(err.exit_code(), 1);
             assert!(
@@ -220,11 +270,34 @@ mod tests {
     }
 
     #[test]
-    fn local_findings_say_what_was_found() {
-        let err = config_source().rejected(
-            RejectReason::MissingCredentials,
-            Some("no config file at /x".into()),
+    fn reasons_round_trip_through_the_wire_spelling() {
+        for wire in [
+            "MISSING_CREDENTIALS",
+            "TOKEN_MALFORMED",
+            "TOKEN_UNKNOWN",
+            "TOKEN_EXPIRED",
+            "TOKEN_REVOKED",
+            "NEW_ONE",
+        ] {
+            assert_eq!(RejectReason::from_wire(wire).as_str(), wire);
+        }
+        assert_eq!(
+            RejectReason::from_wire("TOKEN_EXPIRED"),
+            RejectReason::Known(ErrorReason::TokenExpired)
         );
+        assert!(matches!(
+            RejectReason::from_wire("ERROR_REASON_UNSPECIFIED"),
+            RejectReason::Other(_)
+        ));
+    }
+
+    #[test]
+    fn local_findings_say_what_was_found() {
+        let err = AgentError::Reauthenticate {
+            reason: RejectReason::MISSING_CREDENTIALS,
+            detail: Some("no config file at /x".into()),
+            fix: FIX.into(),
+        };
         assert_eq!(
             err.to_string(),
             "no usable token (MISSING_CREDENTIALS: no config file at /x): run `auth-agent login` to re-authenticate"

@@ -1,8 +1,9 @@
 //! Private files: the tiny `key = "value"` format (a TOML subset) used by the config and
 //! state files, and the atomic write that creates them readable only by their owner.
 //!
-//! Two string keys per file do not justify serde and toml in a two-core build, so the
+//! A handful of string keys per file do not justify serde and a TOML parser, so the
 //! format is parsed by hand; anything outside the subset is an error naming the line.
+//! Errors are plain `io::Error`s: the config and state modules say what they mean.
 use std::{
     collections::BTreeMap,
     fs,
@@ -10,8 +11,6 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::Path,
 };
-
-use crate::error::AgentError;
 
 /// Mode of every file the agent writes: owner read/write only.
 pub const FILE_MODE: u32 = 0o600;
@@ -134,39 +133,27 @@ pub async fn read_optional(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
-/// Reads a private file and parses it with `parse`; `None` when it does not exist.
-/// A parse error becomes a configuration error ending in `fix` (what to do about it).
+/// Reads a private file and parses it with `parse`; `None` when it does not exist. A
+/// parse error is an `InvalidData` error carrying the parser's message.
 pub async fn load<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, String>,
-    fix: &str,
-) -> Result<Option<T>, AgentError> {
-    let text = read_optional(path)
-        .await
-        .map_err(|source| AgentError::LocalFile {
-            action: "read",
-            path: path.to_owned(),
-            source,
-        })?;
-    let Some(text) = text else { return Ok(None) };
+) -> io::Result<Option<T>> {
+    let Some(text) = read_optional(path).await? else {
+        return Ok(None);
+    };
     parse(&text)
         .map(Some)
-        .map_err(|err| AgentError::FixConfig(format!("{}: {err}; {fix}", path.display())))
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
 /// Replaces a private file atomically, mode 0600 (see [`write_private`]), on the
 /// blocking pool: a few hundred bytes and two fsyncs do not belong on the reactor.
-pub async fn store(path: &Path, text: String) -> Result<(), AgentError> {
+pub async fn store(path: &Path, text: String) -> io::Result<()> {
     let owned = path.to_owned();
-    let failed = |source| AgentError::LocalFile {
-        action: "write",
-        path: path.to_owned(),
-        source,
-    };
     tokio::task::spawn_blocking(move || write_private(&owned, &text))
         .await
-        .map_err(|err| failed(io::Error::other(err)))?
-        .map_err(failed)
+        .map_err(io::Error::other)?
 }
 
 #[cfg(test)]

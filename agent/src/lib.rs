@@ -1,38 +1,54 @@
-//! auth-agent: keeps a personal access token alive by renewing it against `auth.v1.AuthService`.
+//! auth-agent: keeps a personal access token alive by renewing it against
+//! `auth.v1.AuthService`. The binary (`main.rs`) only parses flags and calls
+//! [`cli::execute`], so tests, including the end-to-end tests against the real service,
+//! drive the same code.
 //!
-//! The binary (`main.rs`) only parses flags and calls into this library, so that tests,
-//! including the end-to-end tests against the real service, drive the same code:
-//!
-//! - [`daemon::run`] is the `auth-agent run` loop: preflight renew, identity lookup, then
-//!   a wall-clock renewal schedule until the shutdown future completes.
-//! - [`cmd`] holds one module per one-shot command (`login`, `status`, `renew`, `logout`).
-//! - [`schedule`] is pure: next deadline after a success, capped backoff with jitter.
-//! - [`clock`] is the injectable wall clock; [`health`] and [`http`] the observability side.
-//!
-//! Layout follows mini-redis: one file per command, a thin binary, `run(…, shutdown)`.
+//! Modules, top-down (each uses only those below it):
+//! - [`cli`]: flags and variables, validated into a [`cmd::Context`] or [`RunOptions`];
+//! - [`cmd`]: one module per command (`login`, `run`, `status`, `renew`, `logout`);
+//! - [`daemon`]: the `run` loop: preflight renew, identity, wall-clock schedule;
+//! - [`http`], [`health`]: the `/healthz`, `/readyz`, `/metrics` endpoint and the state
+//!   it reports;
+//! - [`client`]: the channel to the server and one method per `auth.v1` call;
+//! - [`source`], [`config`], [`state`]: where the token comes from, the config file
+//!   `login` writes, and the last-renewal file `status` reads;
+//! - [`server_url`], [`token`]: the server URL and the token as checked values;
+//! - [`error`]: the one error type (what to do next) and the rejection reasons;
+//! - [`schedule`], [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the
+//!   schedule arithmetic, the injectable wall clock, time formatting, private files,
+//!   logging setup).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod client;
-pub mod clock;
 pub mod cmd;
-pub mod config;
 pub mod daemon;
-pub mod error;
-pub mod files;
+
 pub mod health;
 pub mod http;
-pub mod schedule;
+
+pub mod client;
+pub mod config;
+pub mod source;
 pub mod state;
-pub mod telemetry;
-pub mod timefmt;
+
+pub mod server_url;
 pub mod token;
 
-pub use client::{Client, Identity, RenewOutcome, ServerUrl};
+pub mod error;
+
+pub mod clock;
+pub mod files;
+pub mod schedule;
+pub mod telemetry;
+pub mod timefmt;
+
+pub use client::{Client, Identity, RenewOutcome, Transport};
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use daemon::{RunOptions, ServerSource, run};
-pub use error::AgentError;
+pub use error::{AgentError, RejectReason};
 pub use health::{AgentState, Health, Snapshot};
 pub use schedule::Schedule;
-pub use token::{RejectReason, Token, TokenSource};
+pub use server_url::ServerUrl;
+pub use source::TokenSource;
+pub use token::Token;

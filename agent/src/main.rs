@@ -6,8 +6,8 @@
 use std::process::ExitCode;
 
 use auth_agent::{
-    cli::{Cli, Command},
-    cmd, telemetry,
+    cli::{self, Cli, Command},
+    telemetry,
 };
 use clap::Parser;
 
@@ -21,10 +21,10 @@ async fn main() -> ExitCode {
         _ => telemetry::COMMAND_FILTER,
     };
     telemetry::init(filter);
-    match cmd::execute(cli).await {
+    match cli::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("auth-agent: {err}");
+            cli::say(format_args!("auth-agent: {err}"));
             ExitCode::from(err.exit_code())
         }
     }

@@ -1,6 +1,6 @@
 //! When to call next, as pure functions of the clock reading, the server's answer and a
-//! random sample: computed deadlines, not ticks (house style 8), so they are unit-tested
-//! here without a runtime.
+//! random sample: computed deadlines rather than ticks, so that a suspend or a clock jump
+//! cannot skip or stack renewals, and so that they are unit-tested without a runtime.
 use std::time::{Duration, SystemTime};
 
 use crate::client::RenewOutcome;

@@ -78,12 +78,16 @@ pub fn default_path(config_path: &Path) -> PathBuf {
 /// Reads the state file; `None` when no renewal has been recorded yet.
 pub async fn load(path: &Path) -> Result<Option<State>, AgentError> {
     let fix = "delete it, the next renewal rewrites it";
-    files::load(path, State::parse, fix).await
+    files::load(path, State::parse)
+        .await
+        .map_err(|err| AgentError::file(err, "read", path, fix))
 }
 
 /// Replaces the state file atomically (mode 0600: it says when a token expires).
 pub async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
-    files::store(path, state.render()).await
+    files::store(path, state.render())
+        .await
+        .map_err(|err| AgentError::file(err, "write", path, ""))
 }
 
 /// Removes the state file (a different token was logged in); no file is fine.

@@ -6,7 +6,7 @@ use auth_agent::{AgentError, Clock, Health, RunOptions, Snapshot, health::AgentS
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The bound on anything that takes well under a second when the machine is idle: wide
-/// enough for a loaded two-core machine, short enough that a hang fails fast.
+/// enough for a machine loaded by a parallel build, short enough that a hang fails fast.
 pub const PROMPTLY: Duration = Duration::from_secs(10);
 
 /// A running daemon.

@@ -45,13 +45,22 @@ pub async fn create_token(
     user: &str,
     lifetime: Option<Duration>,
 ) -> Result<(Uuid, String)> {
-    let prefix = Prefix::default();
-    let raw = token::generate(&prefix)?;
+    create_token_with_prefix(db, user, lifetime, &Prefix::default()).await
+}
+
+/// [`create_token`] for a service configured with another `--token-prefix`.
+pub async fn create_token_with_prefix(
+    db: &Db,
+    user: &str,
+    lifetime: Option<Duration>,
+    prefix: &Prefix,
+) -> Result<(Uuid, String)> {
+    let raw = token::generate(prefix)?;
     let created = db
         .create_token(
             user,
             "test",
-            &token::digest_of(&raw, &prefix),
+            &token::digest_of(&raw, prefix),
             &["read".to_string()],
             lifetime,
             "test",

@@ -11,16 +11,19 @@ use tracing::warn;
 
 use super::Context;
 use crate::{
-    client::{Identity, ServerUrl},
+    client::Identity,
     config::{self, ConfigFile},
-    error::AgentError,
+    error::{AgentError, RejectReason},
+    server_url::ServerUrl,
+    source::{TOKEN_ENV, TokenSource},
     state, timefmt,
-    token::{RejectReason, TOKEN_ENV, Token, TokenSource},
+    token::Token,
 };
 
 /// The fix for a token that `login` refused: nothing was written, so only the input is wrong.
 const NOT_SAVED: &str = "nothing was saved; check that the whole token was pasted \
-                         (pat_ followed by 36 letters and digits), or create a new one";
+                         (a prefix such as pat_ followed by 36 letters and digits), or create \
+                         a new one";
 
 /// What `login` did.
 #[derive(Debug)]
@@ -73,12 +76,10 @@ pub async fn login(context: &Context, token: Token) -> Result<LoginReport, Agent
     let identity = client
         .lookup(&token, context.request_timeout)
         .await
-        .map_err(
-            |status| match AgentError::from_status(&status, &context.token_source) {
-                AgentError::Reauthenticate { reason, .. } => rejected(reason, None),
-                other => other,
-            },
-        )?;
+        .map_err(|status| match AgentError::from_status(&status, NOT_SAVED) {
+            AgentError::Reauthenticate { reason, .. } => rejected(reason, None),
+            other => other,
+        })?;
     // Unreadable counts as different: a stale last renewal is worse than none.
     let previous = config::load(&context.config_path)
         .await
@@ -129,7 +130,12 @@ pub fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
             source,
         })?,
     };
-    Token::parse(&text).map_err(|reason| rejected(reason, Some("that is not a token".to_owned())))
+    Token::parse(&text).map_err(|why| {
+        rejected(
+            RejectReason::Known(why.reason()),
+            Some(format!("that is not a token: {why}")),
+        )
+    })
 }
 
 fn read_stdin() -> io::Result<String> {
@@ -139,12 +145,14 @@ fn read_stdin() -> io::Result<String> {
         stdin.lock().read_to_string(&mut text)?;
         return Ok(text);
     }
-    eprint!("Paste the token (input is hidden): ");
-    io::stderr().flush()?;
+    let mut stderr = io::stderr();
+    // `write!`, not `eprint!`: a closed stderr is an error to return, not a panic.
+    write!(stderr, "Paste the token (input is hidden): ")?;
+    stderr.flush()?;
     let echo_off = EchoOff::new();
     stdin.lock().read_line(&mut text)?;
     drop(echo_off);
-    eprintln!();
+    writeln!(stderr)?;
     Ok(text)
 }
 

@@ -5,9 +5,9 @@ use std::{fmt, path::PathBuf, time::SystemTime};
 use super::Context;
 use crate::{
     config::{self, ConfigFile},
-    error::AgentError,
+    error::{AgentError, RejectReason},
+    source::{TOKEN_ENV, TokenSource},
     timefmt,
-    token::{RejectReason, TOKEN_ENV, TokenSource},
 };
 
 /// What `logout` did.
@@ -53,7 +53,7 @@ pub async fn logout(context: &Context) -> Result<LogoutReport, AgentError> {
     let (revoked_at, already_unusable) = match client.revoke(&token, context.request_timeout).await
     {
         Ok(at) => (at, None),
-        Err(status) => match AgentError::from_status(&status, &context.token_source) {
+        Err(status) => match AgentError::from_status(&status, &context.token_source.fix()) {
             AgentError::Reauthenticate { reason, .. } => (None, Some(reason)),
             other => return Err(other),
         },

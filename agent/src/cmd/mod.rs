@@ -1,17 +1,16 @@
 //! The subcommands, one module each (mini-redis style), and the resolved [`Context`] they
 //! share. Each command is a library function returning a report that prints itself, so
-//! tests call them directly; [`execute`] is what the binary runs.
+//! tests call them directly; `cli::execute` is what the binary runs.
 use std::{path::PathBuf, time::Duration};
 
 use tonic::transport::Channel;
 
 use crate::{
-    cli::{Cli, Command},
-    client::{Client, SERVER_ENV, ServerUrl},
-    clock::SystemClock,
+    client::{self, Client, Transport},
     config,
     error::AgentError,
-    token::TokenSource,
+    server_url::{SERVER_ENV, ServerUrl},
+    source::TokenSource,
 };
 
 pub mod login;
@@ -37,6 +36,8 @@ pub struct Context {
     pub request_timeout: Duration,
     /// A ready channel to use instead of dialling the server (tests).
     pub channel: Option<Channel>,
+    /// Transport settings of the channel to the server.
+    pub transport: Transport,
 }
 
 impl Context {
@@ -54,6 +55,7 @@ impl Context {
             server: None,
             request_timeout: crate::daemon::DEFAULT_REQUEST_TIMEOUT,
             channel: None,
+            transport: Transport::default(),
         }
     }
 
@@ -79,28 +81,10 @@ impl Context {
         let server = self.server().await?;
         let channel = match &self.channel {
             Some(channel) => channel.clone(),
-            None => server.connect_lazy()?,
+            None => client::connect_lazy(&server, &self.transport)?,
         };
         Ok((server, Client::new(channel)))
     }
-}
-
-/// Runs the parsed command line, printing reports to stdout.
-pub async fn execute(cli: Cli) -> Result<(), AgentError> {
-    let context = cli.global.context()?;
-    match cli.command {
-        Command::Login => {
-            // Know where to send it before asking someone to paste a secret.
-            context.server().await?;
-            let token = login::read_token(&context.token_source)?;
-            println!("{}", login::login(&context, token).await?);
-        }
-        Command::Run(args) => run::run(&context, &args, run::shutdown_signal()).await?,
-        Command::Status => println!("{}", status::status(&context, &SystemClock).await?),
-        Command::Renew => println!("{}", renew::renew(&context, &SystemClock).await?),
-        Command::Logout => println!("{}", logout::logout(&context).await?),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use tracing::warn;
 
 use super::Context;
 use crate::{
-    client::{RenewOutcome, ServerUrl},
+    client::RenewOutcome,
     clock::Clock,
     error::AgentError,
+    server_url::ServerUrl,
     state::{self, State},
     timefmt,
 };
@@ -57,7 +58,7 @@ pub async fn renew(context: &Context, clock: &dyn Clock) -> Result<RenewReport, 
     let outcome = client
         .renew(&token, context.request_timeout)
         .await
-        .map_err(|status| AgentError::from_status(&status, &context.token_source))?;
+        .map_err(|status| AgentError::from_status(&status, &context.token_source.fix()))?;
     let now = clock.now();
     // The renewal happened whether or not it can be recorded; say so, but succeed.
     if let Err(err) = state::store(&context.state_file, &State::after(now, &outcome)).await {

@@ -1,21 +1,23 @@
-//! `auth-agent run`: turn the flags into [`RunOptions`](crate::daemon::RunOptions), bind
-//! the health endpoint, and run the daemon until SIGINT or SIGTERM.
-use std::{future::Future, sync::Arc};
+//! `auth-agent run`: bind the health endpoint, and run the daemon until SIGINT or SIGTERM.
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tracing::warn;
 
-use super::Context;
-use crate::{cli::RunArgs, clock::SystemClock, daemon, error::AgentError};
+use crate::{
+    clock::SystemClock,
+    daemon::{self, RunOptions},
+    error::AgentError,
+};
 
-/// Runs the daemon with the real clock until `shutdown` completes.
+/// Runs the daemon with the real clock until `shutdown` completes, with `/healthz`,
+/// `/readyz` and `/metrics` on `health_addr` when given.
 pub async fn run(
-    context: &Context,
-    args: &RunArgs,
+    mut opts: RunOptions,
+    health_addr: Option<SocketAddr>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut opts = args.options(context)?;
-    if let Some(addr) = args.health_addr {
+    if let Some(addr) = health_addr {
         let listener = TcpListener::bind(addr).await.map_err(|err| {
             AgentError::FixConfig(format!(
                 "cannot listen on --health-addr {addr} (AUTH_AGENT_HEALTH_ADDR): {err}"

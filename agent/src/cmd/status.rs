@@ -4,12 +4,13 @@ use std::{fmt, time::SystemTime};
 
 use super::Context;
 use crate::{
-    client::{Identity, ServerUrl},
+    client::Identity,
     clock::Clock,
     error::AgentError,
+    server_url::ServerUrl,
+    source::TokenSource,
     state::{self, State},
     timefmt,
-    token::TokenSource,
 };
 
 /// What `status` found.
@@ -77,7 +78,7 @@ pub async fn status(context: &Context, clock: &dyn Clock) -> Result<StatusReport
     let identity = client
         .lookup(&token, context.request_timeout)
         .await
-        .map_err(|status| AgentError::from_status(&status, &context.token_source))?;
+        .map_err(|status| AgentError::from_status(&status, &context.token_source.fix()))?;
     let (last_renewal, state_problem) = match state::load(&context.state_file).await {
         Ok(last) => (last, None),
         Err(err) => (None, Some(err.to_string())),

@@ -1,6 +1,6 @@
 //! `auth-agent run`: the daemon that makes sure a token never silently expires.
 //!
-//! The order is the contract (issue 3):
+//! The order is the contract:
 //! 1. preflight: one `RenewCurrentToken` before any other authenticated call, with its
 //!    own timeout;
 //! 2. the first other call, `LookupCurrentToken`, logged as "authenticated as …";
@@ -20,19 +20,21 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+mod memory;
 mod renewer;
 
 use renewer::Daemon;
 
 use crate::{
-    client::{Client, SERVER_ENV, ServerUrl},
+    client::{self, Client, Transport},
     clock::Clock,
     config,
     error::AgentError,
     health::{AgentState, Health},
     http,
     schedule::Schedule,
-    token::TokenSource,
+    server_url::{SERVER_ENV, ServerUrl},
+    source::TokenSource,
 };
 
 /// Default timeout of the preflight renewal.
@@ -81,6 +83,8 @@ pub struct RunOptions {
     pub health: Health,
     /// Serve `/healthz`, `/readyz` and `/metrics` on this listener.
     pub health_listener: Option<TcpListener>,
+    /// Transport settings of the channel to the server (connect timeout, keepalives).
+    pub transport: Transport,
 }
 
 impl RunOptions {
@@ -102,6 +106,7 @@ impl RunOptions {
             state_file: None,
             health: Health::new(),
             health_listener: None,
+            transport: Transport::default(),
         }
     }
 }
@@ -125,7 +130,7 @@ pub async fn run(
         },
         (ServerSource::Fixed(server), None) => Target::Ready {
             server: server.clone(),
-            channel: server.connect_lazy()?,
+            channel: client::connect_lazy(server, &opts.transport)?,
             dialled: true,
         },
         (ServerSource::Saved { config, explicit }, channel) => Target::Saved {
@@ -193,8 +198,14 @@ async fn start(opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
             explicit,
             channel: given,
         } => {
-            let (server, channel) =
-                wait_for_server(&config, explicit, opts.check_period, &opts.health).await;
+            let (server, channel) = wait_for_server(
+                &config,
+                explicit,
+                opts.check_period,
+                &opts.health,
+                &opts.transport,
+            )
+            .await;
             match given {
                 Some(given) => (server, given, false),
                 None => (server, channel, true),
@@ -214,6 +225,7 @@ async fn wait_for_server(
     explicit: bool,
     check_period: Duration,
     health: &Health,
+    transport: &Transport,
 ) -> (ServerUrl, Channel) {
     let fix = if explicit {
         format!(
@@ -227,7 +239,7 @@ async fn wait_for_server(
     let mut said: Option<String> = None;
     loop {
         let problem = match config::saved_server(config).await {
-            Ok(Some(server)) => match server.connect_lazy() {
+            Ok(Some(server)) => match client::connect_lazy(&server, transport) {
                 Ok(channel) => {
                     if said.is_some() {
                         info!(%server, "{} now names a server: starting", config.display());

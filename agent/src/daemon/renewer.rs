@@ -5,30 +5,25 @@ use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
+use super::{RunOptions, memory::Memory};
 use crate::{
-    client::{Client, Identity, RenewOutcome, ServerUrl},
+    client::{self, Client, Identity, RenewOutcome, Transport},
     clock::{self, Clock},
-    error::{AgentError, code_name},
+    error::{AgentError, RejectReason, code_name},
     health::{AgentState, Health},
     schedule::{self, Schedule},
+    server_url::ServerUrl,
+    source::TokenSource,
     state::{self, State},
     timefmt,
-    token::{RejectReason, Token, TokenSource},
+    token::Token,
 };
-
-use super::RunOptions;
 
 /// How the last attempt went, which decides the next deadline.
 enum Attempt {
     Success(RenewOutcome),
     Rejected,
     Failed,
-}
-
-/// The token that was rejected (`None`: there was none), so that a change is noticed.
-struct Rejected {
-    reason: RejectReason,
-    token: Option<Token>,
 }
 
 pub(super) struct Daemon {
@@ -44,17 +39,11 @@ pub(super) struct Daemon {
     request_timeout: Duration,
     check_period: Duration,
     state_file: Option<PathBuf>,
+    transport: Transport,
     /// Consecutive failed attempts, of any kind: the backoff exponent.
     failures: u32,
-    rejected: Option<Rejected>,
-    /// Why the token was last rejected, when a different token has since met only
-    /// outages: "token accepted again" still names it once one is accepted.
-    recovering_from: Option<RejectReason>,
-    /// The token whose identity was last looked up and logged.
-    identified: Option<Token>,
-    said_never_expires: bool,
-    /// The expiry last warned about as unrenewable, and whether the final warning is done.
-    warned_unrenewable: Option<(SystemTime, bool)>,
+    /// What has been seen and said already.
+    memory: Memory,
 }
 
 impl Daemon {
@@ -77,12 +66,9 @@ impl Daemon {
             // A zero period would make the wait loop spin.
             check_period: opts.check_period.max(Duration::from_millis(1)),
             state_file: opts.state_file,
+            transport: opts.transport,
             failures: 0,
-            rejected: None,
-            recovering_from: None,
-            identified: None,
-            said_never_expires: false,
-            warned_unrenewable: None,
+            memory: Memory::default(),
         }
     }
 
@@ -104,7 +90,7 @@ impl Daemon {
             let (attempt, token) = self.renew(self.request_timeout).await;
             last = attempt;
             if let (Attempt::Success(_), Some(token)) = (&last, &token)
-                && self.identified.as_ref() != Some(token)
+                && self.memory.needs_identity(token)
                 && !self.identify(token).await
             {
                 last = Attempt::Rejected;
@@ -124,7 +110,7 @@ impl Daemon {
                 self.on_success(&outcome).await;
                 Attempt::Success(outcome)
             }
-            Err(status) => match AgentError::from_status(&status, &self.source) {
+            Err(status) => match AgentError::from_status(&status, &self.source.fix()) {
                 err if err.is_rejection() => self.on_rejected(&err, Some(token.clone())),
                 err => {
                     self.on_failed(&status, &err, &token);
@@ -140,17 +126,10 @@ impl Daemon {
         self.failures = self.failures.saturating_add(1);
         warn!(code = code_name(status.code()), "renewal failed: {err}");
         self.redial_after(status);
-        // Only the token that was rejected is known to be bad. A different one (a new
-        // login, a rotated Secret) that meets an outage is presumed good: the marker goes,
-        // so the wait stops treating it as new every check period and backs off, and the
-        // state is "retrying" (ready), as for any outage.
-        let still_rejected = self
-            .rejected
-            .as_ref()
-            .is_some_and(|r| r.token.as_ref() == Some(token));
-        if !still_rejected && let Some(previous) = self.rejected.take() {
-            self.recovering_from = Some(previous.reason);
-        }
+        // Only the token that was rejected is known to be bad. A different one that meets
+        // an outage is presumed good: the wait stops treating it as new every check
+        // period and backs off, and the state is "retrying" (ready), as for any outage.
+        let still_rejected = self.memory.failed(token);
         self.health.update(|s| {
             s.attempts.error += 1;
             if !still_rejected {
@@ -163,13 +142,11 @@ impl Daemon {
     async fn on_success(&mut self, outcome: &RenewOutcome) {
         let now = self.clock.now();
         self.failures = 0;
-        let recovered = self.rejected.take().map(|r| r.reason);
-        if let Some(reason) = recovered.or(self.recovering_from.take()) {
+        if let Some(reason) = self.memory.accepted() {
             info!(reason = %reason, "token accepted again: recovered from {reason}");
         }
         match outcome.expires_at {
-            None if !self.said_never_expires => {
-                self.said_never_expires = true;
+            None if self.memory.first_never_expires() => {
                 info!(
                     "token never expires: no renewals needed (it is still checked every {})",
                     timefmt::approx(self.schedule.interval)
@@ -192,7 +169,7 @@ impl Daemon {
             }
         }
         if let (Some(at), None) = (outcome.expires_at, outcome.next_renewal_at)
-            && self.should_warn_unrenewable(at, now)
+            && self.memory.should_warn_unrenewable(at, now)
         {
             warn!(
                 "token has reached its maximum lifetime and cannot be renewed: it expires at {} ({}); \
@@ -230,26 +207,9 @@ impl Daemon {
         if status.code() != Code::DeadlineExceeded || !self.dialled {
             return;
         }
-        if let Ok(channel) = self.server.connect_lazy() {
+        if let Ok(channel) = client::connect_lazy(&self.server, &self.transport) {
             self.client = Client::new(channel);
         }
-    }
-
-    /// Whether to warn that the token expiring at `expires_at` cannot be renewed: when
-    /// first seen, and once more at the final check ([`schedule::FINAL_NOTICE`] before
-    /// expiry), while the token still works.
-    fn should_warn_unrenewable(&mut self, expires_at: SystemTime, now: SystemTime) -> bool {
-        let in_final_notice = expires_at
-            .duration_since(now)
-            .map_or(true, |left| left <= schedule::FINAL_NOTICE);
-        let due = match self.warned_unrenewable {
-            Some((at, final_done)) if at == expires_at => in_final_notice && !final_done,
-            _ => true,
-        };
-        if due {
-            self.warned_unrenewable = Some((expires_at, in_final_notice));
-        }
-        due
     }
 
     /// A renewal attempt without a usable token: the login warning, the unauthenticated
@@ -274,8 +234,7 @@ impl Daemon {
             s.state = AgentState::Unauthenticated;
             s.reject_reason = Some(reason.to_string());
         });
-        self.recovering_from = None;
-        self.rejected = Some(Rejected { reason, token });
+        self.memory.rejected(reason, token);
     }
 
     /// `LookupCurrentToken` and the "authenticated as" line. False when the token is
@@ -284,10 +243,10 @@ impl Daemon {
         match self.client.lookup(token, self.request_timeout).await {
             Ok(identity) => {
                 self.log_identity(&identity);
-                self.identified = Some(token.clone());
+                self.memory.identified(token);
                 true
             }
-            Err(status) => match AgentError::from_status(&status, &self.source) {
+            Err(status) => match AgentError::from_status(&status, &self.source.fix()) {
                 err if err.is_rejection() => {
                     self.mark_rejected(&err, Some(token.clone()));
                     false
@@ -344,11 +303,11 @@ impl Daemon {
     async fn wait_until(&mut self, deadline: SystemTime) {
         while let Some(left) = clock::remaining(self.clock.now(), deadline) {
             tokio::time::sleep(left.min(self.check_period)).await;
-            let Some(rejected) = &self.rejected else {
+            if !self.memory.is_rejected() {
                 continue;
-            };
+            }
             if let Ok(token) = self.source.load().await
-                && rejected.token.as_ref() != Some(&token)
+                && self.memory.is_replacement(&token)
             {
                 info!("the {} has a new token: retrying now", self.source);
                 return;

@@ -2,8 +2,8 @@
 //! identity lookup; login warnings only for UNAUTHENTICATED, and the right fix in them.
 use std::{sync::Arc, time::Duration};
 
-use auth_agent::{AgentError, AgentState, Health, RunOptions, SystemClock, TokenSource, run};
-use tokio::{sync::oneshot, task::JoinHandle};
+use auth_agent::{AgentState, RunOptions, SystemClock, TokenSource};
+use auth_test_support::agent::{self, RunningAgent};
 use tonic::Status;
 
 use crate::{
@@ -11,40 +11,12 @@ use crate::{
     support::{TempDir, capture_logs, token},
 };
 
-pub struct Running {
-    pub health: Health,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), AgentError>>,
+/// The daemon with the real clock.
+pub fn spawn(opts: RunOptions) -> RunningAgent {
+    agent::spawn(opts, Arc::new(SystemClock))
 }
 
-impl Running {
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        result
-            .expect("run() stops promptly on shutdown")
-            .unwrap()
-            .unwrap();
-        assert_eq!(self.health.snapshot().state, AgentState::Stopped);
-    }
-
-    /// Waits until the daemon has settled after an attempt (its next deadline is set).
-    pub async fn settled(&self) {
-        let mut rx = self.health.subscribe();
-        rx.wait_for(|s| s.next_attempt_at.is_some()).await.unwrap();
-    }
-}
-
-pub fn spawn(opts: RunOptions) -> Running {
-    let health = opts.health.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(opts, Arc::new(SystemClock), async move {
-        let _ = stopped.await;
-    }));
-    Running { health, stop, task }
-}
-
-pub async fn start_tcp(fake: &Fake, source: TokenSource) -> Running {
+pub async fn start_tcp(fake: &Fake, source: TokenSource) -> RunningAgent {
     let url = fake.serve_tcp().await;
     spawn(RunOptions::new(url.parse().unwrap(), source))
 }

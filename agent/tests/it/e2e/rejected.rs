@@ -8,7 +8,7 @@ use auth_agent::{AgentState, Clock, OffsetClock, SystemClock};
 use auth_service::renewal::RenewalPolicy;
 
 use crate::{
-    harness::{
+    e2e::harness::{
         DAY, PROMPTLY, Process, Service, assert_no_token, command, login, options, spawn_agent,
         text,
     },

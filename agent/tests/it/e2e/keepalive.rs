@@ -12,7 +12,7 @@ use auth_agent::{Clock, OffsetClock};
 use auth_service::renewal::RenewalPolicy;
 
 use crate::{
-    harness::{HOUR, Service, assert_no_token, gap, login, options, spawn_agent},
+    e2e::harness::{HOUR, Service, assert_no_token, gap, login, options, spawn_agent},
     support::{TempDir, capture_logs},
 };
 

@@ -8,7 +8,7 @@ use auth_agent::{AgentState, SystemClock, timefmt};
 use auth_service::renewal::RenewalPolicy;
 
 use crate::{
-    harness::{
+    e2e::harness::{
         DAY, PROMPTLY, Process, Service, assert_no_token, command, gap, login, options,
         spawn_agent, text,
     },

@@ -4,14 +4,15 @@
 use std::path::Path;
 
 use auth_service::{renewal::RenewalPolicy, token::Prefix};
+use auth_test_support::{cluster, fixtures, server};
 
 use crate::{
-    harness::{Service, assert_no_token, command, text},
+    e2e::harness::{Service, assert_no_token, command, text},
     support::TempDir,
 };
 
-/// `token` with one character of its random part changed: still shaped like a token (so
-/// the agent sends it), but its checksum no longer matches.
+/// `token` with one character of its random part changed: still shaped like a token, but
+/// its checksum no longer matches (the agent refuses it without sending it).
 fn mistyped(token: &str) -> String {
     let mut bytes = token.as_bytes().to_vec();
     bytes[10] = if bytes[10] == b'x' { b'y' } else { b'x' };
@@ -51,13 +52,30 @@ async fn login_with_a_refused_token_writes_nothing_and_says_why() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let before = std::fs::read(&kept).unwrap();
 
-    for (token, reason) in [
-        (&revoked, "TOKEN_REVOKED"),
-        (&expired, "TOKEN_EXPIRED"),
-        (&unknown, "TOKEN_UNKNOWN"),
-        (&typo, "TOKEN_MALFORMED"),
+    // The server refuses the first three; the agent itself refuses the typo (its
+    // checksum fails), before sending it anywhere.
+    for (token, reason, why) in [
+        (
+            &revoked,
+            "TOKEN_REVOKED",
+            "token rejected (TOKEN_REVOKED): nothing was saved",
+        ),
+        (
+            &expired,
+            "TOKEN_EXPIRED",
+            "token rejected (TOKEN_EXPIRED): nothing was saved",
+        ),
+        (
+            &unknown,
+            "TOKEN_UNKNOWN",
+            "token rejected (TOKEN_UNKNOWN): nothing was saved",
+        ),
+        (
+            &typo,
+            "TOKEN_MALFORMED",
+            "no usable token (TOKEN_MALFORMED: that is not a token: checksum mismatch): nothing was saved",
+        ),
     ] {
-        let why = format!("token rejected ({reason}): nothing was saved");
         let fresh = dir.join(&format!("fresh-{reason}/config"));
         let out = command(
             &[
@@ -73,7 +91,7 @@ async fn login_with_a_refused_token_writes_nothing_and_says_why() {
         .await;
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert_eq!(out.status.code(), Some(3), "{reason}: {stderr}");
-        assert!(stderr.contains(&why), "{reason}: {stderr}");
+        assert!(stderr.contains(why), "{reason}: {stderr}");
         assert_eq!(stdout, "", "{reason}");
         assert!(
             !fresh.parent().unwrap().exists(),
@@ -87,7 +105,7 @@ async fn login_with_a_refused_token_writes_nothing_and_says_why() {
         let out = command(&["login", "--config", kept_arg], token, dir.path()).await;
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{reason}: {stderr}");
-        assert!(stderr.contains(&why), "{reason}: {stderr}");
+        assert!(stderr.contains(why), "{reason}: {stderr}");
         assert_eq!(std::fs::read(&kept).unwrap(), before, "{reason}");
         assert_eq!(
             files_in(kept.parent().unwrap()),
@@ -103,5 +121,61 @@ async fn login_with_a_refused_token_writes_nothing_and_says_why() {
     assert_eq!(service.event_kinds(&revoked_id).await, ["create", "revoke"]);
     assert_eq!(service.event_kinds(&expired_id).await, ["create"]);
     assert_eq!(service.event_kinds(&good_id).await, ["create"]);
+    service.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_service_with_another_token_prefix_works_with_the_agent_unconfigured() {
+    // `--token-prefix svc_` on the service; nothing on the agent.
+    let prefix = Prefix::new("svc_").unwrap();
+    let mut settings = server::settings(RenewalPolicy::default());
+    settings.prefix = prefix.clone();
+    let db = cluster::test_db().await.unwrap();
+    let service = Service::from(
+        auth_test_support::server::TestServer::start(db, settings)
+            .await
+            .unwrap(),
+    );
+    let (_, svc_token) = fixtures::create_token_with_prefix(
+        service.db(),
+        "robot",
+        Some(std::time::Duration::from_secs(30 * 86400)),
+        &prefix,
+    )
+    .await
+    .unwrap();
+    assert!(svc_token.starts_with("svc_"));
+    let dir = TempDir::new();
+    let config = dir.join("config");
+    let out = command(
+        &[
+            "login",
+            "--server",
+            &service.url(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &svc_token,
+        dir.path(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("as robot"),
+        "{}",
+        text(&out.stdout)
+    );
+    let renewed = command(
+        &["renew", "--config", config.to_str().unwrap()],
+        "",
+        dir.path(),
+    )
+    .await;
+    assert_eq!(renewed.status.code(), Some(0), "{}", text(&renewed.stderr));
+    assert_no_token(
+        "output",
+        &(text(&out.stdout) + &text(&out.stderr)),
+        &[&svc_token],
+    );
     service.shutdown().await;
 }

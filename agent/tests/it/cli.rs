@@ -538,3 +538,68 @@ async fn login_with_a_different_token_resets_the_state_file() {
         "{status}"
     );
 }
+
+/// Runs the binary with its stdout or stderr (or both) already closed by the reader, as
+/// `auth-agent status | head -0` does.
+async fn with_closed(args: &[&str], envs: &[(&str, &str)], stdout: bool, stderr: bool) -> Output {
+    let pipe = |closed: bool| {
+        if closed {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-agent"))
+        .args(args)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(pipe(stdout))
+        .stderr(pipe(stderr))
+        .spawn()
+        .unwrap();
+    // Dropping the read ends closes them: every write then fails with EPIPE.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_closed_stdout_or_stderr_is_not_a_panic() {
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let env = [("AUTH_AGENT_TOKEN", token("closedpipe"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A report on a closed stdout: the command did its work, and says so by its code.
+    let status = with_closed(
+        &["status", "--server", &url, "--config", "/nonexistent/c"],
+        &env,
+        true,
+        false,
+    )
+    .await;
+    assert_eq!(status.status.code(), Some(0), "{:?}", status.status);
+    // An error on a closed stderr: still the error's own exit code, not a panic (101).
+    let failed = with_closed(
+        &[
+            "status",
+            "--server",
+            "http://127.0.0.1:1",
+            "--config",
+            "/nonexistent/c",
+        ],
+        &env,
+        false,
+        true,
+    )
+    .await;
+    assert_eq!(failed.status.code(), Some(1), "{:?}", failed.status);
+}

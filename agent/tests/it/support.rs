@@ -44,17 +44,14 @@ impl Drop for TempDir {
     }
 }
 
-/// A well-formed token (`pat_` + 36 base62), distinct per `tag`.
+/// A well-formed token (`pat_`, 30 base62 characters and a valid checksum), the same
+/// for the same `tag` and distinct per `tag`.
 pub fn token(tag: &str) -> String {
-    let body: String = format!("{tag}ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ")
+    let random: String = format!("{tag}ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ")
         .chars()
-        .take(36)
+        .take(auth_api::token::RANDOM_LEN)
         .collect();
-    assert!(
-        body.bytes().all(|b| b.is_ascii_alphanumeric()),
-        "tags are alphanumeric"
-    );
-    format!("pat_{body}")
+    auth_api::token::with_random(&Default::default(), &random).expect("tags are alphanumeric")
 }
 
 /// Everything logged while the guard from [`capture_logs`] lives, as plain text.

@@ -7,11 +7,10 @@ use std::{
 };
 
 use auth_agent::{
-    AgentError, AgentState, Health, OffsetClock, RunOptions, Schedule, Token, TokenSource,
+    AgentState, OffsetClock, RunOptions, Schedule, Token, TokenSource,
     config::{self, ConfigFile},
-    run,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
+use auth_test_support::agent::{self, RunningAgent};
 use tonic::Status;
 
 use crate::{
@@ -24,10 +23,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 struct Harness {
     fake: Fake,
     clock: Arc<OffsetClock>,
-    health: Health,
+    agent: RunningAgent,
     logs: Logs,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), AgentError>>,
     _guard: tracing::subscriber::DefaultGuard,
 }
 
@@ -54,33 +51,26 @@ fn start(source: TokenSource, schedule: Schedule, script: impl FnOnce(&Fake)) ->
     let mut opts = RunOptions::new("http://fake.in-memory".parse().unwrap(), source);
     opts.channel = Some(fake.serve_in_memory());
     opts.schedule = schedule;
-    let health = opts.health.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(opts, clock.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let agent = agent::spawn(opts, clock.clone());
     Harness {
         fake,
         clock,
-        health,
+        agent,
         logs,
-        stop,
-        task,
         _guard: guard,
     }
 }
 
 impl Harness {
     async fn stop(self) -> Logs {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
+        self.agent.stop().await;
         self.logs
     }
 
     /// The renewal calls, once at least `n` renewal attempts have finished (and been
     /// logged: the daemon counts an attempt after logging it).
     async fn renews(&self, n: usize) -> Vec<Call> {
-        let mut health = self.health.subscribe();
+        let mut health = self.agent.health.subscribe();
         health
             .wait_for(|s| {
                 let a = s.attempts;
@@ -96,7 +86,8 @@ impl Harness {
     }
 
     async fn wait_state(&self, state: AgentState) {
-        self.health
+        self.agent
+            .health
             .subscribe()
             .wait_for(|s| s.state == state)
             .await
@@ -317,12 +308,13 @@ async fn catches_up_within_a_check_period_after_a_suspend() {
             fake.renew_always(renewed(8 * DAY, Some(2 * DAY)));
         },
     );
-    h.health
+    h.agent
+        .health
         .subscribe()
         .wait_for(|s| s.next_attempt_at.is_some())
         .await
         .unwrap();
-    let due = h.health.snapshot().next_attempt_at.unwrap();
+    let due = h.agent.health.snapshot().next_attempt_at.unwrap();
     assert_eq!(due, start_wall() + 2 * DAY);
     // An hour later the lid closes; it opens four days of wall time later, while the
     // monotonic clock (tokio's) did not move.
@@ -354,7 +346,7 @@ async fn a_token_that_never_expires_is_announced_once() {
         },
     );
     h.renews(3).await;
-    let snapshot = h.health.snapshot();
+    let snapshot = h.agent.health.snapshot();
     let logs = h.stop().await;
 
     assert_eq!(
@@ -399,7 +391,7 @@ async fn a_new_token_that_meets_an_outage_backs_off_and_is_retrying() {
     .await
     .expect("an outage with a token not known to be bad is \"retrying\"");
     let renews = h.renews(4).await;
-    let snapshot = h.health.snapshot();
+    let snapshot = h.agent.health.snapshot();
     let logs = h.stop().await;
 
     let with_new: Vec<Call> = renews
@@ -433,12 +425,13 @@ async fn a_rejected_lookup_after_a_renewal_is_not_counted_twice() {
             fake.lookup_always(fail(crate::fake::unauthenticated("TOKEN_REVOKED")));
         },
     );
-    h.health
+    h.agent
+        .health
         .subscribe()
         .wait_for(|s| s.state == AgentState::Unauthenticated && s.next_attempt_at.is_some())
         .await
         .unwrap();
-    let attempts = h.health.snapshot().attempts;
+    let attempts = h.agent.health.snapshot().attempts;
     h.stop().await;
 
     assert_eq!(

@@ -1,0 +1,83 @@
+//! The server URL: what `--server` and the config file hold, checked once.
+use std::{fmt, str::FromStr};
+
+use tonic::transport::Uri;
+
+use crate::error::AgentError;
+
+/// Environment variable naming the server (the `--server` flag's variable).
+pub const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
+
+/// A validated server URL: `http://host:port` or `https://host:port`, normalised (no
+/// path, no trailing slash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+impl FromStr for ServerUrl {
+    type Err = AgentError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            AgentError::FixConfig(format!(
+                "invalid server URL {s:?}: {why}; pass --server http://HOST:PORT or set {SERVER_ENV}"
+            ))
+        };
+        let uri: Uri = s.trim().parse().map_err(|_| bad("not a URL"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(bad("the scheme must be http:// or https://")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("a server URL has no path or query"));
+        }
+        let scheme = uri.scheme_str().unwrap_or("http");
+        Ok(ServerUrl(format!("{scheme}://{authority}")))
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ServerUrl {
+    /// The URL as a string, e.g. `http://127.0.0.1:50051`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for `https://`.
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_http_and_https_and_normalises() {
+        let url: ServerUrl = "http://127.0.0.1:50051/".parse().unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:50051");
+        assert!(!url.is_https());
+        let tls: ServerUrl = "https://auth.example.com".parse().unwrap();
+        assert!(tls.is_https());
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_a_server_and_names_the_flag() {
+        for bad in [
+            "127.0.0.1:50051",
+            "ftp://h:1",
+            "http://h:1/v1",
+            "http://h:1?x=1",
+            "not a url",
+        ] {
+            let err = bad.parse::<ServerUrl>().unwrap_err().to_string();
+            assert!(err.contains("--server"), "{bad}: {err}");
+        }
+    }
+}
