@@ -1,11 +1,15 @@
 //! The daemon's observable state: what `/readyz` and `/metrics` report, and what tests
 //! (and an embedding program) can watch change through [`Health::subscribe`].
 use std::{
-    fmt::Write as _,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::sync::watch;
 
 /// Where the daemon stands.
@@ -144,82 +148,91 @@ fn unix_secs(at: SystemTime) -> i64 {
     }
 }
 
-/// The snapshot in the Prometheus text format, with "seconds until expiry" taken at `now`.
-/// A value that is unknown (no expiry yet, or none at all) is left out, not reported as 0.
-pub fn render_metrics(s: &Snapshot, now: SystemTime) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, i64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let plain = |value: Option<i64>| {
-        value
-            .map(|v| (String::new(), v))
-            .into_iter()
-            .collect::<Vec<_>>()
-    };
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
 
-    let states = AgentState::ALL.iter().map(|st| {
-        (
-            format!("{{state=\"{}\"}}", st.as_str()),
-            i64::from(*st == s.state),
-        )
-    });
-    metric(
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Registers a gauge holding `value`, or nothing when the value is unknown: an unknown
+/// expiry is absent, not 0.
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: Option<i64>) {
+    if let Some(value) = value {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
+}
+
+/// The snapshot in the OpenMetrics text format (prometheus-client), with "seconds until
+/// expiry" taken at `now`.
+pub fn render_metrics(s: &Snapshot, now: SystemTime) -> String {
+    let mut registry = Registry::default();
+    let states = Family::<StateLabel, Gauge>::default();
+    for state in AgentState::ALL {
+        states
+            .get_or_create(&StateLabel {
+                state: state.as_str(),
+            })
+            .set(i64::from(state == s.state));
+    }
+    registry.register(
         "auth_agent_state",
-        "gauge",
-        "1 for the agent's current state.",
-        states.collect(),
+        "1 for the agent's current state",
+        states,
     );
-    metric(
+    gauge(
+        &mut registry,
         "auth_agent_token_expiry_timestamp_seconds",
-        "gauge",
-        "When the token expires (Unix time); absent when unknown or never.",
-        plain(s.expires_at.map(unix_secs)),
+        "When the token expires (Unix time); absent when unknown or never",
+        s.expires_at.map(unix_secs),
     );
-    metric(
+    gauge(
+        &mut registry,
         "auth_agent_token_expiry_seconds",
-        "gauge",
-        "Seconds until the token expires (negative once expired).",
-        plain(s.expires_at.map(|at| unix_secs(at) - unix_secs(now))),
+        "Seconds until the token expires (negative once expired)",
+        s.expires_at.map(|at| unix_secs(at) - unix_secs(now)),
     );
-    metric(
+    gauge(
+        &mut registry,
         "auth_agent_token_never_expires",
-        "gauge",
-        "1 when the server reports that the token never expires.",
-        plain(Some(i64::from(s.never_expires))),
+        "1 when the server reports that the token never expires",
+        Some(i64::from(s.never_expires)),
     );
+    let attempts = Family::<ResultLabel, Counter>::default();
     let a = s.attempts;
-    let results = [
+    for (result, n) in [
         ("renewed", a.renewed),
         ("unchanged", a.unchanged),
         ("rejected", a.rejected),
         ("error", a.error),
-    ];
-    metric(
-        "auth_agent_renewal_attempts_total",
-        "counter",
-        "Renewal attempts by result.",
-        results
-            .iter()
-            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), count(*n)))
-            .collect(),
+    ] {
+        attempts.get_or_create(&ResultLabel { result }).inc_by(n);
+    }
+    registry.register(
+        "auth_agent_renewal_attempts",
+        "Renewal attempts by result",
+        attempts,
     );
-    metric(
+    gauge(
+        &mut registry,
         "auth_agent_last_success_timestamp_seconds",
-        "gauge",
-        "When a renewal last succeeded (Unix time).",
-        plain(s.last_success_at.map(unix_secs)),
+        "When a renewal last succeeded (Unix time)",
+        s.last_success_at.map(unix_secs),
     );
-    metric(
+    gauge(
+        &mut registry,
         "auth_agent_next_attempt_timestamp_seconds",
-        "gauge",
-        "When the next renewal attempt is due (Unix time).",
-        plain(s.next_attempt_at.map(unix_secs)),
+        "When the next renewal attempt is due (Unix time)",
+        s.next_attempt_at.map(unix_secs),
     );
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
@@ -254,7 +267,7 @@ mod tests {
             "auth_agent_renewal_attempts_total{result=\"renewed\"} 2",
             "auth_agent_renewal_attempts_total{result=\"error\"} 3",
             "auth_agent_last_success_timestamp_seconds 2000000000",
-            "# TYPE auth_agent_renewal_attempts_total counter",
+            "# TYPE auth_agent_renewal_attempts counter",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

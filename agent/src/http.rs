@@ -69,7 +69,7 @@ pub fn respond(
         }
         "/metrics" => Response {
             status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: render_metrics(snapshot, now),
         },
         _ => Response::text(404, "not found: try /healthz, /readyz or /metrics\n"),

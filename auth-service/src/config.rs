@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    cache::CacheSettings,
     error::{Error, Result},
     renewal::RenewalPolicy,
     token::Prefix,
@@ -115,6 +116,17 @@ pub struct ServeArgs {
     /// How often the database is probed for the health service.
     #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
     pub db_check_interval: Duration,
+    /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz
+    /// [default: off].
+    #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Most token lookups kept in memory per replica; 0 turns the cache off.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Longest a cached lookup is kept. Changes reach every replica's cache at once
+    /// through database notifications; this is only a safety net.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
+    pub cache_ttl: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,9 +262,11 @@ pub struct DbSettings {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
     pub policy: RenewalPolicy,
     pub prefix: Prefix,
     pub db_check_interval: Duration,
+    pub cache: CacheSettings,
 }
 
 /// The URL may carry a password: never printed.
@@ -318,6 +332,12 @@ impl ServeArgs {
         }
         Ok(ServeSettings {
             listen: self.listen,
+            http_listen: self.http_listen,
+            cache: CacheSettings {
+                capacity: self.cache_capacity,
+                ttl: self.cache_ttl,
+                ..CacheSettings::default()
+            },
             policy: RenewalPolicy {
                 threshold: self.renew_threshold,
                 extension: self.renew_extension,

@@ -1,16 +1,51 @@
-//! Reports `grpc.health.v1` status from a periodic database probe: NOT_SERVING while
-//! the database is unreachable, so load balancers and Kubernetes probes route away.
-use std::time::Duration;
+//! Health: `grpc.health.v1` status and `/readyz`, from a periodic database probe.
+//! NOT_SERVING while the database is unreachable, so that load balancers and Kubernetes
+//! probes route away, and during shutdown.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::db::Db;
+use crate::{db::Db, metrics::Metrics};
 
-/// Sets the overall ("") and the auth service's status together.
-pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
-    for name in ["", auth_api::SERVICE_NAME] {
-        reporter.set_service_status(name, status).await;
+/// The serving status, as `grpc.health.v1` and `/readyz` report it. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    serving: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Health {
+    /// Starts NOT_SERVING: nothing is known about the database yet.
+    pub async fn new(reporter: HealthReporter, metrics: Arc<Metrics>) -> Health {
+        let health = Health {
+            reporter,
+            serving: Arc::new(AtomicBool::new(false)),
+            metrics,
+        };
+        health.set(ServingStatus::NotServing).await;
+        health
+    }
+
+    /// Sets the overall ("") and the auth service's status together.
+    pub async fn set(&self, status: ServingStatus) {
+        self.serving
+            .store(status == ServingStatus::Serving, Ordering::Release);
+        for name in ["", auth_api::SERVICE_NAME] {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Whether the service reports SERVING.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -19,17 +54,13 @@ const FAILURES_BEFORE_NOT_SERVING: u32 = 2;
 
 /// Probes until `stop` changes, reporting transitions. `db` should be a dedicated
 /// handle (`Db::dedicated`), so that load on the request pool cannot fail the probe.
-pub async fn monitor(
-    db: Db,
-    reporter: HealthReporter,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn monitor(db: Db, health: Health, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut serving: Option<bool> = None;
     let mut failures = 0;
     loop {
         let ok = db.ping().await;
         failures = if ok.is_ok() { 0 } else { failures + 1 };
+        health.metrics.db_up(ok.is_ok());
         // Once shutdown began, the drain owns the status: never flip it back.
         if *stop.borrow() {
             return;
@@ -50,7 +81,7 @@ pub async fn monitor(
             } else {
                 ServingStatus::NotServing
             };
-            set(&reporter, status).await;
+            health.set(status).await;
             serving = Some(now_serving);
         }
         tokio::select! {

@@ -3,9 +3,12 @@
 //! Modules, top-down (each uses only those below it):
 //! - [`cmd`]: the subcommands (`serve`, `token`, `migrate`, `healthcheck`);
 //! - [`config`]: clap flags, each also an environment variable, validated into settings;
-//! - [`server`]: `run(listener, db, settings, shutdown)`, the gRPC server and its tasks;
-//! - [`service`]: one module per `auth.v1` RPC, thin over the domain and the database;
+//! - [`server`]: `run(listeners, db, settings, shutdown)`, the gRPC server and its tasks;
+//! - [`http`]: the HTTP side port (`/metrics`, `/healthz`, `/readyz`);
+//! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
 //! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
+//! - [`cache`]: the in-process token cache and the listener that invalidates it;
+//! - [`metrics`]: the Prometheus metrics and the gRPC layer that counts every call;
 //! - [`renewal`]: the renewal and liveness rules, pure functions;
 //! - [`token`]: issuing tokens and hashing presented ones (the format is `auth_api`'s);
 //! - [`db`]: the pool, migrations and every SQL statement;
@@ -16,11 +19,15 @@
 
 pub mod cmd;
 pub mod config;
+pub mod http;
 pub mod server;
 pub mod service;
 
 pub mod health;
 pub mod last_used;
+
+pub mod cache;
+pub mod metrics;
 
 pub mod renewal;
 pub mod token;

@@ -1,4 +1,5 @@
-//! The renewal and liveness rules, as pure functions of times the database reported.
+//! The renewal and liveness rules, as pure functions of a token's record and the times
+//! the database reported.
 //!
 //! The database applies the same rules in `db::sql::RENEW` (a compare-and-set on the
 //! threshold); these functions judge the rows it returns, always against the database's
@@ -6,8 +7,31 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
+
+/// What the service knows about a token (never its secret or hash): what
+/// `ValidateToken` and `LookupCurrentToken` report, and what decides whether it is live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub user_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// `None`: the token never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The record of a live token, or why there is none: unknown, revoked or expired at
+/// `now` (the database's clock, or the cache's estimate of it).
+pub fn judge(record: Option<&TokenRecord>, now: DateTime<Utc>) -> Result<&TokenRecord> {
+    let record = record.ok_or(Error::TokenUnknown)?;
+    check_live(record.revoked_at, record.expires_at, now)?;
+    Ok(record)
+}
 
 /// The renewal rules of `RenewCurrentToken`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +132,29 @@ mod tests {
         );
         assert!(check_live(None, Some(now + day()), now).is_ok());
         assert!(check_live(None, None, now).is_ok());
+    }
+
+    #[test]
+    fn judge_names_why_a_token_is_not_live() {
+        let now = at(1000);
+        let live = TokenRecord {
+            id: Uuid::nil(),
+            user_id: "alice".into(),
+            name: "n".into(),
+            scopes: vec![],
+            created_at: at(0),
+            expires_at: Some(now + day()),
+            revoked_at: None,
+        };
+        assert_eq!(judge(Some(&live), now).unwrap(), &live);
+        assert_eq!(
+            judge(None, now).unwrap_err().reason(),
+            Some(ErrorReason::TokenUnknown)
+        );
+        assert_eq!(
+            judge(Some(&live), now + day()).unwrap_err().reason(),
+            Some(ErrorReason::TokenExpired)
+        );
     }
 
     #[test]

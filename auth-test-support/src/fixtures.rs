@@ -69,6 +69,21 @@ pub async fn create_token_with_prefix(
     Ok((created.id, raw.expose().to_string()))
 }
 
+/// Stores a token the test generated beforehand (to ask about it before it exists).
+pub async fn store_token(db: &Db, user: &str, raw: &token::RawToken) -> Result<Uuid> {
+    let created = db
+        .create_token(
+            user,
+            "test",
+            &token::digest_of(raw, &Prefix::default()),
+            &["read".to_string()],
+            Some(Duration::from_secs(86400)),
+            "test",
+        )
+        .await?;
+    Ok(created.id)
+}
+
 /// A token of `alice`'s whose expiry is `secs` from now by the database clock
 /// (negative: already expired). Returns (id, raw token); panics on a database error.
 pub async fn token_expiring_in(db: &Db, secs: f64) -> (Uuid, String) {

@@ -6,6 +6,7 @@
 //!   already bound port-0 listener, and stopped again;
 //! - [`agent`]: the real agent daemon started through `auth_agent::run`, and stopped;
 //! - [`grpc`]: client-side helpers (bearer metadata, the ErrorInfo reason, calls);
+//! - [`http`]: a minimal HTTP/1.1 client for the side ports;
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod grpc;
+pub mod http;
 pub mod server;
 
 pub mod fixtures;

@@ -4,7 +4,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use auth_api::v1::auth_service_client::AuthServiceClient;
-use auth_service::{config::ServeSettings, db::Db, renewal::RenewalPolicy, server, token::Prefix};
+use auth_service::{
+    cache::CacheSettings,
+    config::ServeSettings,
+    db::Db,
+    renewal::RenewalPolicy,
+    server::{self, Listeners},
+    token::Prefix,
+};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -15,35 +22,56 @@ use crate::{Result, cluster};
 pub fn settings(policy: RenewalPolicy) -> ServeSettings {
     ServeSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         policy,
         prefix: Prefix::default(),
         db_check_interval: Duration::from_millis(200),
+        cache: CacheSettings::default(),
     }
 }
 
-/// The real server on 127.0.0.1, on a port of its own.
+/// The real server on 127.0.0.1, on a port of its own (and an HTTP side port).
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
     pub db: Db,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<auth_service::error::Result<()>>,
 }
 
 impl TestServer {
-    /// Starts `server::run` on a fresh port-0 listener.
+    /// Starts `server::run` on fresh port-0 listeners (the HTTP one when
+    /// `settings.http_listen` is set).
     pub async fn start(db: Db, settings: ServeSettings) -> Result<TestServer> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
+        let grpc = TcpListener::bind(settings.listen).await?;
+        let http = match settings.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let addr = grpc.local_addr()?;
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server::run(listener, db.clone(), settings, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(server::run(
+            Listeners { grpc, http },
+            db.clone(),
+            settings,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Ok(TestServer {
             addr,
+            http_addr,
             db,
             stop: Some(tx),
             task,
         })
+    }
+
+    /// `GET path` on the HTTP side port: (status, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.http_addr.ok_or("no HTTP port")?;
+        crate::http::get(addr, path).await
     }
 
     /// A fresh database and the server on it, with `policy`.

@@ -1,12 +1,10 @@
 //! `auth-service serve`: bind, open the database, run the server until shutdown, then
 //! close the pool and stop the embedded cluster last.
-use tokio::net::TcpListener;
-
 use super::database::{self, Role};
 use crate::{
     config::{DbSettings, ServeSettings},
     error::{Error, Result},
-    server,
+    server::{self, Listeners},
 };
 
 pub async fn serve(
@@ -14,20 +12,20 @@ pub async fn serve(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
-        Error::Config(format!(
-            "cannot listen on {} (--listen / AUTH_SERVICE_LISTEN): {e}",
-            settings.listen
-        ))
-    })?;
-    // The bound address, not the configured one: with port 0 the kernel picks it, and
-    // scripts and tests read it from this line.
-    let addr = listener
+    let listeners = Listeners::bind(settings.listen, settings.http_listen).await?;
+    // The bound addresses, not the configured ones: with port 0 the kernel picks them,
+    // and scripts and tests read them from these lines.
+    let addr = listeners
+        .grpc
         .local_addr()
         .map_err(|e| Error::Config(format!("--listen {}: {e}", settings.listen)))?;
+    let http = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
     let opened = database::open(db, Role::Server).await?;
+    if let Some(http) = http {
+        tracing::info!(%http, "HTTP port listening (/metrics, /healthz, /readyz)");
+    }
     tracing::info!(%addr, "auth-service listening");
-    let served = server::run(listener, opened.db.clone(), settings, shutdown).await;
+    let served = server::run(listeners, opened.db.clone(), settings, shutdown).await;
     let closed = opened.close(Role::Server).await;
     served.and(closed)
 }

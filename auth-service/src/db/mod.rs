@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 pub mod sql;
 pub mod tokens;
 
-pub use tokens::{CreatedToken, Renewal, TokenInfo, TokenListing};
+pub use crate::renewal::TokenRecord;
+pub use tokens::{CreatedToken, Lookup, Renewal, TokenListing};
 
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
@@ -90,6 +91,12 @@ impl Db {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The connection settings (without the per-request `statement_timeout`), for
+    /// connections outside the pool such as the change listener.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     /// Runs `op` with a pooled client, bounded by the operation timeout (waiting

@@ -62,11 +62,14 @@ pub const READ_BY_ID: &str = "
 SELECT created_at, expires_at, revoked_at, now() AS db_now
 FROM tokens WHERE id = $1";
 
-/// Everything `ValidateToken` and `LookupCurrentToken` return, plus what decides
-/// whether the token is live. $1 token hash.
+/// Everything `ValidateToken` and `LookupCurrentToken` return, plus what decides whether
+/// the token is live. Always one row: the token's columns are NULL for an unknown hash,
+/// and `db_now` is there either way (the cache judges expiry on the database clock).
+/// $1 token hash.
 pub const LOOKUP: &str = "
-SELECT id, user_id, name, scopes, created_at, expires_at, revoked_at, now() AS db_now
-FROM tokens WHERE token_hash = $1";
+SELECT t.id, t.user_id, t.name, t.scopes, t.created_at, t.expires_at, t.revoked_at, n.db_now
+FROM (SELECT now() AS db_now) n
+LEFT JOIN tokens t ON t.token_hash = $1";
 
 /// Self-revocation of a live token, audited in the same statement. When it returns
 /// no row, `LOOKUP` says why (unknown, expired, already revoked). $1 hash, $2 caller.
@@ -128,8 +131,11 @@ pub const TOUCH: &str = "
 UPDATE tokens SET last_used_at = now()
 WHERE id = ANY($1)";
 
-/// The health probe.
+/// The health probe, and the change listener's ping.
 pub const PING: &str = "SELECT 1";
+
+/// The change notifications the token trigger sends (migration V2), for the cache.
+pub const LISTEN_TOKEN_CHANGES: &str = "LISTEN auth_token_changes";
 
 /// Migrations run without the per-request statement timeout, then restore it.
 pub const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";

@@ -3,26 +3,23 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Db, sql};
 use crate::{
     error::{Error, Result, fmt_time},
-    renewal::{RenewalPolicy, check_live, next_renewal_at},
+    renewal::{RenewalPolicy, TokenRecord, check_live, judge, next_renewal_at},
     token::TokenDigest,
 };
 
 type Time = DateTime<Utc>;
 
-/// What `ValidateToken` and `LookupCurrentToken` report.
+/// What a lookup found: the token's row (`None`: no token has this hash) and the
+/// database's clock when it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    pub id: Uuid,
-    pub user_id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub expires_at: Option<Time>,
+pub struct Lookup {
+    pub record: Option<TokenRecord>,
+    pub db_now: Time,
 }
 
 /// The result of `RenewCurrentToken`.
@@ -31,6 +28,8 @@ pub struct Renewal {
     pub token_id: Uuid,
     pub expires_at: Option<Time>,
     pub renewed: bool,
+    /// A concurrent renew extended the token while this one waited for its row lock.
+    pub lost_race: bool,
     pub next_renewal_at: Option<Time>,
 }
 
@@ -112,19 +111,36 @@ impl Db {
             token_id,
             expires_at,
             renewed,
+            lost_race,
         })
     }
 
-    /// `ValidateToken` / `LookupCurrentToken`: one round trip.
-    pub async fn lookup(&self, digest: &TokenDigest) -> Result<TokenInfo> {
+    /// `ValidateToken` / `LookupCurrentToken` on a cache miss: one round trip, whether
+    /// or not the token exists. Liveness is judged by the caller.
+    pub async fn lookup(&self, digest: &TokenDigest) -> Result<Lookup> {
         let row = self
             .run(async |c| {
                 let stmt = c.prepare_cached(sql::LOOKUP).await?;
-                Ok(c.query_opt(&stmt, &[&&digest.hash[..]]).await?)
+                Ok(c.query_one(&stmt, &[&&digest.hash[..]]).await?)
             })
-            .await?
-            .ok_or(Error::TokenUnknown)?;
-        token_info(&row)
+            .await?;
+        let id: Option<Uuid> = row.try_get(0)?;
+        let record = match id {
+            None => None,
+            Some(id) => Some(TokenRecord {
+                id,
+                user_id: row.try_get(1)?,
+                name: row.try_get(2)?,
+                scopes: row.try_get(3)?,
+                created_at: row.try_get(4)?,
+                expires_at: row.try_get(5)?,
+                revoked_at: row.try_get(6)?,
+            }),
+        };
+        Ok(Lookup {
+            record,
+            db_now: row.try_get(7)?,
+        })
     }
 
     /// `RevokeCurrentToken`: revokes a live token; otherwise says why it cannot.
@@ -137,11 +153,14 @@ impl Db {
             .await?;
         match row {
             Some(row) => Ok((row.try_get(0)?, row.try_get(1)?)),
-            // Unknown, expired or already revoked: the lookup returns that error.
-            None => Err(match self.lookup(digest).await {
-                Err(e) => e,
-                Ok(_) => Error::Internal("token is live but could not be revoked".into()),
-            }),
+            // Unknown, expired or already revoked: the lookup says which.
+            None => {
+                let found = self.lookup(digest).await?;
+                judge(found.record.as_ref(), found.db_now)?;
+                Err(Error::Internal(
+                    "token is live but could not be revoked".into(),
+                ))
+            }
         }
     }
 
@@ -235,16 +254,4 @@ impl Db {
         })
         .await
     }
-}
-
-fn token_info(row: &Row) -> Result<TokenInfo> {
-    let expires_at: Option<Time> = row.try_get(5)?;
-    check_live(row.try_get(6)?, expires_at, row.try_get(7)?)?;
-    Ok(TokenInfo {
-        id: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        name: row.try_get(2)?,
-        scopes: row.try_get(3)?,
-        expires_at,
-    })
 }

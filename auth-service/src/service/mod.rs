@@ -1,5 +1,7 @@
 //! The `auth.v1.AuthService` implementation: one module per RPC, each thin (check
-//! input, call the database module, build the response).
+//! input, call the cache or the database, build the response).
+use std::sync::Arc;
+
 use auth_api::v1::{
     LookupCurrentTokenRequest, LookupCurrentTokenResponse, RenewCurrentTokenRequest,
     RenewCurrentTokenResponse, RevokeCurrentTokenRequest, RevokeCurrentTokenResponse,
@@ -8,9 +10,12 @@ use auth_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    db::{Db, TokenInfo},
+    cache::TokenCache,
+    db::Db,
+    error::{Error, Result},
     last_used::Toucher,
-    renewal::RenewalPolicy,
+    metrics::Metrics,
+    renewal::{RenewalPolicy, TokenRecord, judge},
     token::{Prefix, TokenDigest},
 };
 
@@ -23,28 +28,69 @@ mod validate;
 /// Shared state of the RPC handlers.
 pub struct AuthSvc {
     db: Db,
+    cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
     policy: RenewalPolicy,
     prefix: Prefix,
     toucher: Toucher,
 }
 
-impl AuthSvc {
-    /// What Validate and Lookup share: the token's description, recorded on the
-    /// request's span and stamped as used.
-    async fn describe(&self, digest: &TokenDigest) -> crate::error::Result<TokenInfo> {
-        let info = self.db.lookup(digest).await?;
-        tracing::Span::current().record("token_id", tracing::field::display(info.id));
-        self.toucher.touch(info.id);
-        Ok(info)
-    }
+/// What the handlers need besides the database.
+pub struct Shared {
+    pub cache: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
+    pub toucher: Toucher,
+}
 
-    pub fn new(db: Db, policy: RenewalPolicy, prefix: Prefix, toucher: Toucher) -> Self {
+impl AuthSvc {
+    pub fn new(db: Db, policy: RenewalPolicy, prefix: Prefix, shared: Shared) -> Self {
         AuthSvc {
             db,
+            cache: shared.cache,
+            metrics: shared.metrics,
             policy,
             prefix,
-            toucher,
+            toucher: shared.toucher,
         }
+    }
+
+    /// What Validate and Lookup share: the live token's record, from the cache or (on a
+    /// miss) the database, turned into a response by `respond`. The token is recorded on
+    /// the request's span and stamped as used.
+    async fn describe<R>(
+        &self,
+        digest: &TokenDigest,
+        respond: impl FnOnce(&TokenRecord) -> R,
+    ) -> Result<R> {
+        let key = digest.hash;
+        let (id, response) = match self.cache.get(&key) {
+            Some(entry) => {
+                let now = entry.db_now(self.cache.local_now());
+                let record = judge(entry.record.as_ref(), now)?;
+                (record.id, respond(record))
+            }
+            None => {
+                let ticket = self.cache.ticket();
+                let found = self.db.lookup(digest).await?;
+                let judged = judge(found.record.as_ref(), found.db_now)
+                    .map(|record| (record.id, respond(record)));
+                // Unknown, revoked and expired answers are cached too, so that a flood of
+                // bad tokens does not reach the database.
+                self.cache.insert(ticket, key, found.record, found.db_now);
+                judged?
+            }
+        };
+        tracing::Span::current().record("token_id", tracing::field::display(id));
+        self.toucher.touch(id);
+        Ok(response)
+    }
+
+    /// The status for an error, counting credential rejections.
+    fn status(&self, error: Error) -> Status {
+        if let Some(reason) = error.reason() {
+            self.metrics.rejected(reason);
+        }
+        Status::from(error)
     }
 }
 
@@ -54,27 +100,35 @@ impl AuthService for AuthSvc {
         &self,
         request: Request<RenewCurrentTokenRequest>,
     ) -> Result<Response<RenewCurrentTokenResponse>, Status> {
-        renew::handle(self, request).await.map_err(Status::from)
+        renew::handle(self, request)
+            .await
+            .map_err(|e| self.status(e))
     }
 
     async fn validate_token(
         &self,
         request: Request<ValidateTokenRequest>,
     ) -> Result<Response<ValidateTokenResponse>, Status> {
-        validate::handle(self, request).await.map_err(Status::from)
+        validate::handle(self, request)
+            .await
+            .map_err(|e| self.status(e))
     }
 
     async fn lookup_current_token(
         &self,
         request: Request<LookupCurrentTokenRequest>,
     ) -> Result<Response<LookupCurrentTokenResponse>, Status> {
-        lookup::handle(self, request).await.map_err(Status::from)
+        lookup::handle(self, request)
+            .await
+            .map_err(|e| self.status(e))
     }
 
     async fn revoke_current_token(
         &self,
         request: Request<RevokeCurrentTokenRequest>,
     ) -> Result<Response<RevokeCurrentTokenResponse>, Status> {
-        revoke::handle(self, request).await.map_err(Status::from)
+        revoke::handle(self, request)
+            .await
+            .map_err(|e| self.status(e))
     }
 }

@@ -7,7 +7,7 @@ use tonic::{Request, Response};
 use tracing::instrument;
 
 use super::{AuthSvc, credentials};
-use crate::error::Result;
+use crate::{error::Result, metrics::RenewalResult};
 
 #[instrument(skip_all, fields(token_id, renewed))]
 pub(super) async fn handle(
@@ -17,6 +17,17 @@ pub(super) async fn handle(
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
     let renewal = svc.db.renew(&digest, &svc.policy, &caller).await?;
+    svc.metrics
+        .renewal(match (renewal.renewed, renewal.lost_race) {
+            (true, _) => RenewalResult::Renewed,
+            (false, true) => RenewalResult::LostRace,
+            (false, false) => RenewalResult::Noop,
+        });
+    if renewal.renewed {
+        // This replica answers with the new expiry at once; the others hear of it from
+        // the change notification.
+        svc.cache.evict(&digest.hash);
+    }
     let span = tracing::Span::current();
     span.record("token_id", tracing::field::display(renewal.token_id));
     span.record("renewed", renewal.renewed);

@@ -14,6 +14,7 @@ pub(super) async fn handle(
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
     let (token_id, revoked_at) = svc.db.revoke_by_hash(&digest, &caller).await?;
+    svc.cache.evict(&digest.hash);
     tracing::Span::current().record("token_id", tracing::field::display(token_id));
     tracing::info!(%caller, "token revoked by its holder");
     Ok(Response::new(RevokeCurrentTokenResponse {

@@ -21,12 +21,14 @@ pub(super) async fn handle(
         ));
     }
     let digest = token::parse(&svc.prefix, token)?;
-    let info = svc.describe(&digest).await?;
-    Ok(Response::new(ValidateTokenResponse {
-        expires_at: auth_api::time::to_wire(info.expires_at),
-        token_id: info.id.to_string(),
-        user_id: info.user_id,
-        name: info.name,
-        scopes: info.scopes,
-    }))
+    let response = svc
+        .describe(&digest, |record| ValidateTokenResponse {
+            expires_at: auth_api::time::to_wire(record.expires_at),
+            token_id: record.id.to_string(),
+            user_id: record.user_id.clone(),
+            name: record.name.clone(),
+            scopes: record.scopes.clone(),
+        })
+        .await?;
+    Ok(Response::new(response))
 }

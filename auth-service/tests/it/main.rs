@@ -6,6 +6,7 @@
 //! so twelve binaries cost twelve links and twelve clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod cli;
 mod concurrency;
 mod outage;

@@ -1,0 +1,71 @@
+//! The HTTP side port (`serve --http-listen`), served by axum (already compiled in
+//! through tonic): `/metrics` for Prometheus, `/healthz` (the process runs) and
+//! `/readyz` (the database answers) for probes.
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::TcpListener;
+
+use crate::{cache::TokenCache, db::Db, health::Health, metrics::Metrics};
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<TokenCache>,
+    pub db: Db,
+    pub health: Health,
+}
+
+/// The routes, for serving and for tests.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .encode(&state.db.pool().status(), state.cache.entry_count());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.health.serving() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the database is unreachable, or the service is shutting down\n",
+        )
+    }
+}
+
+/// Serves until `shutdown` completes (in-flight requests finish first).
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Err(error) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(%error, "HTTP port stopped");
+    }
+}

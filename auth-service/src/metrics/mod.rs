@@ -1,0 +1,324 @@
+//! Prometheus metrics (prometheus-client), named after the grpc-ecosystem conventions so
+//! that existing Grafana dashboards work, plus the service's own `auth_*` families.
+//!
+//! No label carries a token, a token id or a user id, and every label takes one of a
+//! fixed set of values (unknown gRPC methods are folded into `unknown`), so a client
+//! cannot grow the metric set.
+use auth_api::ErrorReason;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::Registry,
+};
+
+pub mod grpc;
+
+/// Buckets of `grpc_server_handling_seconds`: from 100 µs (a cached validation) to 10 s
+/// (past the default database timeout).
+const HANDLING_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// `grpc_type`, `grpc_service`, `grpc_method`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
+}
+
+/// [`GrpcLabels`] and `grpc_code` (as grpc-go spells it: `OK`, `Unauthenticated`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCodeLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
+    pub grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+type HistogramFamily = Family<GrpcLabels, Histogram, fn() -> Histogram>;
+
+fn handling_histogram() -> Histogram {
+    Histogram::new(HANDLING_BUCKETS)
+}
+
+/// How a renewal ended, for `auth_token_renewals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalResult {
+    /// This call extended the expiry.
+    Renewed,
+    /// The token did not need extending.
+    Noop,
+    /// A concurrent call extended it first.
+    LostRace,
+}
+
+/// Why a cache entry left, for `auth_cache_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// A change notification (or this replica's own renew or revoke).
+    Notify,
+    /// The change listener was lost: everything goes.
+    Flush,
+    /// Older than `--cache-ttl`.
+    Ttl,
+    /// Over `--cache-capacity`.
+    Capacity,
+}
+
+/// Every metric the service exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    grpc_started: Family<GrpcLabels, Counter>,
+    grpc_handled: Family<GrpcCodeLabels, Counter>,
+    grpc_seconds: HistogramFamily,
+    rejections: Family<ReasonLabel, Counter>,
+    renewals: Family<ResultLabel, Counter>,
+    cache_requests: Family<ResultLabel, Counter>,
+    cache_entries: Gauge,
+    cache_evictions: Family<CauseLabel, Counter>,
+    pool_connections: Family<StateLabel, Gauge>,
+    pool_waiting: Gauge,
+    db_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            grpc_started: Family::default(),
+            grpc_handled: Family::default(),
+            grpc_seconds: Family::new_with_constructor(handling_histogram),
+            rejections: Family::default(),
+            renewals: Family::default(),
+            cache_requests: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_evictions: Family::default(),
+            pool_connections: Family::default(),
+            pool_waiting: Gauge::default(),
+            db_up: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "grpc_server_started",
+            "Total number of RPCs started on the server",
+            m.grpc_started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure",
+            m.grpc_handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
+            m.grpc_seconds.clone(),
+        );
+        registry.register(
+            "auth_token_rejections",
+            "Credentials refused, by ErrorInfo reason",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "auth_token_renewals",
+            "RenewCurrentToken calls that reached the database, by result",
+            m.renewals.clone(),
+        );
+        registry.register(
+            "auth_cache_requests",
+            "Token lookups answered from the in-process cache (hit) or the database (miss)",
+            m.cache_requests.clone(),
+        );
+        registry.register(
+            "auth_cache_entries",
+            "Token lookups held in the in-process cache",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "auth_cache_evictions",
+            "Cache entries removed, by cause",
+            m.cache_evictions.clone(),
+        );
+        registry.register(
+            "auth_db_pool_connections",
+            "Pooled database connections, by state",
+            m.pool_connections.clone(),
+        );
+        registry.register(
+            "auth_db_pool_waiting",
+            "Calls waiting for a pooled database connection",
+            m.pool_waiting.clone(),
+        );
+        registry.register(
+            "auth_db_up",
+            "1 while the database answers the health probe, 0 otherwise",
+            m.db_up.clone(),
+        );
+        registry.register(
+            "auth_build",
+            "The running build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// An RPC started.
+    pub fn grpc_started(&self, labels: &GrpcLabels) {
+        self.grpc_started.get_or_create(labels).inc();
+    }
+
+    /// An RPC finished with `code` after `seconds`.
+    pub fn grpc_handled(&self, labels: &GrpcLabels, code: &'static str, seconds: f64) {
+        self.grpc_handled
+            .get_or_create(&GrpcCodeLabels {
+                grpc_type: labels.grpc_type,
+                grpc_service: labels.grpc_service,
+                grpc_method: labels.grpc_method,
+                grpc_code: code,
+            })
+            .inc();
+        self.grpc_seconds.get_or_create(labels).observe(seconds);
+    }
+
+    /// A credential was refused.
+    pub fn rejected(&self, reason: ErrorReason) {
+        self.rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str_name(),
+            })
+            .inc();
+    }
+
+    pub fn renewal(&self, result: RenewalResult) {
+        let result = match result {
+            RenewalResult::Renewed => "renewed",
+            RenewalResult::Noop => "noop",
+            RenewalResult::LostRace => "lost_race",
+        };
+        self.renewals.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A cache lookup (`hit`: answered from memory).
+    pub fn cache_request(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// `n` entries left the cache for `cause`.
+    pub fn evicted(&self, cause: Eviction, n: u64) {
+        let cause = match cause {
+            Eviction::Notify => "notify",
+            Eviction::Flush => "flush",
+            Eviction::Ttl => "ttl",
+            Eviction::Capacity => "capacity",
+        };
+        self.cache_evictions
+            .get_or_create(&CauseLabel { cause })
+            .inc_by(n);
+    }
+
+    /// The health probe's verdict.
+    pub fn db_up(&self, up: bool) {
+        self.db_up.set(i64::from(up));
+    }
+
+    /// Sets the gauges that are read at scrape time, then encodes everything in the
+    /// OpenMetrics text format.
+    pub fn encode(&self, pool: &deadpool_postgres::Status, cache_entries: u64) -> String {
+        let in_use = pool.size.saturating_sub(pool.available);
+        self.pool_connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(i64::try_from(pool.available).unwrap_or(i64::MAX));
+        self.pool_connections
+            .get_or_create(&StateLabel { state: "in_use" })
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        self.pool_waiting
+            .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pool(size: usize, available: usize, waiting: usize) -> deadpool_postgres::Status {
+        deadpool_postgres::Status {
+            max_size: 16,
+            size,
+            available,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_grpc_ecosystem_conventions() {
+        let m = Metrics::new();
+        let labels = GrpcLabels {
+            grpc_type: "unary",
+            grpc_service: "auth.v1.AuthService",
+            grpc_method: "ValidateToken",
+        };
+        m.grpc_started(&labels);
+        m.grpc_handled(&labels, "Unauthenticated", 0.0003);
+        m.rejected(ErrorReason::TokenRevoked);
+        m.renewal(RenewalResult::LostRace);
+        m.cache_request(true);
+        m.evicted(Eviction::Flush, 3);
+        m.db_up(true);
+        let text = m.encode(&pool(4, 1, 2), 7);
+        for line in [
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken",grpc_code="Unauthenticated"} 1"#,
+            r#"grpc_server_handling_seconds_bucket{le="0.0005",grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken"} 1"#,
+            r#"auth_token_rejections_total{reason="TOKEN_REVOKED"} 1"#,
+            r#"auth_token_renewals_total{result="lost_race"} 1"#,
+            r#"auth_cache_requests_total{result="hit"} 1"#,
+            r#"auth_cache_evictions_total{cause="flush"} 3"#,
+            r#"auth_cache_entries 7"#,
+            r#"auth_db_pool_connections{state="idle"} 1"#,
+            r#"auth_db_pool_connections{state="in_use"} 3"#,
+            r#"auth_db_pool_waiting 2"#,
+            r#"auth_db_up 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(text.contains("auth_build_info{version=\""), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

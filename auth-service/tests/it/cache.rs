@@ -1,0 +1,471 @@
+//! The token cache: three replicas on one database see every change at once (a revoke
+//! through the API, the CLI or a plain UPDATE in psql, a renewal, a new token), a lost
+//! listener turns the cache off instead of leaving it stale, expiry stays on the
+//! database clock with a skewed replica, a disabled cache answers the same, and the
+//! metrics count what happened without ever showing a token.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use auth_api::v1::{RenewCurrentTokenRequest, RevokeCurrentTokenRequest};
+use auth_service::{cache::CacheSettings, db::Db, renewal::RenewalPolicy, token};
+use auth_test_support::{
+    cluster,
+    fixtures::{self, token_expiring_in},
+    grpc::*,
+    http::metric,
+    server::{self, TestServer},
+};
+use chrono::TimeDelta;
+use tonic::Code;
+
+const HIT: &str = r#"auth_cache_requests_total{result="hit"}"#;
+const MISS: &str = r#"auth_cache_requests_total{result="miss"}"#;
+
+/// `n` servers with `cache` settings, each with its own pool, on one fresh database.
+async fn replicas(n: usize, cache: CacheSettings) -> (tokio_postgres::Config, Vec<TestServer>) {
+    let config = cluster::fresh_database().await.unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let db = Db::new(config.clone(), 8, Duration::from_secs(5)).unwrap();
+        let mut settings = server::settings(RenewalPolicy::default());
+        settings.cache = cache;
+        servers.push(TestServer::start(db, settings).await.unwrap());
+    }
+    if cache.capacity > 0 {
+        for s in &servers {
+            wait_listening(s).await;
+        }
+    }
+    (config, servers)
+}
+
+/// Waits until the server's change listener is up and its cache answers: a lookup of an
+/// unknown token is a miss, then a hit once the cache is on.
+async fn wait_listening(server: &TestServer) {
+    let mut client = server.client().await.unwrap();
+    let probe = token::generate(&Default::default()).unwrap();
+    for _ in 0..200 {
+        let _ = validate(&mut client, probe.expose()).await;
+        let before = hits(server).await;
+        let _ = validate(&mut client, probe.expose()).await;
+        if hits(server).await > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the change listener never came up");
+}
+
+async fn hits(server: &TestServer) -> f64 {
+    metric(&server.http_get("/metrics").await.unwrap().1, HIT)
+}
+
+/// Validates `token` on every server once, so that each holds it in its cache, and
+/// checks that the second validation of each was answered from memory.
+async fn warm(servers: &[TestServer], token: &str) {
+    for s in servers {
+        let mut client = s.client().await.unwrap();
+        validate(&mut client, token).await.unwrap();
+        let before = hits(s).await;
+        validate(&mut client, token).await.unwrap();
+        assert_eq!(
+            hits(s).await,
+            before + 1.0,
+            "the token is cached on {}",
+            s.addr
+        );
+    }
+}
+
+/// Polls `servers` until each rejects `token` with `reason`; fails after 5 s. Returns
+/// the time it took.
+async fn rejected_everywhere(servers: &[TestServer], token: &str, reason_: &str) -> Duration {
+    let started = Instant::now();
+    for s in servers {
+        let mut client = s.client().await.unwrap();
+        loop {
+            match validate(&mut client, token).await {
+                Err(status) if status.code() == Code::Unauthenticated => {
+                    assert_eq!(reason(&status), reason_);
+                    break;
+                }
+                other => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "{} still answers {other:?}",
+                        s.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_through_any_path_reaches_every_replica() {
+    let (config, servers) = replicas(3, CacheSettings::default()).await;
+    let db = &servers[0].db;
+
+    // Through the API on replica 0.
+    let (_, by_api) = token_expiring_in(db, 86400.0).await;
+    warm(&servers, &by_api).await;
+    let mut client = servers[0].client().await.unwrap();
+    client
+        .revoke_current_token(authed(RevokeCurrentTokenRequest {}, &by_api))
+        .await
+        .unwrap();
+    rejected_everywhere(&servers, &by_api, "TOKEN_REVOKED").await;
+
+    // Through the CLI.
+    let (cli_id, by_cli) = token_expiring_in(db, 86400.0).await;
+    warm(&servers, &by_cli).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .args(["token", "revoke", &cli_id.to_string()])
+        .args(["--database-url", &cluster::conninfo(&config)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rejected_everywhere(&servers, &by_cli, "TOKEN_REVOKED").await;
+
+    // By hand, in psql.
+    let (psql_id, by_psql) = token_expiring_in(db, 86400.0).await;
+    warm(&servers, &by_psql).await;
+    let out = Command::new("psql")
+        .arg(cluster::conninfo(&config))
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!(
+            "UPDATE tokens SET revoked_at = now() WHERE id = '{psql_id}'"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rejected_everywhere(&servers, &by_psql, "TOKEN_REVOKED").await;
+
+    // An expiry moved into the past by hand expires it everywhere, too.
+    let (moved_id, moved) = token_expiring_in(db, 86400.0).await;
+    warm(&servers, &moved).await;
+    fixtures::set_expires_in(db, moved_id, -1.0).await.unwrap();
+    rejected_everywhere(&servers, &moved, "TOKEN_EXPIRED").await;
+
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_reaches_every_replica() {
+    let (_, servers) = replicas(3, CacheSettings::default()).await;
+    let (id, token) = token_expiring_in(&servers[0].db, 3.0 * 86400.0).await;
+    warm(&servers, &token).await;
+    let mut client = servers[1].client().await.unwrap();
+    let renewed = client
+        .renew_current_token(authed(RenewCurrentTokenRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(renewed.renewed);
+    let (stored, _) = fixtures::stored_expiry(&servers[0].db, id).await.unwrap();
+    let started = Instant::now();
+    for s in &servers {
+        let mut client = s.client().await.unwrap();
+        loop {
+            let seen = validate(&mut client, &token).await.unwrap().expires_at;
+            if seen == renewed.expires_at {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} never saw the renewal",
+                s.addr
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(renewed.expires_at, stored.map(auth_api::time::to_timestamp));
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_validates_everywhere_at_once_though_unknown_was_cached() {
+    let (_, servers) = replicas(2, CacheSettings::default()).await;
+    let raw = token::generate(&Default::default()).unwrap();
+    for s in &servers {
+        let mut client = s.client().await.unwrap();
+        for _ in 0..2 {
+            let err = validate(&mut client, raw.expose()).await.unwrap_err();
+            assert_eq!(reason(&err), "TOKEN_UNKNOWN");
+        }
+    }
+    fixtures::store_token(&servers[0].db, "newcomer", &raw)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for s in &servers {
+        let mut client = s.client().await.unwrap();
+        while validate(&mut client, raw.expose()).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} still says unknown",
+                s.addr
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_turns_the_cache_off_so_a_missed_revoke_is_never_served() {
+    let (config, servers) = replicas(3, CacheSettings::default()).await;
+    let db = servers[0].db.clone();
+    let (id, token) = token_expiring_in(&db, 86400.0).await;
+    warm(&servers, &token).await;
+
+    // Kill every replica's listener backend, and wait until they are gone.
+    let (admin, admin_task) = cluster::connect(&config).await.unwrap();
+    let listeners: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = 'auth-service-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(listeners.len(), 3, "one listener per replica");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+            &[&listeners],
+        )
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&listeners],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Revoked while no replica listens: the notification reaches nobody.
+    db.revoke_by_id(id, "test").await.unwrap();
+    for s in &servers {
+        let mut client = s.client().await.unwrap();
+        let err = validate(&mut client, &token).await.unwrap_err();
+        assert_eq!(
+            reason(&err),
+            "TOKEN_REVOKED",
+            "{} served a stale entry",
+            s.addr
+        );
+    }
+    // The listeners come back, and the cache with them.
+    for s in &servers {
+        wait_listening(s).await;
+        let (_, text) = s.http_get("/metrics").await.unwrap();
+        assert!(
+            metric(&text, r#"auth_cache_evictions_total{cause="flush"}"#) >= 1.0,
+            "{text}"
+        );
+    }
+    drop(admin);
+    let _ = admin_task.await;
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// A server whose local clock runs `skew` off the database's.
+async fn skewed(skew: TimeDelta) -> TestServer {
+    let (_, mut servers) = replicas(
+        1,
+        CacheSettings {
+            clock_skew: skew,
+            ..CacheSettings::default()
+        },
+    )
+    .await;
+    servers.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_expires_on_the_database_clock_even_on_a_skewed_replica() {
+    // A slow clock (an hour behind) must not keep an expired token alive...
+    let slow = skewed(TimeDelta::hours(-1)).await;
+    let (_, short) = token_expiring_in(&slow.db, 1.5).await;
+    let mut client = slow.client().await.unwrap();
+    validate(&mut client, &short).await.unwrap();
+    let before = hits(&slow).await;
+    validate(&mut client, &short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let err = validate(&mut client, &short).await.unwrap_err();
+    assert_eq!(reason(&err), "TOKEN_EXPIRED");
+    assert_eq!(
+        hits(&slow).await,
+        before + 2.0,
+        "both answers came from the cache"
+    );
+    slow.shutdown().await.unwrap();
+
+    // ...and a fast one (two hours ahead) must not expire a token with an hour left.
+    let fast = skewed(TimeDelta::hours(2)).await;
+    let (_, long) = token_expiring_in(&fast.db, 3600.0).await;
+    let mut client = fast.client().await.unwrap();
+    validate(&mut client, &long).await.unwrap();
+    let before = hits(&fast).await;
+    validate(&mut client, &long).await.unwrap();
+    assert_eq!(hits(&fast).await, before + 1.0);
+    fast.shutdown().await.unwrap();
+}
+
+/// What a server answers for each kind of token: the code and reason, or the user.
+async fn answers(server: &TestServer) -> Vec<String> {
+    let db = &server.db;
+    let (_, good) = token_expiring_in(db, 86400.0).await;
+    let (_, expired) = token_expiring_in(db, -1.0).await;
+    let (revoked_id, revoked) = token_expiring_in(db, 86400.0).await;
+    db.revoke_by_id(revoked_id, "test").await.unwrap();
+    let unknown = token::generate(&Default::default())
+        .unwrap()
+        .expose()
+        .to_owned();
+    let mut client = server.client().await.unwrap();
+    let mut seen = Vec::new();
+    // Twice each: the second answer comes from the cache when there is one.
+    for token in [&good, &expired, &revoked, &unknown, &"pat_nope".to_string()]
+        .into_iter()
+        .flat_map(|t| [t, t])
+    {
+        seen.push(match validate(&mut client, token).await {
+            Ok(r) => format!("OK {}", r.user_id),
+            Err(status) => reason(&status),
+        });
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_cache_gives_the_same_answers() {
+    let (_, cached) = replicas(1, CacheSettings::default()).await;
+    let (_, uncached) = replicas(
+        1,
+        CacheSettings {
+            capacity: 0,
+            ..CacheSettings::default()
+        },
+    )
+    .await;
+    let with = answers(&cached[0]).await;
+    let without = answers(&uncached[0]).await;
+    assert_eq!(with, without);
+    assert_eq!(with[0], "OK alice");
+    assert_eq!(with[3], "TOKEN_EXPIRED");
+    let (_, text) = uncached[0].http_get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, HIT) + metric(&text, MISS),
+        0.0,
+        "a disabled cache is not asked"
+    );
+    assert!(metric(&cached[0].http_get("/metrics").await.unwrap().1, HIT) >= 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic_and_never_show_a_token() {
+    let (_, servers) = replicas(1, CacheSettings::default()).await;
+    let s = &servers[0];
+    let (_, token) = token_expiring_in(&s.db, 3.0 * 86400.0).await;
+    let mut client = s.client().await.unwrap();
+    let (_, before) = s.http_get("/metrics").await.unwrap();
+    validate(&mut client, &token).await.unwrap();
+    validate(&mut client, &token).await.unwrap();
+    assert_eq!(
+        reason(&validate(&mut client, "pat_nope").await.unwrap_err()),
+        "TOKEN_MALFORMED"
+    );
+    renew(&mut client, &token).await.unwrap();
+    renew(&mut client, &token).await.unwrap();
+    health(&s.url()).await;
+    let (status, after) = s.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    let validate_labels =
+        r#"grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken""#;
+    assert_eq!(
+        delta(&format!("grpc_server_started_total{{{validate_labels}}}")),
+        3.0
+    );
+    assert_eq!(
+        delta(&format!(
+            r#"grpc_server_handled_total{{{validate_labels},grpc_code="OK"}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        delta(&format!(
+            r#"grpc_server_handled_total{{{validate_labels},grpc_code="Unauthenticated"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        delta(&format!(
+            "grpc_server_handling_seconds_count{{{validate_labels}}}"
+        )),
+        3.0
+    );
+    assert!(
+        delta(
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="grpc.health.v1.Health",grpc_method="Check",grpc_code="OK"}"#
+        ) >= 1.0,
+        "health is counted too"
+    );
+    assert_eq!(
+        delta(r#"auth_token_rejections_total{reason="TOKEN_MALFORMED"}"#),
+        1.0
+    );
+    assert_eq!(delta(r#"auth_token_renewals_total{result="renewed"}"#), 1.0);
+    assert_eq!(delta(r#"auth_token_renewals_total{result="noop"}"#), 1.0);
+    assert_eq!(delta(HIT), 1.0);
+    assert_eq!(delta(MISS), 1.0);
+    assert_eq!(
+        delta(r#"auth_cache_evictions_total{cause="notify"}"#),
+        1.0,
+        "the renewal evicted it"
+    );
+    assert_eq!(metric(&after, "auth_db_up"), 1.0);
+    assert!(after.contains("auth_build_info{version=\""));
+    assert!(after.contains(r#"auth_db_pool_connections{state="idle"}"#));
+    assert!(after.contains("auth_db_pool_waiting"));
+    assert!(after.contains("auth_cache_entries"));
+    assert!(!after.contains(&token[4..]), "no token in /metrics");
+
+    assert_eq!(s.http_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(s.http_get("/readyz").await.unwrap().0, 200);
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
