@@ -26,6 +26,14 @@ pub struct Toucher {
 }
 
 impl Toucher {
+    /// Queues a stamp for a token whose caller already keeps it to about once a minute
+    /// (a cache entry does).
+    pub fn send(&self, token_id: Uuid) {
+        if self.tx.try_send(token_id).is_err() {
+            tracing::debug!("last-used queue full; stamp dropped");
+        }
+    }
+
     /// Notes that the token was just used.
     pub fn touch(&self, token_id: Uuid) {
         let now = Instant::now();
@@ -44,9 +52,7 @@ impl Toucher {
             }
             recent.insert(token_id, now);
         }
-        if self.tx.try_send(token_id).is_err() {
-            tracing::debug!("last-used queue full; stamp dropped");
-        }
+        self.send(token_id);
     }
 }
 

@@ -27,12 +27,12 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use moka::{notification::RemovalCause, sync::Cache};
 
-use crate::{
-    db::TokenRecord,
-    metrics::{Eviction, Metrics},
-};
+use crate::metrics::{Eviction, Metrics};
 
+mod entry;
 pub mod listener;
+
+pub use entry::{Entry, TokenView};
 
 /// A token's SHA-256: the cache key.
 pub type Key = [u8; 32];
@@ -55,21 +55,6 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(300),
             clock_skew: TimeDelta::zero(),
         }
-    }
-}
-
-/// What a lookup found: the token's row (`None`: no such token), and the database
-/// clock's lead over the local clock when it was read.
-#[derive(Debug)]
-pub struct Entry {
-    pub record: Option<TokenRecord>,
-    offset: TimeDelta,
-}
-
-impl Entry {
-    /// The database's `now()`, estimated from the local clock reading `local_now`.
-    pub fn db_now(&self, local_now: DateTime<Utc>) -> DateTime<Utc> {
-        local_now + self.offset
     }
 }
 
@@ -141,30 +126,26 @@ impl TokenCache {
         Ticket(self.epoch.load(Ordering::SeqCst))
     }
 
-    /// Caches what the database said about `key` (the row, and its `now()`), unless a
-    /// change was announced since `ticket` or the listener is down.
-    pub fn insert(
-        &self,
-        ticket: Ticket,
-        key: Key,
-        record: Option<TokenRecord>,
-        db_now: DateTime<Utc>,
-    ) {
+    /// Caches `entry` (what the database said about `key`), unless a change was
+    /// announced since `ticket` or the listener is down. Returns whether it is cached.
+    pub fn insert(&self, ticket: Ticket, key: Key, entry: Arc<Entry>) -> bool {
         let Some(entries) = &self.entries else {
-            return;
+            return false;
         };
-        if !self.listening.load(Ordering::Acquire) || self.epoch.load(Ordering::SeqCst) != ticket.0
-        {
-            return;
+        let current = || {
+            self.listening.load(Ordering::Acquire) && self.epoch.load(Ordering::SeqCst) == ticket.0
+        };
+        if !current() {
+            return false;
         }
-        let offset = db_now - self.local_now();
-        entries.insert(key, Arc::new(Entry { record, offset }));
+        entries.insert(key, entry);
         // A notification that arrived between the check above and the insert may have
         // found nothing to evict: look again, and take the entry back if so.
-        if !self.listening.load(Ordering::Acquire) || self.epoch.load(Ordering::SeqCst) != ticket.0
-        {
+        if !current() {
             entries.invalidate(&key);
+            return false;
         }
+        true
     }
 
     /// A change to `key` was announced (or made here): evict it, and make in-flight
@@ -250,9 +231,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::renewal::TokenRecord;
 
-    fn record(user: &str) -> TokenRecord {
-        TokenRecord {
+    fn entry(user: &str) -> Arc<Entry> {
+        let record = TokenRecord {
             id: Uuid::nil(),
             user_id: user.into(),
             name: "n".into(),
@@ -260,7 +242,14 @@ mod tests {
             created_at: DateTime::UNIX_EPOCH,
             expires_at: None,
             revoked_at: None,
-        }
+        };
+        let now = Utc::now();
+        Arc::new(Entry::new(Some(&record), now, now))
+    }
+
+    fn user(cache: &TokenCache, key: &Key) -> String {
+        let entry = cache.get(key).unwrap();
+        entry.judge(Utc::now()).unwrap().user_id.to_owned()
     }
 
     fn listening_cache() -> TokenCache {
@@ -273,11 +262,11 @@ mod tests {
     fn nothing_is_served_or_kept_while_not_listening() {
         let cache = TokenCache::new(CacheSettings::default(), Arc::new(Metrics::new()));
         let t = cache.ticket();
-        cache.insert(t, [1; 32], Some(record("a")), Utc::now());
+        assert!(!cache.insert(t, [1; 32], entry("a")));
         assert!(cache.get(&[1; 32]).is_none());
         cache.resume();
         let t = cache.ticket();
-        cache.insert(t, [1; 32], Some(record("a")), Utc::now());
+        assert!(cache.insert(t, [1; 32], entry("a")));
         assert!(cache.get(&[1; 32]).is_some());
         cache.flush();
         assert!(cache.get(&[1; 32]).is_none());
@@ -294,41 +283,12 @@ mod tests {
         let ticket = cache.ticket();
         // The token is revoked (and announced) while the lookup's query runs.
         cache.evict(&[2; 32]);
-        cache.insert(ticket, [2; 32], Some(record("stale")), Utc::now());
+        assert!(!cache.insert(ticket, [2; 32], entry("stale")));
         assert!(cache.get(&[2; 32]).is_none());
         // A lookup that starts afterwards caches normally.
         let ticket = cache.ticket();
-        cache.insert(ticket, [2; 32], Some(record("fresh")), Utc::now());
-        assert_eq!(
-            cache
-                .get(&[2; 32])
-                .unwrap()
-                .record
-                .as_ref()
-                .unwrap()
-                .user_id,
-            "fresh"
-        );
-    }
-
-    #[test]
-    fn expiry_is_judged_on_the_database_clock() {
-        let skewed = TokenCache::new(
-            CacheSettings {
-                clock_skew: TimeDelta::hours(-1),
-                ..CacheSettings::default()
-            },
-            Arc::new(Metrics::new()),
-        );
-        skewed.resume();
-        let db_now = Utc::now();
-        skewed.insert(skewed.ticket(), [3; 32], None, db_now);
-        let entry = skewed.get(&[3; 32]).unwrap();
-        let estimate = entry.db_now(skewed.local_now());
-        assert!(
-            (estimate - db_now).abs() < TimeDelta::seconds(1),
-            "{estimate} vs {db_now}"
-        );
+        assert!(cache.insert(ticket, [2; 32], entry("fresh")));
+        assert_eq!(user(&cache, &[2; 32]), "fresh");
     }
 
     #[test]
@@ -341,7 +301,7 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         cache.resume();
-        cache.insert(cache.ticket(), [4; 32], None, Utc::now());
+        assert!(!cache.insert(cache.ticket(), [4; 32], entry("a")));
         assert!(!cache.enabled());
         assert!(cache.get(&[4; 32]).is_none());
     }

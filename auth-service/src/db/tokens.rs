@@ -119,7 +119,7 @@ impl Db {
     /// or not the token exists. Liveness is judged by the caller.
     pub async fn lookup(&self, digest: &TokenDigest) -> Result<Lookup> {
         let row = self
-            .run(async |c| {
+            .read(async |c| {
                 let stmt = c.prepare_cached(sql::LOOKUP).await?;
                 Ok(c.query_one(&stmt, &[&&digest.hash[..]]).await?)
             })

@@ -38,24 +38,34 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The labels of a request path (`/package.Service/Method`).
-pub fn classify(path: &str) -> GrpcLabels {
-    let known = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .and_then(|(service, method)| KNOWN.iter().find(|(s, m, _)| *s == service && *m == method));
-    match known {
-        Some((service, method, kind)) => GrpcLabels {
+/// The label sets of every method, in the order [`method`] numbers them: the known
+/// methods, then `unknown`.
+pub fn methods() -> impl Iterator<Item = GrpcLabels> {
+    KNOWN
+        .iter()
+        .map(|(service, method, kind)| GrpcLabels {
             grpc_type: kind,
             grpc_service: service,
             grpc_method: method,
-        },
-        None => GrpcLabels {
+        })
+        .chain(std::iter::once(GrpcLabels {
             grpc_type: "unary",
             grpc_service: "unknown",
             grpc_method: "unknown",
-        },
-    }
+        }))
+}
+
+/// The number of the method a request path (`/package.Service/Method`) calls, in the
+/// order of [`methods`]; anything unknown is the last.
+pub fn method(path: &str) -> usize {
+    path.strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(service, method)| {
+            KNOWN
+                .iter()
+                .position(|(s, m, _)| *s == service && *m == method)
+        })
+        .unwrap_or(KNOWN.len())
 }
 
 /// A `grpc-status` value as grpc-go's `codes.Code.String()` spells it, which is what
@@ -117,7 +127,7 @@ pub struct GrpcMetrics<S> {
 /// response is dropped before that (the client went away), as `Canceled`.
 struct Recorder {
     metrics: Arc<Metrics>,
-    labels: GrpcLabels,
+    method: usize,
     started: Instant,
     done: bool,
 }
@@ -127,7 +137,7 @@ impl Recorder {
         if !self.done {
             self.done = true;
             self.metrics
-                .grpc_handled(&self.labels, code, self.started.elapsed().as_secs_f64());
+                .grpc_handled(self.method, code, self.started.elapsed().as_secs_f64());
         }
     }
 }
@@ -154,11 +164,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let labels = classify(request.uri().path());
-        self.metrics.grpc_started(&labels);
+        let method = method(request.uri().path());
+        self.metrics.grpc_started(method);
         let mut recorder = Recorder {
             metrics: self.metrics.clone(),
-            labels,
+            method,
             started: Instant::now(),
             done: false,
         };
@@ -225,17 +235,22 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn labels(path: &str) -> GrpcLabels {
+        methods().nth(method(path)).unwrap()
+    }
 
     #[test]
     fn known_methods_are_labelled_and_everything_else_is_unknown() {
-        let l = classify("/auth.v1.AuthService/ValidateToken");
+        let l = labels("/auth.v1.AuthService/ValidateToken");
         assert_eq!(
             (l.grpc_type, l.grpc_service, l.grpc_method),
             ("unary", "auth.v1.AuthService", "ValidateToken")
         );
         assert_eq!(
-            classify("/grpc.health.v1.Health/Watch").grpc_type,
+            labels("/grpc.health.v1.Health/Watch").grpc_type,
             "server_stream"
         );
         for junk in [
@@ -245,7 +260,7 @@ mod tests {
             "/x/y/z",
             "/pat_secret/x",
         ] {
-            let l = classify(junk);
+            let l = labels(junk);
             assert_eq!(
                 (l.grpc_service, l.grpc_method),
                 ("unknown", "unknown"),

@@ -87,9 +87,20 @@ pub enum Eviction {
     Capacity,
 }
 
+/// The handles of one known gRPC method, resolved once: the hot path then increments
+/// them without hashing labels or taking the family's lock.
+struct MethodHandles {
+    labels: GrpcLabels,
+    started: Counter,
+    seconds: Histogram,
+}
+
 /// Every metric the service exports, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
+    methods: Vec<MethodHandles>,
+    cache_hits: Counter,
+    cache_misses: Counter,
     grpc_started: Family<GrpcLabels, Counter>,
     grpc_handled: Family<GrpcCodeLabels, Counter>,
     grpc_seconds: HistogramFamily,
@@ -113,6 +124,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
+            methods: Vec::new(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
             grpc_started: Family::default(),
             grpc_handled: Family::default(),
             grpc_seconds: Family::new_with_constructor(handling_histogram),
@@ -186,25 +200,49 @@ impl Metrics {
             "The running build",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        Metrics { registry, ..m }
+        let methods = grpc::methods()
+            .map(|labels| MethodHandles {
+                started: m.grpc_started.get_or_create_owned(&labels),
+                seconds: m.grpc_seconds.get_or_create_owned(&labels),
+                labels,
+            })
+            .collect();
+        let cache_hits = m
+            .cache_requests
+            .get_or_create_owned(&ResultLabel { result: "hit" });
+        let cache_misses = m
+            .cache_requests
+            .get_or_create_owned(&ResultLabel { result: "miss" });
+        Metrics {
+            registry,
+            methods,
+            cache_hits,
+            cache_misses,
+            ..m
+        }
     }
 
-    /// An RPC started.
-    pub fn grpc_started(&self, labels: &GrpcLabels) {
-        self.grpc_started.get_or_create(labels).inc();
+    /// An RPC to the method numbered `method` (see [`grpc::method`]) started.
+    pub fn grpc_started(&self, method: usize) {
+        if let Some(m) = self.methods.get(method) {
+            m.started.inc();
+        }
     }
 
-    /// An RPC finished with `code` after `seconds`.
-    pub fn grpc_handled(&self, labels: &GrpcLabels, code: &'static str, seconds: f64) {
+    /// An RPC to the method numbered `method` finished with `code` after `seconds`.
+    pub fn grpc_handled(&self, method: usize, code: &'static str, seconds: f64) {
+        let Some(m) = self.methods.get(method) else {
+            return;
+        };
         self.grpc_handled
             .get_or_create(&GrpcCodeLabels {
-                grpc_type: labels.grpc_type,
-                grpc_service: labels.grpc_service,
-                grpc_method: labels.grpc_method,
+                grpc_type: m.labels.grpc_type,
+                grpc_service: m.labels.grpc_service,
+                grpc_method: m.labels.grpc_method,
                 grpc_code: code,
             })
             .inc();
-        self.grpc_seconds.get_or_create(labels).observe(seconds);
+        m.seconds.observe(seconds);
     }
 
     /// A credential was refused.
@@ -227,10 +265,11 @@ impl Metrics {
 
     /// A cache lookup (`hit`: answered from memory).
     pub fn cache_request(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.cache_requests
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
     }
 
     /// `n` entries left the cache for `cause`.
@@ -289,13 +328,9 @@ mod tests {
     #[test]
     fn names_follow_the_grpc_ecosystem_conventions() {
         let m = Metrics::new();
-        let labels = GrpcLabels {
-            grpc_type: "unary",
-            grpc_service: "auth.v1.AuthService",
-            grpc_method: "ValidateToken",
-        };
-        m.grpc_started(&labels);
-        m.grpc_handled(&labels, "Unauthenticated", 0.0003);
+        let validate = grpc::method("/auth.v1.AuthService/ValidateToken");
+        m.grpc_started(validate);
+        m.grpc_handled(validate, "Unauthenticated", 0.0003);
         m.rejected(ErrorReason::TokenRevoked);
         m.renewal(RenewalResult::LostRace);
         m.cache_request(true);

@@ -10,12 +10,12 @@ use auth_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    cache::TokenCache,
+    cache::{Entry, TokenCache, TokenView},
     db::Db,
     error::{Error, Result},
     last_used::Toucher,
     metrics::Metrics,
-    renewal::{RenewalPolicy, TokenRecord, judge},
+    renewal::RenewalPolicy,
     token::{Prefix, TokenDigest},
 };
 
@@ -54,35 +54,42 @@ impl AuthSvc {
         }
     }
 
-    /// What Validate and Lookup share: the live token's record, from the cache or (on a
-    /// miss) the database, turned into a response by `respond`. The token is recorded on
-    /// the request's span and stamped as used.
+    /// What Validate and Lookup share: the live token, from the cache or (on a miss)
+    /// the database, turned into a response by `respond`. The token is recorded on the
+    /// request's span and stamped as used.
     async fn describe<R>(
         &self,
         digest: &TokenDigest,
-        respond: impl FnOnce(&TokenRecord) -> R,
+        respond: impl FnOnce(&TokenView<'_>) -> R,
     ) -> Result<R> {
         let key = digest.hash;
-        let (id, response) = match self.cache.get(&key) {
-            Some(entry) => {
-                let now = entry.db_now(self.cache.local_now());
-                let record = judge(entry.record.as_ref(), now)?;
-                (record.id, respond(record))
-            }
+        let (entry, cached) = match self.cache.get(&key) {
+            Some(entry) => (entry, true),
             None => {
                 let ticket = self.cache.ticket();
                 let found = self.db.lookup(digest).await?;
-                let judged = judge(found.record.as_ref(), found.db_now)
-                    .map(|record| (record.id, respond(record)));
+                let entry = Arc::new(Entry::new(
+                    found.record.as_ref(),
+                    found.db_now,
+                    self.cache.local_now(),
+                ));
                 // Unknown, revoked and expired answers are cached too, so that a flood of
                 // bad tokens does not reach the database.
-                self.cache.insert(ticket, key, found.record, found.db_now);
-                judged?
+                let cached = self.cache.insert(ticket, key, entry.clone());
+                (entry, cached)
             }
         };
-        tracing::Span::current().record("token_id", tracing::field::display(id));
-        self.toucher.touch(id);
-        Ok(response)
+        let local_now = self.cache.local_now();
+        let token = entry.judge(entry.db_now(local_now))?;
+        tracing::Span::current().record("token_id", tracing::field::display(token.id));
+        // A cached entry remembers its own last stamp (lock-free, and no second map of
+        // every token); an uncached answer goes through the toucher's own memory.
+        if !cached {
+            self.toucher.touch(token.id);
+        } else if entry.should_touch(local_now.timestamp()) {
+            self.toucher.send(token.id);
+        }
+        Ok(respond(&token))
     }
 
     /// The status for an error, counting credential rejections.

@@ -1,0 +1,67 @@
+//! Connections shared by concurrent read-only lookups.
+//!
+//! A pooled connection serves one caller at a time, so every lookup costs a round trip
+//! of its own and a wake-up for each side. tokio-postgres can pipeline: queries from
+//! concurrent callers on one connection are written and answered in batches. The cache
+//! misses of `ValidateToken` and `LookupCurrentToken` are read-only, single-row, by a
+//! unique index, so they share a few connections this way; everything that writes (or
+//! may be cancelled) keeps an exclusive connection from the main pool.
+//!
+//! The connections come from a small pool of their own and are held in slots; a slot
+//! whose connection has closed is refilled from that pool on next use.
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::Mutex;
+
+use crate::error::Result;
+
+/// The shared connections.
+pub struct Shared {
+    pool: Pool,
+    /// Held only to clone the connection out, or to refill the slot (so that one caller
+    /// refills it while the others wait for that, not for connections of their own).
+    slots: Box<[Mutex<Option<Arc<Object>>>]>,
+    next: AtomicUsize,
+}
+
+impl Shared {
+    /// `pool` should allow twice as many connections as there are `slots`: a closed
+    /// connection is replaced while its last queries still hold it.
+    pub fn new(pool: Pool, slots: usize) -> Shared {
+        Shared {
+            pool,
+            slots: (0..slots.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A connection to run one read on, shared with other readers.
+    pub async fn get(&self) -> Result<Arc<Object>> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let mut slot = slot.lock().await;
+        if let Some(client) = slot.as_ref()
+            && !client.is_closed()
+        {
+            return Ok(client.clone());
+        }
+        // Empty, or its connection closed (a restart, a failover): a fresh one.
+        *slot = None;
+        let fresh = Arc::new(self.pool.get().await?);
+        *slot = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Drops every held connection and closes the pool.
+    pub fn close(&self) {
+        for slot in &self.slots {
+            if let Ok(mut slot) = slot.try_lock() {
+                *slot = None;
+            }
+        }
+        self.pool.close();
+    }
+}

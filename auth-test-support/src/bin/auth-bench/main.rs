@@ -1,0 +1,637 @@
+//! Benchmark of the real `auth-service serve` binary (release build) against a
+//! throwaway PostgreSQL, reporting ratios measured in one run on the same server:
+//!
+//! ```sh
+//! cargo build --release -p auth-service -p auth-test-support --bins
+//! target/release/auth-bench                 # --seconds 5 --concurrency 64 ...
+//! ```
+//!
+//! - warm `ValidateToken` (one token, and 10k distinct tokens) ÷ `Health/Check`, with
+//!   p50 and p99, from an in-process load generator and from `h2load` when installed;
+//! - cold `ValidateToken` (a server with `--cache-capacity 0`) ÷ the database's own rate
+//!   for the same statement (a raw tokio-postgres loop over as many connections as the
+//!   pool, without and with pipelining);
+//! - how long a revoke and a renewal take to show on the other two of three replicas;
+//! - the server's RSS before and after 100k distinct tokens are cached.
+//!
+//! Everything runs on this machine: the load generators, PostgreSQL and the servers
+//! share its cores, so the absolute figures say more about the machine than about the
+//! service; the ratios are the result.
+mod h2load;
+mod load;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use auth_api::v1::{
+    RenewCurrentTokenRequest, RevokeCurrentTokenRequest, ValidateTokenRequest,
+    auth_service_client::AuthServiceClient,
+};
+use auth_service::{
+    db::sql,
+    token::{self, Prefix},
+};
+use auth_test_support::{cluster, grpc::authed, http};
+use prost::Message;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Options {
+    seconds: u64,
+    concurrency: usize,
+    connections: usize,
+    tokens: usize,
+    cached: usize,
+    propagation: usize,
+}
+
+fn options() -> Result<Options, BoxError> {
+    let mut o = Options {
+        seconds: 5,
+        concurrency: 64,
+        connections: 4,
+        tokens: 10_000,
+        cached: 100_000,
+        propagation: 200,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).ok_or("every flag takes a value")?;
+        match pair[0].as_str() {
+            "--seconds" => o.seconds = value.parse()?,
+            "--concurrency" => o.concurrency = value.parse()?,
+            "--connections" => o.connections = value.parse()?,
+            "--tokens" => o.tokens = value.parse()?,
+            "--cached" => o.cached = value.parse()?,
+            "--propagation" => o.propagation = value.parse()?,
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; use --seconds S --concurrency N --connections C \
+                     --tokens T --cached M --propagation P"
+                )
+                .into());
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Stores `n` tokens (expiring in `expires_in_secs`) in one statement per 5000, and
+/// returns them raw.
+async fn bulk_tokens(
+    config: &tokio_postgres::Config,
+    n: usize,
+    expires_in_secs: f64,
+) -> Result<Vec<String>, BoxError> {
+    const INSERT: &str = "
+        INSERT INTO tokens (user_id, name, token_hash, display_prefix, scopes, expires_at)
+        SELECT 'bench-' || i, 'bench', h, 'pat_bnch', ARRAY['read'],
+               now() + make_interval(secs => $2::float8)
+        FROM unnest($1::bytea[]) WITH ORDINALITY AS u(h, i)";
+    let (client, task) = cluster::connect(config).await?;
+    let prefix = Prefix::default();
+    let mut raw = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            let t = token::generate(&prefix)?;
+            hashes.push(token::digest_of(&t, &prefix).hash.to_vec());
+            raw.push(t.expose().to_owned());
+        }
+        client.execute(INSERT, &[&hashes, &expires_in_secs]).await?;
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(raw)
+}
+
+/// A running `auth-service serve`.
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Server {
+    fn spawn(bin: &Path, conninfo: &str, extra: &[&str]) -> Result<Server, BoxError> {
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--database-url", conninfo])
+            .args(extra)
+            .env("AUTH_SERVICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (build it: cargo build --release -p auth-service -p auth-test-support --bins)",
+                    bin.display()
+                )
+            })?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let field = |line: &str, key: &str| -> Option<SocketAddr> {
+            line.split(key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let (mut grpc, mut http) = (None, None);
+        for line in lines.by_ref() {
+            let line = line?;
+            http = http.or_else(|| field(&line, " http="));
+            if line.contains("auth-service listening") {
+                grpc = field(&line, " addr=");
+                break;
+            }
+        }
+        // Keep draining, so that the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server {
+            child,
+            grpc: grpc.ok_or("the server did not start")?,
+            http: http.ok_or("the server has no HTTP port")?,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        match http::get(self.http, "/metrics").await {
+            Ok((_, text)) => http::metric(&text, series),
+            Err(_) => 0.0,
+        }
+    }
+
+    /// Connections to the server, ready (health reports SERVING).
+    async fn channels(&self, n: usize) -> Result<Vec<Channel>, BoxError> {
+        let mut channels = Vec::new();
+        for _ in 0..n {
+            channels.push(Channel::from_shared(self.url())?.connect().await?);
+        }
+        let mut health = HealthClient::new(channels[0].clone());
+        for _ in 0..200 {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: auth_api::SERVICE_NAME.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if status.ok() == Some(1) {
+                return Ok(channels);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the server never became SERVING".into())
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A row of the results table.
+fn row(what: &str, s: &load::Stats) {
+    println!(
+        "  {what:<44} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} errors)",
+        s.rate(),
+        s.ms(0.50),
+        s.ms(0.99),
+        s.failed
+    );
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "meets the target"
+    } else {
+        "MISSES the target"
+    }
+}
+
+async fn validate_load(channels: &[Channel], tokens: Arc<Vec<String>>, o: &Options) -> load::Stats {
+    let channels = Arc::new(channels.to_vec());
+    load::run(
+        o.concurrency,
+        Duration::from_secs(o.seconds),
+        move |w, i| {
+            let channels = channels.clone();
+            let tokens = tokens.clone();
+            async move {
+                let mut client = AuthServiceClient::new(channels[w % channels.len()].clone());
+                let token = &tokens[(w as u64 * 7919 + i * 7) as usize % tokens.len()];
+                client
+                    .validate_token(ValidateTokenRequest {
+                        token: token.clone(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
+
+async fn health_load(channels: &[Channel], o: &Options) -> load::Stats {
+    let channels = Arc::new(channels.to_vec());
+    load::run(
+        o.concurrency,
+        Duration::from_secs(o.seconds),
+        move |w, _| {
+            let channels = channels.clone();
+            async move {
+                let mut client = HealthClient::new(channels[w % channels.len()].clone());
+                client
+                    .check(HealthCheckRequest {
+                        service: auth_api::SERVICE_NAME.into(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
+
+/// The database's own rate for the lookup statement: `connections` connections, each
+/// with `depth` queries in flight (tokio-postgres pipelines them).
+async fn db_load(
+    config: &tokio_postgres::Config,
+    connections: usize,
+    depth: usize,
+    hashes: Arc<Vec<Vec<u8>>>,
+    o: &Options,
+) -> Result<load::Stats, BoxError> {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let (client, _task) = cluster::connect(config).await?;
+        let stmt = client.prepare(sql::LOOKUP).await?;
+        clients.push((client, stmt));
+    }
+    let clients = Arc::new(clients);
+    Ok(load::run(
+        connections * depth,
+        Duration::from_secs(o.seconds),
+        move |w, i| {
+            let clients = clients.clone();
+            let hashes = hashes.clone();
+            async move {
+                let (client, stmt) = &clients[w % clients.len()];
+                let hash = &hashes[(w as u64 * 7919 + i * 7) as usize % hashes.len()];
+                client.query_one(stmt, &[hash]).await.is_ok()
+            }
+        },
+    )
+    .await)
+}
+
+/// Warms `token` on every replica, changes it through `change` on the first, and
+/// measures how long each other replica takes to answer `seen` for it.
+async fn propagation<C, CF, S>(
+    replicas: &[Vec<Channel>],
+    tokens: &[String],
+    change: C,
+    seen: S,
+) -> Result<Vec<Duration>, BoxError>
+where
+    C: Fn(AuthServiceClient<Channel>, String) -> CF,
+    CF: std::future::Future<Output = Result<(), BoxError>>,
+    S: Fn(Result<tonic::Response<auth_api::v1::ValidateTokenResponse>, tonic::Status>) -> bool
+        + Copy,
+{
+    let mut samples = Vec::new();
+    for token in tokens {
+        for channels in replicas {
+            let mut client = AuthServiceClient::new(channels[0].clone());
+            for _ in 0..2 {
+                client
+                    .validate_token(ValidateTokenRequest {
+                        token: token.clone(),
+                    })
+                    .await?;
+            }
+        }
+        change(
+            AuthServiceClient::new(replicas[0][0].clone()),
+            token.clone(),
+        )
+        .await?;
+        let changed = Instant::now();
+        for channels in &replicas[1..] {
+            let mut client = AuthServiceClient::new(channels[0].clone());
+            loop {
+                let answer = client
+                    .validate_token(ValidateTokenRequest {
+                        token: token.clone(),
+                    })
+                    .await;
+                if seen(answer) {
+                    samples.push(changed.elapsed());
+                    break;
+                }
+                if changed.elapsed() > Duration::from_secs(10) {
+                    return Err("a change never reached a replica".into());
+                }
+            }
+        }
+    }
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{} cores ({cpu})",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let o = options()?;
+    let bin: PathBuf = std::env::current_exe()?
+        .parent()
+        .ok_or("no target dir")?
+        .join("auth-service");
+    println!("auth-bench: {}", machine());
+    println!(
+        "load: {} concurrent calls over {} connections, {} s per phase; PostgreSQL, the servers and the load generators share the machine",
+        o.concurrency, o.connections, o.seconds
+    );
+
+    let config = cluster::fresh_database().await?;
+    let conninfo = cluster::conninfo(&config);
+    let started = Instant::now();
+    let tokens = bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?;
+    let revoked = bulk_tokens(&config, o.propagation, 60.0 * 86400.0).await?;
+    let renewed = bulk_tokens(&config, o.propagation, 3.0 * 86400.0).await?;
+    let cached = bulk_tokens(&config, o.cached, 60.0 * 86400.0).await?;
+    println!(
+        "stored {} tokens in {:.1} s",
+        tokens.len() + revoked.len() + renewed.len() + cached.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // --- Throughput and latency on one server, cache on; and one with it off. ---
+    let warm = Server::spawn(&bin, &conninfo, &[])?;
+    let cold = Server::spawn(&bin, &conninfo, &["--cache-capacity", "0"])?;
+    let warm_channels = warm.channels(o.connections).await?;
+    let cold_channels = cold.channels(o.connections).await?;
+    let one = Arc::new(vec![tokens[0].clone()]);
+    let many = Arc::new(tokens.clone());
+    // Fill the cache with the 10k tokens first.
+    validate_load(&warm_channels, many.clone(), &Options { seconds: 2, ..o }).await;
+
+    let hit = r#"auth_cache_requests_total{result="hit"}"#;
+    let miss = r#"auth_cache_requests_total{result="miss"}"#;
+    let (hits_before, misses_before) = (warm.metric(hit).await, warm.metric(miss).await);
+    println!("\nin-process load generator (tonic client), server with the cache on:");
+    let health = health_load(&warm_channels, &o).await;
+    row("grpc.health.v1.Health/Check", &health);
+    let warm_one = validate_load(&warm_channels, one.clone(), &o).await;
+    row("ValidateToken, warm, 1 token", &warm_one);
+    let warm_many = validate_load(&warm_channels, many.clone(), &o).await;
+    row(
+        &format!("ValidateToken, warm, {} tokens", tokens.len()),
+        &warm_many,
+    );
+    let (hits, misses) = (
+        warm.metric(hit).await - hits_before,
+        warm.metric(miss).await - misses_before,
+    );
+    let hashes: Arc<Vec<Vec<u8>>> = Arc::new(
+        tokens
+            .iter()
+            .filter_map(|t| token::parse(&Prefix::default(), t).ok())
+            .map(|d| d.hash.to_vec())
+            .collect(),
+    );
+    println!("database and cold path (server with --cache-capacity 0, pool of 16):");
+    let cold_many = validate_load(&cold_channels, many.clone(), &o).await;
+    row(
+        &format!("ValidateToken, cold, {} tokens", tokens.len()),
+        &cold_many,
+    );
+    let db_plain = db_load(&config, 16, 1, hashes.clone(), &o).await?;
+    row("the lookup SELECT: 16 connections, 1 in flight", &db_plain);
+    let db_piped = db_load(&config, 16, 4, hashes.clone(), &o).await?;
+    row("the lookup SELECT: 16 connections, 4 pipelined", &db_piped);
+    let db_best = db_plain.rate().max(db_piped.rate());
+
+    let r1 = warm_one.rate() / health.rate();
+    let r10k = warm_many.rate() / health.rate();
+    let p99 = warm_one.ms(0.99) / health.ms(0.99);
+    let rcold = cold_many.rate() / db_best;
+    println!("\nratios (same run, same server):");
+    println!(
+        "  warm ValidateToken (1 token) / Health/Check        {r1:>5.2}x  p99 {p99:.2}x Health's  [target >= 0.8x, p99 <= 1.5x: {}]",
+        verdict(r1 >= 0.8 && p99 <= 1.5)
+    );
+    println!(
+        "  warm ValidateToken ({} tokens) / Health/Check   {r10k:>5.2}x  [target >= 0.8x: {}]",
+        tokens.len(),
+        verdict(r10k >= 0.8)
+    );
+    println!(
+        "  cold ValidateToken / the database's own rate      {rcold:>5.2}x  [target >= 0.5x: {}]",
+        verdict(rcold >= 0.5)
+    );
+    // If the server's work and the database's simply added up on these shared cores, a
+    // cold call could cost no less than a Health/Check plus a bare lookup.
+    let bound = 1.0 / (1.0 / health.rate() + 1.0 / db_best) / db_best;
+    println!(
+        "  (the cold path cannot beat {bound:.2}x here: the server's gRPC work, which a Health/Check measures, and the database's work share the same cores)"
+    );
+    println!("  the measured warm phases: {hits} cache hits, {misses} misses");
+
+    // --- The independent load generator. ---
+    if h2load::available() {
+        let dir = std::env::temp_dir().join(format!("auth-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let health_body = dir.join("health.bin");
+        std::fs::write(
+            &health_body,
+            h2load::grpc_frame(
+                &HealthCheckRequest {
+                    service: auth_api::SERVICE_NAME.into(),
+                }
+                .encode_to_vec(),
+            ),
+        )?;
+        let validate_body = dir.join("validate.bin");
+        std::fs::write(
+            &validate_body,
+            h2load::grpc_frame(
+                &ValidateTokenRequest {
+                    token: tokens[0].clone(),
+                }
+                .encode_to_vec(),
+            ),
+        )?;
+        let addr = warm.grpc.to_string();
+        let duration = Duration::from_secs(o.seconds);
+        let (h, h_bad) = h2load::run(
+            &addr,
+            "/grpc.health.v1.Health/Check",
+            &health_body,
+            16,
+            8,
+            duration,
+        )?;
+        let (v, v_bad) = h2load::run(
+            &addr,
+            "/auth.v1.AuthService/ValidateToken",
+            &validate_body,
+            16,
+            8,
+            duration,
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("\nh2load (16 connections x 8 streams), same server:");
+        println!(
+            "  grpc.health.v1.Health/Check                  {h:>10.0} req/s  ({h_bad} non-200)"
+        );
+        println!(
+            "  ValidateToken, warm, 1 token                 {v:>10.0} req/s  ({v_bad} non-200)"
+        );
+        println!(
+            "  ratio ValidateToken / Health/Check           {:>5.2}x  [target >= 0.8x: {}]",
+            v / h,
+            verdict(v / h >= 0.8)
+        );
+    } else {
+        println!(
+            "\nh2load not installed (apt-get install nghttp2-client): independent figures skipped"
+        );
+    }
+    cold.stop();
+
+    // --- Propagation across three replicas. ---
+    let r2 = Server::spawn(&bin, &conninfo, &[])?;
+    let r3 = Server::spawn(&bin, &conninfo, &[])?;
+    let replicas = vec![
+        warm_channels.clone(),
+        r2.channels(1).await?,
+        r3.channels(1).await?,
+    ];
+    let revocations = propagation(
+        &replicas,
+        &revoked,
+        |mut client, token| async move {
+            client
+                .revoke_current_token(authed(RevokeCurrentTokenRequest {}, &token))
+                .await?;
+            Ok(())
+        },
+        |answer| matches!(answer, Err(s) if s.code() == Code::Unauthenticated),
+    )
+    .await?;
+    let renewals = propagation(
+        &replicas,
+        &renewed,
+        |mut client, token| async move {
+            let r = client
+                .renew_current_token(authed(RenewCurrentTokenRequest {}, &token))
+                .await?
+                .into_inner();
+            if r.renewed {
+                Ok(())
+            } else {
+                Err("the token was not renewed".into())
+            }
+        },
+        |answer| {
+            answer.is_ok_and(|r| {
+                r.into_inner()
+                    .expires_at
+                    .is_some_and(|t| t.seconds > chrono::Utc::now().timestamp() + 80 * 86400)
+            })
+        },
+    )
+    .await?;
+    println!(
+        "\npropagation to the other 2 of 3 replicas (from the changing call's answer to the replica's):"
+    );
+    for (what, samples) in [("revoke", &revocations), ("renewal", &renewals)] {
+        let p99 = load::quantile_ms(samples, 0.99);
+        println!(
+            "  {what:<8} p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  ({} samples)  [target p99 <= 100 ms: {}]",
+            load::quantile_ms(samples, 0.50),
+            p99,
+            load::quantile_ms(samples, 1.0),
+            samples.len(),
+            verdict(p99 <= 100.0)
+        );
+    }
+    r2.stop();
+    r3.stop();
+    warm.stop();
+
+    // --- Memory with 100k cached tokens, on a fresh server. ---
+    let fresh = Server::spawn(
+        &bin,
+        &conninfo,
+        &["--cache-capacity", &o.cached.to_string()],
+    )?;
+    let fresh_channels = fresh.channels(o.connections).await?;
+    // The same traffic first, on one token: what the connections, buffers and allocator
+    // take under this load is in the baseline, so the difference is the cache's.
+    validate_load(&fresh_channels, one, &Options { seconds: 5, ..o }).await;
+    let before = fresh.rss_mib();
+    let all = Arc::new(cached);
+    let filled = Instant::now();
+    let channels = Arc::new(fresh_channels.clone());
+    let validated = load::each(o.concurrency, all.len(), {
+        let all = all.clone();
+        move |i| {
+            let token = all[i].clone();
+            let mut client = AuthServiceClient::new(channels[i % channels.len()].clone());
+            async move {
+                client
+                    .validate_token(ValidateTokenRequest { token })
+                    .await
+                    .is_ok()
+            }
+        }
+    })
+    .await;
+    let entries = fresh.metric("auth_cache_entries").await;
+    let after = fresh.rss_mib();
+    println!(
+        "\nmemory: RSS {before:.1} MiB -> {after:.1} MiB after {validated} distinct tokens were validated ({entries} cached, {:.0} s): +{:.1} MiB  [target <= 64 MiB: {}]",
+        filled.elapsed().as_secs_f64(),
+        after - before,
+        verdict(after - before <= 64.0)
+    );
+    fresh.stop();
+    Ok(())
+}
