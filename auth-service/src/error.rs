@@ -3,12 +3,13 @@
 //! The variants say what the caller should do: credential problems mean "get a new
 //! token / log in again" (`UNAUTHENTICATED`); database trouble means "retry later and
 //! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent.
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use auth_api::{ERROR_DOMAIN, ErrorReason};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::telemetry::Every;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +35,23 @@ pub enum Error {
     /// The database is down, slow or out of connections: retry later, keep the token.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// More work than this server takes on at once (one token's renewals, or the
+    /// pool's queue): shed at once rather than queued to the timeout. Retry after the
+    /// delay, keep the token.
+    #[error("{what}; retry in {}", humantime::format_duration(*retry_after))]
+    Overloaded {
+        what: String,
+        retry_after: std::time::Duration,
+    },
+    /// Too many credential failures from this peer: retry after the delay.
+    #[error("too many failed credentials from {peer} in the last minute; retry in {}", humantime::format_duration(*retry_after))]
+    TooManyFailures {
+        peer: std::net::IpAddr,
+        retry_after: std::time::Duration,
+    },
+    /// The caller (its verified client certificate) may not use this call.
+    #[error("{0}")]
+    CallerNotAllowed(String),
     /// A bug or a broken invariant; details are in the server log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,48 +115,38 @@ impl From<tokio_postgres::Error> for Error {
             }
         };
         if transient {
-            Error::Unavailable(e.to_string())
+            Error::Unavailable(chain(&e))
         } else {
-            Error::Internal(e.to_string())
+            Error::Internal(chain(&e))
         }
     }
+}
+
+/// An error with its causes, as one line. tokio-postgres's own text is only the kind
+/// ("db error"): PostgreSQL's message (e.g. "password authentication failed for user
+/// ...", which never contains the password) is in the cause.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Error::Unavailable(e.to_string())
+        Error::Unavailable(chain(&e))
     }
 }
 
-/// Lets one log line through per second and counts the ones it held back.
-struct LogLimiter {
-    last_second: AtomicU64,
-    held_back: AtomicU64,
-}
-
-static OUTAGE_LOG: LogLimiter = LogLimiter {
-    last_second: AtomicU64::new(0),
-    held_back: AtomicU64::new(0),
-};
-
-impl LogLimiter {
-    /// `Some(held back since the last line)` when a line may be logged now.
-    fn ready(&self) -> Option<u64> {
-        let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-        let last = self.last_second.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .last_second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.held_back.swap(0, Ordering::Relaxed))
-        } else {
-            self.held_back.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
+/// Database outages fail every call the same way: one line a second says it.
+static OUTAGE_LOG: Every = Every::new(std::time::Duration::from_secs(1));
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -150,7 +158,32 @@ impl From<Error> for Status {
             );
             return Status::with_error_details(Code::Unauthenticated, e.to_string(), details);
         }
+        let info = |reason: ErrorReason| {
+            ErrorDetails::with_error_info(
+                reason.as_str_name(),
+                ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            )
+        };
         match e {
+            Error::Overloaded { retry_after, .. } => {
+                let message = e.to_string();
+                Status::with_error_details(
+                    Code::Unavailable,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
+            Error::TooManyFailures { retry_after, .. } => {
+                let mut details = info(ErrorReason::RateLimitExceeded);
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
+            }
+            Error::CallerNotAllowed(message) => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                info(ErrorReason::CallerNotAllowed),
+            ),
             Error::InvalidArgument(msg) => Status::invalid_argument(msg),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::Unavailable(cause) => {
@@ -206,18 +239,6 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.1.2.3"));
         assert!(reason_of(&status).is_none());
-    }
-
-    #[test]
-    fn outage_logging_is_limited_to_one_line_a_second() {
-        let limiter = LogLimiter {
-            last_second: AtomicU64::new(0),
-            held_back: AtomicU64::new(0),
-        };
-        assert_eq!(limiter.ready(), Some(0));
-        let passed = (0..1000).filter(|_| limiter.ready().is_some()).count();
-        // At most one more line, should the second have turned during the loop.
-        assert!(passed <= 1, "{passed}");
     }
 
     #[test]

@@ -51,13 +51,26 @@ impl Health {
 
 /// Consecutive failed probes before NOT_SERVING: one lost probe is not an outage.
 const FAILURES_BEFORE_NOT_SERVING: u32 = 2;
+/// The shortest gap between two probes that failing calls asked for.
+const MIN_PROBE_GAP: Duration = Duration::from_millis(500);
 
-/// Probes until `stop` changes, reporting transitions. `db` should be a dedicated
-/// handle (`Db::dedicated`), so that load on the request pool cannot fail the probe.
-pub async fn monitor(db: Db, health: Health, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Probes every `every` until `stop` changes, reporting transitions. `db` should be a
+/// dedicated handle (`Db::dedicated`), so that load on the request pool cannot fail the
+/// probe. `trouble` is woken by calls that found the database unavailable: then the
+/// probe runs at once, and one failure is enough for NOT_SERVING (the calls failed too),
+/// so that traffic moves away within moments, not a probe interval or two.
+pub async fn monitor(
+    db: Db,
+    health: Health,
+    every: Duration,
+    trouble: std::sync::Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut serving: Option<bool> = None;
     let mut failures = 0;
+    let mut woken = false;
     loop {
+        let probed = tokio::time::Instant::now();
         let ok = db.ping().await;
         failures = if ok.is_ok() { 0 } else { failures + 1 };
         health.metrics.db_up(ok.is_ok());
@@ -68,7 +81,7 @@ pub async fn monitor(db: Db, health: Health, every: Duration, mut stop: watch::R
         let now_serving = match (&ok, serving) {
             (Ok(()), _) => Some(true),
             (Err(_), None) => Some(false),
-            (Err(_), Some(_)) if failures >= FAILURES_BEFORE_NOT_SERVING => Some(false),
+            (Err(_), Some(_)) if woken || failures >= FAILURES_BEFORE_NOT_SERVING => Some(false),
             (Err(_), Some(_)) => None,
         };
         if let Some(now_serving) = now_serving.filter(|s| serving != Some(*s)) {
@@ -85,7 +98,12 @@ pub async fn monitor(db: Db, health: Health, every: Duration, mut stop: watch::R
             serving = Some(now_serving);
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every) => woken = false,
+            _ = trouble.notified() => {
+                // During an outage every call wakes us: probe at most this often.
+                woken = true;
+                tokio::time::sleep_until(probed + MIN_PROBE_GAP).await;
+            }
             _ = stop.changed() => return,
         }
     }

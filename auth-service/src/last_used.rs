@@ -57,11 +57,31 @@ impl Toucher {
 }
 
 /// Starts the writer. It ends, after writing what is queued, once every `Toucher`
-/// clone is dropped.
-pub fn spawn(db: Db) -> (Toucher, JoinHandle<()>) {
+/// clone is dropped or `stop` resolves (a connection still open after the shutdown
+/// grace period may keep a clone alive).
+pub fn spawn(db: Db, stop: impl Future<Output = ()> + Send + 'static) -> (Toucher, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Uuid>(QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
+        tokio::pin!(stop);
+        let mut stopping = false;
+        loop {
+            let first = if stopping {
+                match rx.try_recv() {
+                    Ok(id) => id,
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    id = rx.recv() => match id {
+                        Some(id) => id,
+                        None => return,
+                    },
+                    () = &mut stop => {
+                        stopping = true;
+                        continue;
+                    }
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match rx.try_recv() {

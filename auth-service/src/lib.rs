@@ -4,8 +4,10 @@
 //! - [`cmd`]: the subcommands (`serve`, `token`, `migrate`, `healthcheck`);
 //! - [`config`]: clap flags, each also an environment variable, validated into settings;
 //! - [`server`]: `run(listeners, db, settings, shutdown)`, the gRPC server and its tasks;
+//! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
 //! - [`http`]: the HTTP side port (`/metrics`, `/healthz`, `/readyz`);
 //! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
+//! - [`admission`]: what is refused at once (failed-credential throttle, shed DB work);
 //! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
 //! - [`cache`]: the in-process token cache and the listener that invalidates it;
 //! - [`metrics`]: the Prometheus metrics and the gRPC layer that counts every call;
@@ -22,7 +24,9 @@ pub mod config;
 pub mod http;
 pub mod server;
 pub mod service;
+pub mod transport;
 
+pub mod admission;
 pub mod health;
 pub mod last_used;
 

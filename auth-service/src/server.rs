@@ -1,14 +1,15 @@
 //! `run(listeners, db, settings, shutdown)`: serves auth.v1, health and reflection (and
 //! the HTTP side port) until `shutdown` resolves, then drains in-flight calls and joins
 //! the background tasks.
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use auth_api::v1::auth_service_server::AuthServiceServer;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
+    admission::{DbAdmission, FailureThrottle},
     cache::{self, TokenCache},
     config::ServeSettings,
     db::Db,
@@ -18,12 +19,17 @@ use crate::{
     last_used,
     metrics::{Metrics, grpc::GrpcMetricsLayer},
     service::{AuthSvc, Shared},
+    transport::{self, tls},
 };
 
 /// Requests are tiny; anything larger is refused before it is decoded.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Metadata above this is refused by HTTP/2 before any handler runs.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// HTTP/2 flow-control windows: the most request bytes a peer can send ahead of the
+/// handler, per stream and per connection.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
 /// The bound sockets the server answers on.
 pub struct Listeners {
@@ -75,7 +81,22 @@ pub async fn run(
     let change_listener = cache
         .enabled()
         .then(|| cache::listener::spawn(db.config().clone(), cache.clone(), stop_rx.clone()));
-    let (toucher, touch_task) = last_used::spawn(db.clone());
+    let (writer_stop, writer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (toucher, touch_task) = last_used::spawn(db.clone(), async move {
+        let _ = writer_stopped.await;
+    });
+    let throttle = Arc::new(FailureThrottle::new(settings.auth_failure_limit));
+    let throttle_clean_up = tokio::spawn({
+        let (throttle, mut stop) = (throttle.clone(), stop_rx.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => throttle.clean_up(),
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    });
     let auth = AuthServiceServer::new(AuthSvc::new(
         db.clone(),
         settings.policy,
@@ -84,6 +105,9 @@ pub async fn run(
             cache: cache.clone(),
             metrics: metrics.clone(),
             toucher,
+            throttle: throttle.clone(),
+            admission: DbAdmission::new(settings.db_max_per_token, settings.db_max_waiting),
+            validate_allow: settings.validate_allow.clone().into(),
         },
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -92,6 +116,7 @@ pub async fn run(
         db.dedicated()?,
         health.clone(),
         settings.db_check_interval,
+        db.trouble(),
         stop_rx.clone(),
     ));
     // The HTTP port outlives the gRPC drain, so that /readyz says 503 meanwhile.
@@ -108,27 +133,62 @@ pub async fn run(
         }))
     });
 
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let tls = match &settings.transport.tls {
+        Some(files) => Some(Arc::new(tls::Reloader::load(files)?)),
+        None => None,
+    };
+    let tls_watch = tls.clone().map(|tls| tls.watch(stop_rx.clone()));
+    let incoming = transport::incoming(listeners.grpc, &settings.transport, tls, stop_rx.clone());
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain_signal = async {
         shutdown.await;
         tracing::info!("shutting down: NOT_SERVING, draining calls");
         let _ = stop_tx.send(true);
         health.set(ServingStatus::NotServing).await;
+        let _ = draining.send(());
     };
-    let served = Server::builder()
+    let t = &settings.transport;
+    let serving = Server::builder()
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(t.max_concurrent_streams)
+        // A request's data beyond this waits for the handler: a peer cannot park more
+        // than a window's worth of bytes per stream, or per connection, in our memory.
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .timeout(t.request_timeout)
+        .http2_keepalive_interval(Some(t.keepalive_interval))
+        .http2_keepalive_timeout(Some(t.keepalive_timeout))
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
-        .serve_with_incoming_shutdown(incoming, drain_signal)
-        .await;
-    // The router (and with it the last Toucher) is gone: the writer flushes and ends.
+        .serve_with_incoming_shutdown(incoming, drain_signal);
+    // Draining waits for every call in flight; one that never finishes must not keep
+    // the process alive: after the grace period the rest are dropped (cancelled).
+    let grace = settings.shutdown_grace;
+    let grace_over = async {
+        if drain_started.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(grace = ?grace, "shutdown grace period over: cancelling the calls still in flight");
+            Ok(())
+        }
+    };
+    // The calls are done (or cancelled): the writer flushes what is queued and ends.
+    let _ = writer_stop.send(());
     let _ = monitor.await;
     let _ = touch_task.await;
     if let Some(task) = change_listener {
+        let _ = task.await;
+    }
+    let _ = throttle_clean_up.await;
+    if let Some(task) = tls_watch {
         let _ = task.await;
     }
     let _ = http_stop.send(());

@@ -5,12 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use auth_api::v1::auth_service_client::AuthServiceClient;
 use auth_service::{
-    cache::CacheSettings,
     config::ServeSettings,
     db::Db,
     renewal::RenewalPolicy,
     server::{self, Listeners},
-    token::Prefix,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -21,12 +19,10 @@ use crate::{Result, cluster};
 /// health probe.
 pub fn settings(policy: RenewalPolicy) -> ServeSettings {
     ServeSettings {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         policy,
-        prefix: Prefix::default(),
         db_check_interval: Duration::from_millis(200),
-        cache: CacheSettings::default(),
+        ..ServeSettings::new(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 }
 

@@ -5,6 +5,7 @@ use crate::{
     config::{DbSettings, ServeSettings},
     error::{Error, Result},
     server::{self, Listeners},
+    transport,
 };
 
 pub async fn serve(
@@ -12,6 +13,18 @@ pub async fn serve(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    // The connection cap, not the default soft limit of 1024 descriptors, should be
+    // what bounds the server.
+    if let Some(limit) = transport::raise_fd_limit() {
+        tracing::debug!(open_files = limit, "open-file limit");
+    }
+    if settings.transport.tls.is_none() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "TLS is off on a non-loopback address: tokens cross the network in clear unless a \
+             mesh sidecar provides mTLS (set --tls-cert and --tls-key)"
+        );
+    }
     let listeners = Listeners::bind(settings.listen, settings.http_listen).await?;
     // The bound addresses, not the configured ones: with port 0 the kernel picks them,
     // and scripts and tests read them from these lines.

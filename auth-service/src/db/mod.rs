@@ -48,6 +48,9 @@ pub struct Db {
     readers: Arc<shared::Shared>,
     timeout: Duration,
     config: tokio_postgres::Config,
+    /// Woken when a call finds the database unavailable, so that health can look at
+    /// once instead of at its next probe.
+    trouble: Arc<tokio::sync::Notify>,
 }
 
 impl Db {
@@ -91,6 +94,7 @@ impl Db {
             readers: Arc::new(shared::Shared::new(pool(2 * readers)?, readers)),
             timeout,
             config: original,
+            trouble: Arc::default(),
         })
     }
 
@@ -104,6 +108,19 @@ impl Db {
         &self.pool
     }
 
+    /// What health waits on: woken whenever a call finds the database unavailable.
+    pub fn trouble(&self) -> Arc<tokio::sync::Notify> {
+        self.trouble.clone()
+    }
+
+    /// Says that a call found the database unavailable.
+    fn noticed<T>(&self, result: Result<T>) -> Result<T> {
+        if matches!(result, Err(Error::Unavailable(_))) {
+            self.trouble.notify_one();
+        }
+        result
+    }
+
     /// The connection settings (without the per-request `statement_timeout`), for
     /// connections outside the pool such as the change listener.
     pub fn config(&self) -> &tokio_postgres::Config {
@@ -113,6 +130,14 @@ impl Db {
     /// Runs `op` with a pooled client, bounded by the operation timeout (waiting
     /// for a connection included).
     pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
+    {
+        let result = self.run_exclusive(op).await;
+        self.noticed(result)
+    }
+
+    async fn run_exclusive<T, F>(&self, op: F) -> Result<T>
     where
         F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
     {
@@ -151,14 +176,16 @@ impl Db {
             let client = self.readers.get().await?;
             op(&client).await
         };
-        tokio::time::timeout(self.timeout, read)
+        let result = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| {
                 Error::Unavailable(format!(
                     "no answer from the database within {:?}",
                     self.timeout
                 ))
-            })?
+            })
+            .and_then(|r| r);
+        self.noticed(result)
     }
 
     /// How many other sessions are connected to the database server.

@@ -1,9 +1,13 @@
-//! Reading the caller's own token from `authorization: Bearer <token>` metadata.
+//! Who is calling: the caller's own token from `authorization: Bearer <token>` metadata,
+//! and the connection it came on (address, verified client certificate).
+use std::sync::Arc;
+
 use tonic::Request;
 
 use crate::{
     error::{Error, Result},
     token::{self, Prefix, TokenDigest},
+    transport::{ConnInfo, PeerIdentity},
 };
 
 /// Parses the bearer token of a request. Every failure is a credential error that
@@ -35,9 +39,42 @@ pub fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
 
 /// The peer address, for the audit trail.
 pub fn caller<T>(request: &Request<T>) -> String {
+    peer_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+/// The peer's socket address: from the transport's connection info (our accept loop),
+/// else tonic's own (a server built without it, as in some tests).
+pub fn peer_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|c| c.remote_addr)
+        .or_else(|| request.remote_addr())
+}
+
+/// The verified client certificate's identity, on an mTLS connection.
+pub fn peer_identity<T>(request: &Request<T>) -> Option<Arc<PeerIdentity>> {
+    request.extensions().get::<ConnInfo>()?.peer.clone()
+}
+
+/// Checks that the caller may use ValidateToken (or a proxy adapter): anyone when
+/// `allowed` is empty, else a verified client certificate carrying one of its IDs.
+pub fn authorize_validate<T>(request: &Request<T>, allowed: &[String]) -> Result<()> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match peer_identity(request) {
+        Some(id) if id.is_allowed(allowed) => Ok(()),
+        Some(id) => Err(Error::CallerNotAllowed(format!(
+            "this caller may not validate tokens: its client certificate names {id}, which is \
+             not in the service's --validate-allow list"
+        ))),
+        None => Err(Error::CallerNotAllowed(
+            "this caller may not validate tokens: it presented no client certificate, and \
+             only callers on the service's --validate-allow list may"
+                .into(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use auth_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    admission::{DbAdmission, FailureThrottle},
     cache::{Entry, TokenCache, TokenView},
     db::Db,
     error::{Error, Result},
@@ -33,13 +34,20 @@ pub struct AuthSvc {
     policy: RenewalPolicy,
     prefix: Prefix,
     toucher: Toucher,
+    throttle: Arc<FailureThrottle>,
+    admission: DbAdmission,
+    validate_allow: Arc<[String]>,
 }
 
-/// What the handlers need besides the database.
+/// What the handlers need besides the database and the renewal rules.
 pub struct Shared {
     pub cache: Arc<TokenCache>,
     pub metrics: Arc<Metrics>,
     pub toucher: Toucher,
+    pub throttle: Arc<FailureThrottle>,
+    pub admission: DbAdmission,
+    /// Callers allowed to validate; empty: anyone.
+    pub validate_allow: Arc<[String]>,
 }
 
 impl AuthSvc {
@@ -51,7 +59,26 @@ impl AuthSvc {
             policy,
             prefix,
             toucher: shared.toucher,
+            throttle: shared.throttle,
+            admission: shared.admission,
+            validate_allow: shared.validate_allow,
         }
+    }
+
+    /// A self-service call (the caller's own token): refused while its peer is over
+    /// the failed-credential budget, and counted against it when its credentials fail.
+    async fn self_service<T>(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        call: impl Future<Output = Result<T>>,
+    ) -> std::result::Result<T, Status> {
+        self.throttle.check(peer).map_err(|e| self.status(e))?;
+        call.await.map_err(|e| {
+            if e.reason().is_some() {
+                self.throttle.failed(peer);
+            }
+            self.status(e)
+        })
     }
 
     /// What Validate and Lookup share: the live token, from the cache or (on a miss)
@@ -107,9 +134,8 @@ impl AuthService for AuthSvc {
         &self,
         request: Request<RenewCurrentTokenRequest>,
     ) -> Result<Response<RenewCurrentTokenResponse>, Status> {
-        renew::handle(self, request)
-            .await
-            .map_err(|e| self.status(e))
+        let peer = credentials::peer_addr(&request).map(|a| a.ip());
+        self.self_service(peer, renew::handle(self, request)).await
     }
 
     async fn validate_token(
@@ -125,17 +151,15 @@ impl AuthService for AuthSvc {
         &self,
         request: Request<LookupCurrentTokenRequest>,
     ) -> Result<Response<LookupCurrentTokenResponse>, Status> {
-        lookup::handle(self, request)
-            .await
-            .map_err(|e| self.status(e))
+        let peer = credentials::peer_addr(&request).map(|a| a.ip());
+        self.self_service(peer, lookup::handle(self, request)).await
     }
 
     async fn revoke_current_token(
         &self,
         request: Request<RevokeCurrentTokenRequest>,
     ) -> Result<Response<RevokeCurrentTokenResponse>, Status> {
-        revoke::handle(self, request)
-            .await
-            .map_err(|e| self.status(e))
+        let peer = credentials::peer_addr(&request).map(|a| a.ip());
+        self.self_service(peer, revoke::handle(self, request)).await
     }
 }

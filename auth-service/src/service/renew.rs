@@ -16,6 +16,9 @@ pub(super) async fn handle(
 ) -> Result<Response<RenewCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
+    let _admitted = svc
+        .admission
+        .admit(digest.hash, svc.db.pool().status().waiting)?;
     let renewal = svc.db.renew(&digest, &svc.policy, &caller).await?;
     svc.metrics
         .renewal(match (renewal.renewed, renewal.lost_race) {

@@ -13,6 +13,9 @@ pub(super) async fn handle(
 ) -> Result<Response<RevokeCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
+    let _admitted = svc
+        .admission
+        .admit(digest.hash, svc.db.pool().status().waiting)?;
     let (token_id, revoked_at) = svc.db.revoke_by_hash(&digest, &caller).await?;
     svc.cache.evict(&digest.hash);
     tracing::Span::current().record("token_id", tracing::field::display(token_id));

@@ -3,7 +3,7 @@ use auth_api::v1::{ValidateTokenRequest, ValidateTokenResponse};
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::AuthSvc;
+use super::{AuthSvc, credentials};
 use crate::{
     error::{Error, Result},
     token,
@@ -16,6 +16,7 @@ pub(super) async fn handle(
     svc: &AuthSvc,
     request: Request<ValidateTokenRequest>,
 ) -> Result<Response<ValidateTokenResponse>> {
+    credentials::authorize_validate(&request, &svc.validate_allow)?;
     let token = &request.get_ref().token;
     if token.is_empty() {
         return Err(Error::MissingCredentials(

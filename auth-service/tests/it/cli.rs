@@ -348,3 +348,56 @@ async fn serve_adopts_a_cluster_left_running_and_stops_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn help_never_shows_a_database_password_from_the_environment() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("AUTH_SERVICE_DATABASE_URL", "postgres://u:S3cret@h/db")
+        .output()
+        .unwrap();
+    let help = text(&out.stdout) + &text(&out.stderr);
+    assert!(help.contains("--database-url"), "{help}");
+    assert!(!help.contains("S3cret"), "{help}");
+    let sub = Command::new(BIN)
+        .args(["token", "list", "--help"])
+        .env("AUTH_SERVICE_DATABASE_URL", "postgres://u:S3cret@h/db")
+        .output()
+        .unwrap();
+    assert!(!text(&sub.stdout).contains("S3cret"));
+}
+
+#[tokio::test]
+async fn a_wrong_password_says_so_and_never_shows_the_password() {
+    // A cluster of its own, where one role must give a password (scram), over TCP.
+    let (cluster, dir) = cluster::own("password").await.unwrap();
+    let (admin, task) = cluster::connect(&cluster.client_config("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE ROLE pwuser LOGIN PASSWORD 'right-password'")
+        .await
+        .unwrap();
+    let hba = cluster.pgdata().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all pwuser scram-sha-256\n{rules}")).unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    drop(admin);
+    let _ = task.await;
+    let url = format!(
+        "host={} port=5432 user=pwuser password=Wr0ngS3cret dbname=postgres",
+        cluster.pgdata().display()
+    );
+    let out = run(&["token", "list", "--database-url", &url]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("Wr0ngS3cret"), "{err}");
+    tokio::task::spawn_blocking(move || cluster.stop_immediately())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

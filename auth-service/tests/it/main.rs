@@ -6,11 +6,13 @@
 //! so twelve binaries cost twelve links and twelve clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attack;
 mod cache;
 mod cli;
 mod concurrency;
 mod outage;
 mod renew;
+mod robust;
 mod validate;
 
 use auth_api::v1::auth_service_client::AuthServiceClient;

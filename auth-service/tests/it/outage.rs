@@ -144,3 +144,36 @@ async fn a_slow_or_exhausted_database_is_unavailable() {
     assert_eq!(fixtures::events(&db, id).await.unwrap().len(), 1);
     assert!(renew(&mut a, &token).await.unwrap().renewed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_fail_turn_health_to_not_serving_at_once() {
+    let (mut cluster, dir) = cluster::own("fasthealth").await.unwrap();
+    let db = Db::new(cluster.client_config("postgres"), 4, Duration::from_secs(2)).unwrap();
+    db.migrate().await.unwrap();
+    let mut settings = server::settings(RenewalPolicy::default());
+    // The periodic probe alone would take half a minute to notice.
+    settings.db_check_interval = Duration::from_secs(30);
+    let server = TestServer::start(db.clone(), settings).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let (_, token) = token_expiring_in(&db, 86400.0).await;
+    wait_for_health(&server.url(), ServingStatus::Serving).await;
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_server().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = renew(&mut client, &token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    wait_for_health(&server.url(), ServingStatus::NotServing).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "NOT_SERVING took {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await.unwrap();
+    db.close();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

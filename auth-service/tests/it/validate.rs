@@ -215,3 +215,38 @@ async fn lookup_and_revoke_need_credentials_and_revoke_is_audited() {
         events[1].1
     );
 }
+
+#[tokio::test]
+async fn an_undecodable_request_body_is_internal_as_grpc_specifies() {
+    let (server, _) = crate::start(RenewalPolicy::default()).await;
+    // A ValidateTokenRequest whose field 1 claims 100 bytes and has 3: not protobuf.
+    let body = [0u8, 0, 0, 0, 5, 0x0a, 100, b'p', b'a', b't'];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/auth.v1.AuthService/ValidateToken",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(bytes::Bytes::copy_from_slice(&body), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let code = match response.headers().get("grpc-status") {
+        Some(code) => code.to_str().unwrap().to_owned(),
+        None => {
+            let mut body = response.into_body();
+            while body.data().await.is_some() {}
+            let trailers = body.trailers().await.unwrap().unwrap();
+            trailers["grpc-status"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(code, "13", "INTERNAL");
+}

@@ -1,15 +1,18 @@
 //! Command-line flags (every one also an environment variable), validated once into
-//! typed settings. Startup errors name the flag to change.
+//! typed settings. Startup errors name the flag to change. `serve`'s own flags are in
+//! [`serve`].
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    cache::CacheSettings,
     error::{Error, Result},
-    renewal::RenewalPolicy,
     token::Prefix,
 };
+
+mod serve;
+
+pub use serve::{ServeArgs, ServeSettings, TlsSettings, TransportSettings};
 
 /// Where the embedded cluster lives when no database URL is given.
 pub const DEFAULT_DATA_DIR: &str = "./.auth-service";
@@ -30,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (auth.v1.AuthService, health, reflection).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -62,10 +65,12 @@ pub struct DbArgs {
     /// PostgreSQL URL (production mode, shared by replicas), e.g.
     /// postgres://auth@db.internal/auth. Without it, an embedded cluster under
     /// --data-dir is used.
+    // The value is never shown in --help: it may hold a password.
     #[arg(
         long,
         global = true,
         env = "AUTH_SERVICE_DATABASE_URL",
+        hide_env_values = true,
         conflicts_with = "data_dir"
     )]
     pub database_url: Option<String>,
@@ -96,37 +101,6 @@ pub struct DbArgs {
         default_value = "pat_"
     )]
     pub token_prefix: String,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Address to listen on for gRPC.
-    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    /// A renew extends a token only when less than this much life remains.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_lifetime)]
-    pub renew_threshold: Duration,
-    /// A renew sets the expiry to now plus this.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_lifetime)]
-    pub renew_extension: Duration,
-    /// Absolute cap: renewal never moves a token's expiry past created_at plus this
-    /// (like Vault's max TTL). Off by default.
-    #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
-    pub max_token_lifetime: Option<Duration>,
-    /// How often the database is probed for the health service.
-    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
-    pub db_check_interval: Duration,
-    /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz
-    /// [default: off].
-    #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
-    /// Most token lookups kept in memory per replica; 0 turns the cache off.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
-    pub cache_capacity: u64,
-    /// Longest a cached lookup is kept. Changes reach every replica's cache at once
-    /// through database notifications; this is only a safety net.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
-    pub cache_ttl: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,17 +232,6 @@ pub struct DbSettings {
     pub timeout: Duration,
 }
 
-/// Validated settings of `serve`.
-#[derive(Debug, Clone)]
-pub struct ServeSettings {
-    pub listen: SocketAddr,
-    pub http_listen: Option<SocketAddr>,
-    pub policy: RenewalPolicy,
-    pub prefix: Prefix,
-    pub db_check_interval: Duration,
-    pub cache: CacheSettings,
-}
-
 /// The URL may carry a password: never printed.
 impl std::fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,38 +284,11 @@ impl DbArgs {
     }
 }
 
-impl ServeArgs {
-    pub fn settings(&self, db: &DbArgs) -> Result<ServeSettings> {
-        if self.renew_threshold >= self.renew_extension {
-            return Err(Error::Config(format!(
-                "--renew-threshold ({}) must be shorter than --renew-extension ({})",
-                humantime::format_duration(self.renew_threshold),
-                humantime::format_duration(self.renew_extension)
-            )));
-        }
-        Ok(ServeSettings {
-            listen: self.listen,
-            http_listen: self.http_listen,
-            cache: CacheSettings {
-                capacity: self.cache_capacity,
-                ttl: self.cache_ttl,
-                ..CacheSettings::default()
-            },
-            policy: RenewalPolicy {
-                threshold: self.renew_threshold,
-                extension: self.renew_extension,
-                max_lifetime: self.max_token_lifetime,
-            },
-            prefix: db.prefix()?,
-            db_check_interval: self.db_check_interval,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::renewal::RenewalPolicy;
 
     fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("auth-service").chain(args.iter().copied()))

@@ -1,0 +1,277 @@
+//! The flags of `auth-service serve`: addresses, renewal rules, the cache, TLS and the
+//! transport's limits, validated into [`ServeSettings`].
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use super::{DbArgs, parse_db_wait, parse_lifetime};
+use crate::{
+    cache::CacheSettings,
+    error::{Error, Result},
+    renewal::RenewalPolicy,
+    token::Prefix,
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// A renew extends a token only when less than this much life remains.
+    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_lifetime)]
+    pub renew_threshold: Duration,
+    /// A renew sets the expiry to now plus this.
+    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_lifetime)]
+    pub renew_extension: Duration,
+    /// Absolute cap: renewal never moves a token's expiry past created_at plus this
+    /// (like Vault's max TTL). Off by default.
+    #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
+    pub max_token_lifetime: Option<Duration>,
+    /// How often the database is probed for the health service.
+    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
+    pub db_check_interval: Duration,
+    /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz
+    /// [default: off].
+    #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Most token lookups kept in memory per replica; 0 turns the cache off.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Longest a cached lookup is kept. Changes reach every replica's cache at once
+    /// through database notifications; this is only a safety net.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
+    pub cache_ttl: Duration,
+
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key). Re-read on
+    /// SIGHUP and when the file changes.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: require and verify client certificates (mTLS).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Callers allowed to use ValidateToken (and the proxy adapters): a URI SAN (a
+    /// SPIFFE ID such as spiffe://cluster.local/ns/mesh/sa/billing) or DNS SAN of their
+    /// verified client certificate. Repeatable; needs --tls-client-ca [default: anyone].
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_VALIDATE_ALLOW",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub validate_allow: Vec<String>,
+
+    /// Most concurrent connections on the gRPC port (further ones are closed at once);
+    /// also kept below the process's open-file limit.
+    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) per connection.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100
+    )]
+    pub max_concurrent_streams: u32,
+    /// Longest a call may take from its first byte to its answer [default: the
+    /// database timeout plus 5s].
+    #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_db_wait)]
+    pub request_timeout: Option<Duration>,
+    /// A new connection must finish its TLS handshake and send the HTTP/2 preface
+    /// within this, or it is closed.
+    #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
+    pub handshake_timeout: Duration,
+    /// HTTP/2 PING interval on every connection; a peer that does not answer within
+    /// --keepalive-timeout is disconnected.
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_db_wait)]
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered.
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
+    pub keepalive_timeout: Duration,
+    /// After SIGTERM, how long in-flight calls may take to finish before they are
+    /// cancelled and the process exits.
+    #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_db_wait)]
+    pub shutdown_grace: Duration,
+    /// Credential failures per minute from one peer address on RenewCurrentToken,
+    /// LookupCurrentToken and RevokeCurrentToken before its further calls are refused
+    /// with RESOURCE_EXHAUSTED until the minute is over. ValidateToken is never limited.
+    #[arg(long, env = "AUTH_SERVICE_AUTH_FAILURE_LIMIT", default_value_t = 60)]
+    pub auth_failure_limit: u32,
+    /// Most database operations (renew, revoke) in flight for one token per process;
+    /// more are refused at once with UNAVAILABLE and a retry delay.
+    #[arg(long, env = "AUTH_SERVICE_DB_MAX_PER_TOKEN", default_value_t = 4)]
+    pub db_max_per_token: usize,
+    /// Most calls waiting for a pooled database connection; more are refused at once
+    /// with UNAVAILABLE and a retry delay [default: 4 x --db-pool-size].
+    #[arg(long, env = "AUTH_SERVICE_DB_MAX_WAITING")]
+    pub db_max_waiting: Option<usize>,
+}
+
+/// The gRPC port's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How connections are accepted and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportSettings {
+    pub tls: Option<TlsSettings>,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            tls: None,
+            max_connections: 4096,
+            max_concurrent_streams: 100,
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub policy: RenewalPolicy,
+    pub prefix: Prefix,
+    pub db_check_interval: Duration,
+    pub cache: CacheSettings,
+    pub transport: TransportSettings,
+    /// Callers allowed to validate; empty: anyone.
+    pub validate_allow: Vec<String>,
+    pub shutdown_grace: Duration,
+    pub auth_failure_limit: u32,
+    pub db_max_per_token: usize,
+    pub db_max_waiting: usize,
+}
+
+impl ServeSettings {
+    /// The settings of a server on `listen` with every default (tests and embedders).
+    pub fn new(listen: SocketAddr) -> ServeSettings {
+        ServeSettings {
+            listen,
+            http_listen: None,
+            policy: RenewalPolicy::default(),
+            prefix: Prefix::default(),
+            db_check_interval: Duration::from_secs(5),
+            cache: CacheSettings::default(),
+            transport: TransportSettings::default(),
+            validate_allow: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+            auth_failure_limit: 60,
+            db_max_per_token: 4,
+            db_max_waiting: 64,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn settings(&self, db: &DbArgs) -> Result<ServeSettings> {
+        if self.renew_threshold >= self.renew_extension {
+            return Err(Error::Config(format!(
+                "--renew-threshold ({}) must be shorter than --renew-extension ({})",
+                humantime::format_duration(self.renew_threshold),
+                humantime::format_duration(self.renew_extension)
+            )));
+        }
+        if !self.validate_allow.is_empty() && self.tls_client_ca.is_none() {
+            return Err(Error::Config(
+                "--validate-allow / AUTH_SERVICE_VALIDATE_ALLOW needs --tls-client-ca: callers \
+                 are identified by their verified client certificates"
+                    .into(),
+            ));
+        }
+        if let Some(empty) = self.validate_allow.iter().find(|id| id.trim().is_empty()) {
+            return Err(Error::Config(format!(
+                "--validate-allow {empty:?}: give a SPIFFE ID or a DNS name"
+            )));
+        }
+        for (flag, value) in [
+            ("--max-connections", self.max_connections),
+            (
+                "--max-concurrent-streams",
+                self.max_concurrent_streams as usize,
+            ),
+            ("--db-max-per-token", self.db_max_per_token),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{flag} must be at least 1")));
+            }
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        Ok(ServeSettings {
+            listen: self.listen,
+            http_listen: self.http_listen,
+            cache: CacheSettings {
+                capacity: self.cache_capacity,
+                ttl: self.cache_ttl,
+                ..CacheSettings::default()
+            },
+            policy: RenewalPolicy {
+                threshold: self.renew_threshold,
+                extension: self.renew_extension,
+                max_lifetime: self.max_token_lifetime,
+            },
+            prefix: db.prefix()?,
+            db_check_interval: self.db_check_interval,
+            transport: TransportSettings {
+                tls,
+                max_connections: self.max_connections,
+                max_concurrent_streams: self.max_concurrent_streams,
+                request_timeout: self
+                    .request_timeout
+                    .unwrap_or(db.db_timeout + Duration::from_secs(5)),
+                handshake_timeout: self.handshake_timeout,
+                keepalive_interval: self.keepalive_interval,
+                keepalive_timeout: self.keepalive_timeout,
+            },
+            validate_allow: self
+                .validate_allow
+                .iter()
+                .map(|id| id.trim().to_owned())
+                .collect(),
+            shutdown_grace: self.shutdown_grace,
+            auth_failure_limit: self.auth_failure_limit,
+            db_max_per_token: self.db_max_per_token,
+            db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_pool_size),
+        })
+    }
+}

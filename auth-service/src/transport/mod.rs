@@ -1,0 +1,317 @@
+//! The gRPC port's connections, accepted by our own loop rather than tonic's, so that
+//! any client that can reach the port cannot take the server down:
+//!
+//! - at most `max_connections` at a time (kept below the open-file limit): one more is
+//!   closed at once, so descriptors never run out;
+//! - an error from `accept` (EMFILE, ENFILE, ...) backs off (5 ms doubling to 1 s) and
+//!   is logged, at most once every 10 s, instead of spinning on it;
+//! - every connection must finish its TLS handshake and send the HTTP/2 preface within
+//!   `handshake_timeout`, or it is closed: a socket that sends nothing holds a slot for
+//!   seconds, not forever;
+//! - with TLS, each new handshake uses the certificate loaded at that moment (see
+//!   [`tls`]), and the peer's verified identity travels with the connection.
+//!
+//! The limits on what an established connection may do (streams, request time, PINGs)
+//! are HTTP/2 settings, applied in `server`.
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::{config::TransportSettings, telemetry::Every};
+
+pub mod identity;
+pub mod tls;
+
+pub use identity::PeerIdentity;
+
+/// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Descriptors kept free for everything else (the pools, the listener, log files).
+const RESERVED_FDS: u64 = 64;
+
+/// What handlers know about the connection a call came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote_addr: SocketAddr,
+    /// The verified client certificate's identity (mTLS only).
+    pub peer: Option<Arc<PeerIdentity>>,
+}
+
+/// The byte stream under one connection.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// One accepted connection, handed to tonic once its preface has arrived. The preface
+/// it read is replayed first; its slot under `max_connections` is released on drop.
+pub struct Conn {
+    io: Io,
+    replay: Bytes,
+    info: ConnInfo,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.replay.has_remaining() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The most connections this process can hold: `configured`, kept `RESERVED_FDS`
+/// below the soft open-file limit.
+pub fn connection_cap(configured: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own; RLIMIT_NOFILE is a valid resource.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return configured;
+    }
+    let fds = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    configured.min(fds.max(1))
+}
+
+/// Raises the soft open-file limit to the hard limit, so that the connection cap, not
+/// the default 1024 descriptors, is what bounds the server. Returns the new soft limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Accepts on `listener` until `stop` changes, yielding connections whose handshake and
+/// preface have completed.
+pub fn incoming(
+    listener: TcpListener,
+    settings: &TransportSettings,
+    tls: Option<Arc<tls::Reloader>>,
+    stop: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let cap = connection_cap(settings.max_connections);
+    let handshake_timeout = settings.handshake_timeout;
+    let keepalive = settings.keepalive_interval;
+    tokio::spawn(accept_loop(
+        listener,
+        Arc::new(Semaphore::new(cap)),
+        handshake_timeout,
+        keepalive,
+        tls,
+        tx,
+        stop,
+    ));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    keepalive: Duration,
+    tls: Option<Arc<tls::Reloader>>,
+    tx: mpsc::Sender<io::Result<Conn>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let accept_errors = Every::new(Duration::from_secs(10));
+    let over_cap = Every::new(Duration::from_secs(10));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, remote_addr) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(error) => {
+                // Out of descriptors (or another transient error): retrying at once would
+                // spin a core and starve the connections that could free them.
+                if let Some(folded) = accept_errors.ready() {
+                    tracing::warn!(%error, similar_since_last = folded, "cannot accept a connection; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(folded) = over_cap.ready() {
+                tracing::warn!(
+                    peer = %remote_addr,
+                    refused_since_last = folded,
+                    "connection limit reached (--max-connections): closing new connections"
+                );
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(keepalive)
+                .with_interval(keepalive),
+        );
+        let (tls, tx) = (tls.clone(), tx.clone());
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(
+                handshake_timeout,
+                handshake(stream, remote_addr, tls.as_deref()),
+            )
+            .await;
+            match ready {
+                Ok(Ok((io, replay, peer))) => {
+                    let info = ConnInfo { remote_addr, peer };
+                    let _ = tx
+                        .send(Ok(Conn {
+                            io,
+                            replay,
+                            info,
+                            _slot: slot,
+                        }))
+                        .await;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %remote_addr, %error, "connection closed during its handshake");
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %remote_addr, "connection closed: no handshake and preface in time");
+                }
+            }
+        });
+    }
+}
+
+/// The TLS handshake (when configured), then the HTTP/2 preface.
+async fn handshake(
+    stream: TcpStream,
+    remote_addr: SocketAddr,
+    tls: Option<&tls::Reloader>,
+) -> io::Result<(Io, Bytes, Option<Arc<PeerIdentity>>)> {
+    let (mut io, peer) = match tls {
+        None => (Io::Plain(stream), None),
+        Some(tls) => {
+            let stream = tls.acceptor().accept(stream).await?;
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|leaf| Arc::new(PeerIdentity::from_der(leaf.as_ref())));
+            (Io::Tls(Box::new(stream)), peer)
+        }
+    };
+    let mut preface = [0u8; PREFACE.len()];
+    match &mut io {
+        Io::Plain(s) => s.read_exact(&mut preface).await?,
+        Io::Tls(s) => s.read_exact(&mut preface).await?,
+    };
+    if &preface != PREFACE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{remote_addr} does not speak HTTP/2 (gRPC needs it)"),
+        ));
+    }
+    Ok((io, Bytes::copy_from_slice(&preface), peer))
+}

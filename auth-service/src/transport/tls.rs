@@ -1,0 +1,214 @@
+//! TLS on the gRPC port (rustls, TLS 1.2 and 1.3), with certificates that rotate without
+//! a restart: cert-manager and SPIRE rewrite the files in place, and the server reloads
+//! them on SIGHUP and when their content changes (checked every [`POLL_EVERY`]).
+//!
+//! Each new handshake uses the configuration loaded at that moment; established
+//! connections keep theirs. A replacement that cannot be read, or whose key does not
+//! match its certificate, is refused with an ERROR line naming the file, and the
+//! current certificate stays in use.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sha2::{Digest, Sha256};
+use tokio::{signal::unix::SignalKind, sync::watch};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        RootCertStore, ServerConfig,
+        crypto::{CryptoProvider, ring},
+        server::WebPkiClientVerifier,
+        version::{TLS12, TLS13},
+    },
+};
+
+use crate::{
+    config::TlsSettings,
+    error::{Error, Result},
+};
+
+/// How often the files are checked for a change.
+pub const POLL_EVERY: Duration = Duration::from_secs(10);
+
+/// The crypto provider of every TLS endpoint in the service (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// PEM certificates from `path`; an error names the file.
+pub fn read_certs(path: &Path) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A PEM private key from `path`; an error names the file.
+pub fn read_key(path: &Path) -> std::result::Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", path.display()))
+}
+
+/// The roots in a PEM file of CA certificates.
+pub fn read_roots(path: &Path) -> std::result::Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Builds the server configuration from the files.
+fn build(files: &TlsSettings) -> std::result::Result<ServerConfig, String> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{} does not go with {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A hash of the files' contents, to notice a rewrite.
+fn fingerprint(files: &TlsSettings) -> Option<[u8; 32]> {
+    let mut hash = Sha256::new();
+    for path in [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        hash.update(std::fs::read(path).ok()?);
+        hash.update([0]);
+    }
+    Some(hash.finalize().into())
+}
+
+/// The current server configuration, and where it comes from.
+pub struct Reloader {
+    files: TlsSettings,
+    current: RwLock<Arc<ServerConfig>>,
+    loaded: RwLock<Option<[u8; 32]>>,
+}
+
+impl Reloader {
+    /// Loads the files. At startup a problem is fatal, with the file named.
+    pub fn load(files: &TlsSettings) -> Result<Reloader> {
+        let config = build(files).map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        Ok(Reloader {
+            files: files.clone(),
+            current: RwLock::new(Arc::new(config)),
+            loaded: RwLock::new(fingerprint(files)),
+        })
+    }
+
+    /// What new handshakes use.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        TlsAcceptor::from(config)
+    }
+
+    /// Reads the files again. On success new handshakes use them; on failure the
+    /// current configuration stays, and an ERROR line names the file. Returns whether
+    /// it changed.
+    pub fn reload(&self) -> bool {
+        match build(&self.files) {
+            Ok(config) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = Arc::new(config);
+                }
+                if let Ok(mut loaded) = self.loaded.write() {
+                    *loaded = fingerprint(&self.files);
+                }
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS certificate not reloaded: keeping the current one");
+                false
+            }
+        }
+    }
+
+    /// Whether the files' content differs from what was last loaded (or last tried).
+    fn changed(&self) -> bool {
+        let now = fingerprint(&self.files);
+        let seen = self.loaded.read().ok().and_then(|l| *l);
+        if now.is_some() && now != seen {
+            // Remembered even if the reload fails, so a bad file is reported once, not
+            // every poll; the next rewrite is tried again.
+            if let Ok(mut loaded) = self.loaded.write() {
+                *loaded = now;
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Reloads on SIGHUP and when the files change, until `stop` changes.
+    pub fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut hangup = tokio::signal::unix::signal(SignalKind::hangup()).ok();
+            let mut poll = tokio::time::interval(POLL_EVERY);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll.tick().await;
+            loop {
+                let sighup = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sighup => {
+                        tracing::info!("SIGHUP: reloading the TLS certificate");
+                        self.changed();
+                        self.reload();
+                    }
+                    _ = poll.tick() => {
+                        if self.changed() {
+                            self.reload();
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    }
+
+    /// The certificate file, for messages.
+    pub fn cert_path(&self) -> &PathBuf {
+        &self.files.cert
+    }
+}

@@ -1,0 +1,183 @@
+//! The real binary under attack: a process limited to 512 descriptors with 700 idle
+//! sockets held open must neither spin nor stay unreachable, and SIGTERM with a call
+//! stuck in flight must still end in an orderly exit.
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use auth_test_support::{cluster, grpc::*};
+use bytes::Bytes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+
+/// `serve` with `args`, its stderr drained on a thread; returns the child, the bound
+/// gRPC address, and the channel of every stderr line.
+fn serve(args: &[&str], fd_limit: Option<u64>) -> (Child, String, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("AUTH_SERVICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(limit) = fd_limit {
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let addr = line
+            .contains("auth-service listening")
+            .then(|| line.split("addr=").nth(1))
+            .flatten()
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        seen.push(line);
+        if let Some(addr) = addr {
+            return (child, addr, rx);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("serve did not start:\n{}", seen.join("\n"));
+}
+
+/// The process's user + system CPU time.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_neither_spins_nor_locks_callers_out() {
+    let url = cluster::conninfo(&cluster::fresh_database().await.unwrap());
+    let (mut child, addr, _log) = serve(
+        &["--database-url", &url, "--handshake-timeout", "2s"],
+        Some(512),
+    );
+    // 700 sockets that never say anything, held open: more than the process can hold.
+    let mut idle = Vec::new();
+    for _ in 0..700 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let cpu_before = cpu_time(child.id());
+    let started = Instant::now();
+    let mut answered = None;
+    while started.elapsed() < Duration::from_secs(40) {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = auth_api::v1::auth_service_client::AuthServiceClient::connect(
+                format!("http://{addr}"),
+            )
+            .await
+            .ok()?;
+            validate(&mut client, "pat_x").await.err()
+        })
+        .await;
+        if let Ok(Some(status)) = attempt
+            && status.code() == tonic::Code::Unauthenticated
+        {
+            answered = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_time(child.id()) - cpu_before;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(idle);
+    let answered = answered.expect("no call succeeded within 40 s while the sockets were held");
+    assert!(
+        cpu.as_secs_f64() < 0.25 * wall.as_secs_f64(),
+        "the server used {cpu:?} of CPU in {wall:?}"
+    );
+    eprintln!("answered after {answered:?}; server CPU {cpu:?} over {wall:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stuck_call_exits_cleanly_after_the_grace_period() {
+    let dir = cluster::scratch_dir("grace");
+    let data = dir.to_str().unwrap().to_owned();
+    let (mut child, addr, log) = serve(
+        &[
+            "--data-dir",
+            &data,
+            "--shutdown-grace",
+            "1s",
+            "--request-timeout",
+            "10m",
+        ],
+        None,
+    );
+    // A call that never finishes.
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/auth.v1.AuthService/ValidateToken"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2]), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    sigterm(&child);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still running {:?} after SIGTERM",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let lines: Vec<String> = log.try_iter().collect();
+    let text = lines.join("\n");
+    assert!(text.contains("grace period over"), "{text}");
+    assert!(text.contains("embedded PostgreSQL stopped"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
