@@ -137,7 +137,9 @@ pub async fn run(
         Some(files) => Some(Arc::new(tls::Reloader::load(files)?)),
         None => None,
     };
-    let tls_watch = tls.clone().map(|tls| tls.watch(stop_rx.clone()));
+    let tls_watch = tls
+        .clone()
+        .map(|tls| tls.watch(settings.transport.tls_poll, stop_rx.clone()));
     let incoming = transport::incoming(listeners.grpc, &settings.transport, tls, stop_rx.clone());
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain_signal = async {

@@ -9,6 +9,7 @@
 //! - [`http`]: a minimal HTTP/1.1 client for the side ports;
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
+//! - [`certs`]: a CA and server and client certificates made in the test (rcgen);
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +21,7 @@ pub mod server;
 
 pub mod fixtures;
 
+pub mod certs;
 pub mod cluster;
 
 /// Result type of the helpers: any error, with its message.

@@ -1,26 +1,171 @@
 //! `auth-service healthcheck`: ask a running server's `grpc.health.v1` whether it is
-//! SERVING (exit 0) or not (exit 1), for Docker `HEALTHCHECK` and scripts.
-use std::{io::Write, net::SocketAddr, time::Duration};
+//! SERVING (exit 0) or not (exit 1), for Docker `HEALTHCHECK` and scripts. It follows
+//! the server's own settings: its listen address, and its TLS. With TLS it trusts
+//! `--ca-file` if given, else exactly the certificate the server is configured with
+//! (the check runs next to the server and reads the same files), and where the server
+//! requires client certificates it presents the server's own certificate and key.
+use std::{io::Write, sync::Arc, time::Duration};
 
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{verify_tls12_signature, verify_tls13_signature},
+    },
+};
+use tonic::transport::{Endpoint, Uri};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    config::HealthcheckArgs,
+    error::{Error, Result},
+    transport::{PeerIdentity, tls},
+};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn healthcheck(addr: SocketAddr, service: String) -> Result<()> {
+/// Accepts exactly one certificate: the one the server is configured with.
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, TlsError> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(TlsError::General(
+                "the server presents another certificate than --tls-cert holds".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn config_error(e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("unhealthy: {e}"))
+}
+
+/// The TLS client settings and the name to check, when the server speaks TLS.
+fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName<'static>)>> {
+    if args.ca_file.is_none() && args.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let provider = tls::provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?;
+    let server_cert = match &args.tls_cert {
+        Some(path) => Some(tls::read_certs(path).map_err(config_error)?),
+        None => None,
+    };
+    let builder = match (&args.ca_file, &server_cert) {
+        (Some(ca), _) => builder.with_root_certificates(tls::read_roots(ca).map_err(config_error)?),
+        (None, Some(chain)) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                leaf: chain[0].clone(),
+                provider,
+            })),
+        (None, None) => return Ok(None),
+    };
+    let mut config = match (&args.tls_client_ca, &server_cert, &args.tls_key) {
+        (Some(_), Some(chain), Some(key)) => builder
+            .with_client_auth_cert(chain.clone(), tls::read_key(key).map_err(config_error)?)
+            .map_err(config_error)?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // The check dials an address; certificates name hosts. Check the first DNS name of
+    // the server's own certificate (or `localhost`).
+    let name = server_cert
+        .as_ref()
+        .and_then(|chain| {
+            PeerIdentity::from_der(chain[0].as_ref())
+                .dns
+                .into_iter()
+                .next()
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let name = ServerName::try_from(name).map_err(config_error)?;
+    Ok(Some((config, name)))
+}
+
+pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
+    let addr = args.target();
     let unreachable =
         |e: &dyn std::fmt::Display| Error::Config(format!("unhealthy: cannot ask {addr}: {e}"));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| unreachable(&e))?
         .connect_timeout(TIMEOUT)
         .timeout(TIMEOUT);
-    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    let channel = match tls_client(args)? {
+        None => endpoint.connect().await,
+        Some((config, name)) => {
+            let connector = TlsConnector::from(Arc::new(config));
+            endpoint
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let (connector, name) = (connector.clone(), name.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(addr).await?;
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                }))
+                .await
+        }
+    }
+    .map_err(|e| unreachable(&crate::error::chain(&e)))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: service.clone(),
+            service: args.service.clone(),
         })
         .await
         .map_err(|e| unreachable(&e.message()))?;
@@ -31,8 +176,9 @@ pub async fn healthcheck(addr: SocketAddr, service: String) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "unhealthy: {addr} reports {} for {service:?}",
-            status.as_str_name()
+            "unhealthy: {addr} reports {} for {:?}",
+            status.as_str_name(),
+            args.service
         )))
     }
 }

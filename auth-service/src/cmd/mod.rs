@@ -19,7 +19,7 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
     match cli.command {
         Command::Serve(args) => serve::serve(&db, args.settings(&cli.db)?, shutdown).await,
         Command::Migrate => migrate::migrate(&db).await,
-        Command::Healthcheck { addr, service } => healthcheck::healthcheck(addr, service).await,
+        Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
         Command::Token(cmd) => token::token(&db, &cli.db.prefix()?, cmd).await,
     }
 }

@@ -41,22 +41,69 @@ pub enum Command {
     Migrate,
     /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
     /// or not (exit 1): for Docker HEALTHCHECK and scripts.
-    Healthcheck {
-        /// The server to ask.
-        #[arg(
-            long,
-            env = "AUTH_SERVICE_HEALTHCHECK_ADDR",
-            default_value = "127.0.0.1:50051"
-        )]
-        addr: SocketAddr,
-        /// The service name to check ("" for the server as a whole).
-        #[arg(
-            long,
-            env = "AUTH_SERVICE_HEALTHCHECK_SERVICE",
-            default_value = "auth.v1.AuthService"
-        )]
-        service: String,
-    },
+    Healthcheck(HealthcheckArgs),
+}
+
+/// What `healthcheck` asks, and how it reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The server to ask [default: AUTH_SERVICE_LISTEN (an unspecified address as
+    /// 127.0.0.1), else 127.0.0.1:50051].
+    #[arg(long, env = "AUTH_SERVICE_HEALTHCHECK_ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// The service name to check ("" for the server as a whole).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_HEALTHCHECK_SERVICE",
+        default_value = "auth.v1.AuthService"
+    )]
+    pub service: String,
+    /// The server's listen address, when `--addr` is not given.
+    #[arg(long, hide = true, env = "AUTH_SERVICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Speak TLS, trusting the CA certificates in this file [default: TLS when
+    /// AUTH_SERVICE_TLS_CERT is set, trusting the chain in that file].
+    #[arg(long, env = "AUTH_SERVICE_HEALTHCHECK_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The server's certificate (`serve --tls-cert`): its chain is trusted, and its first
+    /// DNS name is the name checked, since the check dials an IP address.
+    #[arg(long, env = "AUTH_SERVICE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's key: presented with its certificate when the server requires client
+    /// certificates (`serve --tls-client-ca`).
+    #[arg(long, env = "AUTH_SERVICE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Whether the server requires client certificates.
+    #[arg(
+        long,
+        hide = true,
+        env = "AUTH_SERVICE_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl HealthcheckArgs {
+    /// The address to ask: `--addr`, else the listen address with an unspecified IP
+    /// (0.0.0.0, ::) replaced by loopback.
+    pub fn target(&self) -> SocketAddr {
+        if let Some(addr) = self.addr {
+            return addr;
+        }
+        match self.listen {
+            Some(mut listen) => {
+                if listen.ip().is_unspecified() {
+                    listen.set_ip(if listen.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                listen
+            }
+            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
+        }
+    }
 }
 
 /// Database selection and tuning, accepted before or after any subcommand.

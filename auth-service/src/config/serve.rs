@@ -136,6 +136,8 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportSettings {
     pub tls: Option<TlsSettings>,
+    /// How often the TLS files are checked for a change (SIGHUP reloads at once).
+    pub tls_poll: Duration,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
     pub request_timeout: Duration,
@@ -148,6 +150,7 @@ impl Default for TransportSettings {
     fn default() -> Self {
         TransportSettings {
             tls: None,
+            tls_poll: Duration::from_secs(10),
             max_connections: 4096,
             max_concurrent_streams: 100,
             request_timeout: Duration::from_secs(10),
@@ -254,6 +257,7 @@ impl ServeArgs {
             db_check_interval: self.db_check_interval,
             transport: TransportSettings {
                 tls,
+                tls_poll: TransportSettings::default().tls_poll,
                 max_connections: self.max_connections,
                 max_concurrent_streams: self.max_concurrent_streams,
                 request_timeout: self

@@ -1,6 +1,6 @@
 //! TLS on the gRPC port (rustls, TLS 1.2 and 1.3), with certificates that rotate without
 //! a restart: cert-manager and SPIRE rewrite the files in place, and the server reloads
-//! them on SIGHUP and when their content changes (checked every [`POLL_EVERY`]).
+//! them on SIGHUP and when their content changes (checked every 10 seconds).
 //!
 //! Each new handshake uses the configuration loaded at that moment; established
 //! connections keep theirs. A replacement that cannot be read, or whose key does not
@@ -29,9 +29,6 @@ use crate::{
     config::TlsSettings,
     error::{Error, Result},
 };
-
-/// How often the files are checked for a change.
-pub const POLL_EVERY: Duration = Duration::from_secs(10);
 
 /// The crypto provider of every TLS endpoint in the service (ring).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -176,11 +173,16 @@ impl Reloader {
         false
     }
 
-    /// Reloads on SIGHUP and when the files change, until `stop` changes.
-    pub fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    /// Reloads on SIGHUP and when the files change (looked at every `every`), until
+    /// `stop` changes.
+    pub fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut hangup = tokio::signal::unix::signal(SignalKind::hangup()).ok();
-            let mut poll = tokio::time::interval(POLL_EVERY);
+            let mut poll = tokio::time::interval(every);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             poll.tick().await;
             loop {

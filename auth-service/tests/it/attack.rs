@@ -16,7 +16,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
 /// `serve` with `args`, its stderr drained on a thread; returns the child, the bound
 /// gRPC address, and the channel of every stderr line.
-fn serve(args: &[&str], fd_limit: Option<u64>) -> (Child, String, mpsc::Receiver<String>) {
+pub(crate) fn serve(
+    args: &[&str],
+    fd_limit: Option<u64>,
+) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])

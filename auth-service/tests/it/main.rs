@@ -13,6 +13,7 @@ mod concurrency;
 mod outage;
 mod renew;
 mod robust;
+mod tls;
 mod validate;
 
 use auth_api::v1::auth_service_client::AuthServiceClient;
