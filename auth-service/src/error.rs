@@ -115,9 +115,9 @@ impl From<tokio_postgres::Error> for Error {
             }
         };
         if transient {
-            Error::Unavailable(chain(&e))
+            Error::Unavailable(explained(&e))
         } else {
-            Error::Internal(chain(&e))
+            Error::Internal(explained(&e))
         }
     }
 }
@@ -141,7 +141,16 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Error::Unavailable(chain(&e))
+        Error::Unavailable(explained(&e))
+    }
+}
+
+/// [`chain`], with a certificate problem said the way operators search for it.
+fn explained(e: &dyn std::error::Error) -> String {
+    let text = chain(e);
+    match crate::db::target::explain(&text) {
+        Some(said) => format!("{said}: {text}"),
+        None => text,
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn run(
     let cache = Arc::new(TokenCache::new(settings.cache, metrics.clone()));
     let change_listener = cache
         .enabled()
-        .then(|| cache::listener::spawn(db.config().clone(), cache.clone(), stop_rx.clone()));
+        .then(|| cache::listener::spawn(db.target().clone(), cache.clone(), stop_rx.clone()));
     let (writer_stop, writer_stopped) = tokio::sync::oneshot::channel::<()>();
     let (toucher, touch_task) = last_used::spawn(db.clone(), async move {
         let _ = writer_stopped.await;

@@ -147,3 +147,42 @@ pub fn conninfo(config: &tokio_postgres::Config) -> String {
         config.get_dbname().unwrap_or("postgres")
     )
 }
+
+/// A cluster of the test's own that is stopped (at once) and deleted when dropped, even
+/// when the test fails half-way.
+pub struct Guarded {
+    cluster: Cluster,
+    dir: PathBuf,
+}
+
+impl Guarded {
+    pub async fn start(tag: &str) -> Result<Guarded> {
+        let (cluster, dir) = own(tag).await?;
+        Ok(Guarded { cluster, dir })
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.cluster.stop_immediately();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

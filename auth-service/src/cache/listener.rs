@@ -15,7 +15,7 @@ use tokio::{
 use tokio_postgres::AsyncMessage;
 
 use super::{Change, TokenCache};
-use crate::db::sql;
+use crate::db::{Target, sql, target::Tls};
 
 /// How often the connection is pinged.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
@@ -26,17 +26,17 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the listener. It runs until `stop` changes.
 pub fn spawn(
-    config: tokio_postgres::Config,
+    target: Target,
     cache: Arc<TokenCache>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let config = with_keepalives(config);
+    let config = with_keepalives(target.config.clone());
     tokio::spawn(async move {
         // Said once per outage, not once per retry.
         let mut said_down = false;
         loop {
             let (why, listened) = tokio::select! {
-                ended = listen(&config, &cache) => ended,
+                ended = listen(&target, &config, &cache) => ended,
                 _ = stop.changed() => return,
             };
             if listened {
@@ -72,11 +72,39 @@ fn with_keepalives(mut config: tokio_postgres::Config) -> tokio_postgres::Config
 /// One connection's life: connect, LISTEN, resume the cache, then evict on every
 /// notification until the connection fails. Returns why it ended, and whether it got as
 /// far as listening. The cache is off again when it returns.
-async fn listen(config: &tokio_postgres::Config, cache: &TokenCache) -> (String, bool) {
-    let (client, mut connection) = match config.connect(tokio_postgres::NoTls).await {
-        Ok(pair) => pair,
-        Err(e) => return (format!("cannot connect: {e}"), false),
-    };
+async fn listen(
+    target: &Target,
+    config: &tokio_postgres::Config,
+    cache: &TokenCache,
+) -> (String, bool) {
+    match &target.tls {
+        Tls::None => match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => listen_on(client, connection, cache).await,
+            Err(e) => (
+                format!("cannot connect: {}", crate::error::chain(&e)),
+                false,
+            ),
+        },
+        Tls::Rustls(tls) => match config.connect(tls.clone()).await {
+            Ok((client, connection)) => listen_on(client, connection, cache).await,
+            Err(e) => (
+                format!("cannot connect: {}", crate::error::chain(&e)),
+                false,
+            ),
+        },
+    }
+}
+
+/// Listens on an established connection until it fails.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    cache: &TokenCache,
+) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // The connection's messages, notifications among them, on a task of their own; the
     // channel closes when the connection ends.
     let (tx, mut notifications) = mpsc::unbounded_channel::<String>();

@@ -2,7 +2,7 @@
 //! cluster (started if need be), with migrations applied; and closing it in order.
 use crate::{
     config::{Database, DbSettings},
-    db::Db,
+    db::{Db, Target},
     embedded::{Cluster, ClusterOptions},
     error::{Error, Result},
 };
@@ -49,8 +49,8 @@ impl Opened {
 
 /// Connects (starting the embedded cluster if configured) and applies migrations.
 pub async fn open(settings: &DbSettings, role: Role) -> Result<Opened> {
-    let (config, cluster) = match &settings.database {
-        Database::Url(config) => (config.as_ref().clone(), None),
+    let (target, cluster) = match &settings.database {
+        Database::Url(target) => (target.as_ref().clone(), None),
         Database::Embedded {
             data_dir,
             pg_bindir,
@@ -65,14 +65,17 @@ pub async fn open(settings: &DbSettings, role: Role) -> Result<Opened> {
             })
             .await
             .map_err(|e| Error::Internal(format!("starting PostgreSQL: {e}")))??;
-            (cluster.client_config("postgres"), Some(cluster))
+            (
+                Target::plain(cluster.client_config("postgres")),
+                Some(cluster),
+            )
         }
     };
-    let db = Db::new(config, settings.pool_size, settings.timeout)?;
+    let db = Db::connect_to(target, settings.pool_size, settings.timeout)?;
     let opened = Opened { db, cluster };
     if let Err(e) = opened.db.migrate().await {
         let hint = match &opened.cluster {
-            None => " (check --database-url / AUTH_SERVICE_DATABASE_URL and that the server is up)",
+            None => " (check --database-url / --database-url-file and that the server is up)",
             Some(_) => "",
         };
         let _ = opened.close(role).await;

@@ -1,11 +1,12 @@
 //! Command-line flags (every one also an environment variable), validated once into
 //! typed settings. Startup errors name the flag to change. `serve`'s own flags are in
 //! [`serve`].
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    db::Target,
     error::{Error, Result},
     token::Prefix,
 };
@@ -118,9 +119,19 @@ pub struct DbArgs {
         global = true,
         env = "AUTH_SERVICE_DATABASE_URL",
         hide_env_values = true,
-        conflicts_with = "data_dir"
+        conflicts_with_all = ["data_dir", "database_url_file"]
     )]
     pub database_url: Option<String>,
+    /// A file holding the PostgreSQL URL (e.g. a mounted Secret), so that a password
+    /// never appears in the environment or on a command line.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_DATABASE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "data_dir"
+    )]
+    pub database_url_file: Option<PathBuf>,
     /// Directory of the embedded PostgreSQL cluster [default: ./.auth-service].
     #[arg(long, global = true, env = "AUTH_SERVICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -249,7 +260,7 @@ pub fn parse_token_id(s: &str) -> std::result::Result<uuid::Uuid, String> {
 #[derive(Clone)]
 pub enum Database {
     /// An external server (the URL may hold a password: never printed).
-    Url(Box<tokio_postgres::Config>),
+    Url(Box<Target>),
     /// The private embedded cluster.
     Embedded {
         data_dir: PathBuf,
@@ -260,12 +271,7 @@ pub enum Database {
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Database::Url(c) => write!(
-                f,
-                "Url(hosts={:?}, db={:?}, password=<redacted>)",
-                c.get_hosts(),
-                c.get_dbname()
-            ),
+            Database::Url(target) => write!(f, "Url({target:?})"),
             Database::Embedded { data_dir, .. } => write!(f, "Embedded({})", data_dir.display()),
         }
     }
@@ -287,6 +293,7 @@ impl std::fmt::Debug for DbArgs {
                 "database_url",
                 &self.database_url.as_ref().map(|_| "<redacted>"),
             )
+            .field("database_url_file", &self.database_url_file)
             .field("data_dir", &self.data_dir)
             .field("pg_bindir", &self.pg_bindir)
             .field("db_pool_size", &self.db_pool_size)
@@ -298,15 +305,28 @@ impl std::fmt::Debug for DbArgs {
 
 impl DbArgs {
     pub fn settings(&self) -> Result<DbSettings> {
-        let database = match &self.database_url {
-            Some(url) => Database::Url(Box::new(tokio_postgres::Config::from_str(url).map_err(
-                |e| {
+        let url = match (&self.database_url, &self.database_url_file) {
+            (Some(url), _) => Some((url.clone(), "--database-url / AUTH_SERVICE_DATABASE_URL")),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
                     Error::Config(format!(
-                        "--database-url / AUTH_SERVICE_DATABASE_URL is not a PostgreSQL URL ({e}); \
-                     expected e.g. postgres://user:password@host:5432/dbname"
+                        "--database-url-file / AUTH_SERVICE_DATABASE_URL_FILE: cannot read {}: {e}",
+                        file.display()
                     ))
-                },
-            )?)),
+                })?;
+                // A Secret mounted from `kubectl create secret --from-file`, or a file an
+                // editor wrote, ends in a newline.
+                Some((text.trim().to_owned(), "the URL in --database-url-file"))
+            }
+            (None, None) => None,
+        };
+        let database = match url {
+            Some((url, from)) => Database::Url(Box::new(Target::parse(&url).map_err(|e| {
+                Error::Config(format!(
+                    "{from} is not a PostgreSQL URL ({e}); expected e.g. \
+                     postgres://user:password@host:5432/dbname?sslmode=verify-full"
+                ))
+            })?)),
             None => Database::Embedded {
                 data_dir: self
                     .data_dir

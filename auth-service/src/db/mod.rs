@@ -10,11 +10,13 @@ use crate::error::{Error, Result};
 
 mod shared;
 pub mod sql;
+pub mod target;
 pub mod tokens;
 
 use std::sync::Arc;
 
 pub use crate::renewal::TokenRecord;
+pub use target::Target;
 pub use tokens::{CreatedToken, Lookup, Renewal, TokenListing};
 
 mod embedded_migrations {
@@ -47,17 +49,22 @@ pub struct Db {
     pool: Pool,
     readers: Arc<shared::Shared>,
     timeout: Duration,
-    config: tokio_postgres::Config,
+    target: Target,
     /// Woken when a call finds the database unavailable, so that health can look at
     /// once instead of at its next probe.
     trouble: Arc<tokio::sync::Notify>,
 }
 
 impl Db {
-    /// Builds the pool; no connection is made until first use.
+    /// Builds the pool over a plain connection (the embedded cluster, tests); no
+    /// connection is made until first use.
     pub fn new(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> Result<Db> {
-        let original = config.clone();
-        let mut config = config;
+        Db::connect_to(Target::plain(config), max_size, timeout)
+    }
+
+    /// Builds the pool for `target`, with its TLS; no connection is made until first use.
+    pub fn connect_to(target: Target, max_size: usize, timeout: Duration) -> Result<Db> {
+        let mut config = target.config.clone();
         // The server abandons a statement we stopped waiting for (a lock wait, a
         // slow disk) instead of keeping the connection busy behind it.
         let options = format!(
@@ -67,15 +74,17 @@ impl Db {
         );
         config.options(options.trim_start());
         let pool = |size: usize| {
-            let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
-                // `Fast` checks only that the connection is still open; a connection
-                // the server closed (a restart) is dropped and replaced.
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            // `Fast` checks only that the connection is still open; a connection the
+            // server closed (a restart) is dropped and replaced.
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &target.tls {
+                target::Tls::None => Manager::from_config(config.clone(), NoTls, manager_config),
+                target::Tls::Rustls(tls) => {
+                    Manager::from_config(config.clone(), tls.clone(), manager_config)
+                }
+            };
             Pool::builder(manager)
                 .max_size(size)
                 .wait_timeout(Some(timeout))
@@ -93,7 +102,7 @@ impl Db {
             pool: pool(max_size)?,
             readers: Arc::new(shared::Shared::new(pool(2 * readers)?, readers)),
             timeout,
-            config: original,
+            target,
             trouble: Arc::default(),
         })
     }
@@ -101,7 +110,7 @@ impl Db {
     /// A separate one-connection handle on the same database, for the health probe:
     /// a request pool exhausted by load must not make the probe fail.
     pub fn dedicated(&self) -> Result<Db> {
-        Db::new(self.config.clone(), 1, self.timeout)
+        Db::connect_to(self.target.clone(), 1, self.timeout)
     }
 
     pub fn pool(&self) -> &Pool {
@@ -124,7 +133,12 @@ impl Db {
     /// The connection settings (without the per-request `statement_timeout`), for
     /// connections outside the pool such as the change listener.
     pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+        &self.target.config
+    }
+
+    /// The database and its TLS, for connections outside the pool.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// Runs `op` with a pooled client, bounded by the operation timeout (waiting
@@ -158,7 +172,7 @@ impl Db {
                 // that a call reported UNAVAILABLE does not then complete behind the
                 // caller's back (statement_timeout is the backstop).
                 let cancel = client.cancel_token();
-                let _ = tokio::time::timeout(self.timeout, cancel.cancel_query(NoTls)).await;
+                let _ = tokio::time::timeout(self.timeout, self.target.cancel(cancel)).await;
                 Err(timed_out())
             }
         }

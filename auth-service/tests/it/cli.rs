@@ -370,7 +370,7 @@ fn help_never_shows_a_database_password_from_the_environment() {
 #[tokio::test]
 async fn a_wrong_password_says_so_and_never_shows_the_password() {
     // A cluster of its own, where one role must give a password (scram), over TCP.
-    let (cluster, dir) = cluster::own("password").await.unwrap();
+    let cluster = cluster::Guarded::start("password").await.unwrap();
     let (admin, task) = cluster::connect(&cluster.client_config("postgres"))
         .await
         .unwrap();
@@ -396,8 +396,4 @@ async fn a_wrong_password_says_so_and_never_shows_the_password() {
     let err = text(&out.stderr);
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(!err.contains("Wr0ngS3cret"), "{err}");
-    tokio::task::spawn_blocking(move || cluster.stop_immediately())
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod outage;
+mod pgtls;
 mod renew;
 mod robust;
 mod tls;

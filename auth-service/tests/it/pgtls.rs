@@ -1,0 +1,116 @@
+//! PostgreSQL over TLS with libpq's `sslmode` semantics, against a cluster the test
+//! starts with `ssl = on` and a `hostssl`-only `pg_hba.conf`, certificates made in the
+//! test: `verify-full` works with the right CA, and fails with a clear certificate
+//! error against a wrong CA or a host name the certificate is not for; and the URL can
+//! come from a file.
+use std::{os::unix::fs::MetadataExt, process::Command};
+
+use auth_test_support::{certs::Pki, cluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+/// The cluster listens on a loopback address no other test uses.
+const ADDR: &str = "127.0.0.7";
+
+fn token_list(url: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["token", "list", "--database-url", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_the_ca_and_the_host_name() {
+    let mut cluster = cluster::Guarded::start("pgtls").await.unwrap();
+    let dir = cluster.dir().to_path_buf();
+    let pki = Pki::new("pgtls").unwrap();
+    let server = pki.server_named("db", 1, &["db.test"]).unwrap();
+    // PostgreSQL wants its key owned by the user it runs as, and private.
+    let pgdata = cluster.pgdata().to_path_buf();
+    let owner = std::fs::metadata(&pgdata).unwrap();
+    for (from, name, mode) in [
+        (&server.cert, "server.crt", 0o644),
+        (&server.key, "server.key", 0o600),
+    ] {
+        let to = pgdata.join(name);
+        std::fs::copy(from, &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    std::fs::write(
+        pgdata.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.0/8 trust\n",
+    )
+    .unwrap();
+    let (admin, task) = cluster::connect(&cluster.client_config("postgres"))
+        .await
+        .unwrap();
+    for setting in [
+        "ssl = on".to_owned(),
+        format!("listen_addresses = '{ADDR}'"),
+    ] {
+        admin
+            .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+            .await
+            .unwrap();
+    }
+    drop(admin);
+    let _ = task.await;
+    tokio::task::block_in_place(|| {
+        cluster.stop_server().unwrap();
+        cluster.start_server().unwrap();
+    });
+    let url = |host: &str, mode: &str, ca: &std::path::Path| {
+        format!(
+            "host={host} hostaddr={ADDR} port=5432 user=postgres dbname=postgres \
+             sslmode={mode} sslrootcert={} connect_timeout=5",
+            ca.display()
+        )
+    };
+
+    let (ok, err) = token_list(&url("db.test", "verify-full", &pki.ca));
+    assert!(ok, "verify-full with the right CA: {err}");
+
+    let other = Pki::new("pgtls-other").unwrap();
+    let (ok, err) = token_list(&url("db.test", "verify-full", &other.ca));
+    assert!(!ok);
+    assert!(
+        err.contains("certificate verify failed: unknown issuer"),
+        "{err}"
+    );
+
+    let (ok, err) = token_list(&url("impostor.test", "verify-full", &pki.ca));
+    assert!(!ok);
+    assert!(err.contains("host name mismatch"), "{err}");
+    // verify-ca checks the chain only: the same connection works.
+    let (ok, err) = token_list(&url("impostor.test", "verify-ca", &pki.ca));
+    assert!(ok, "verify-ca: {err}");
+
+    // The server accepts TLS only: plaintext is refused, by the server.
+    let plain = format!(
+        "host={ADDR} port=5432 user=postgres dbname=postgres sslmode=disable connect_timeout=5"
+    );
+    let (ok, err) = token_list(&plain);
+    assert!(!ok && err.contains("no encryption"), "{err}");
+
+    // The URL from a file (a mounted Secret), with its trailing newline.
+    let file = dir.join("database-url");
+    std::fs::write(
+        &file,
+        format!("{}\n", url("db.test", "verify-full", &pki.ca)),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "list"])
+        .env("AUTH_SERVICE_DATABASE_URL_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
