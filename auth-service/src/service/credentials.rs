@@ -1,4 +1,7 @@
 //! Reading the caller's own token from `authorization: Bearer <token>` metadata.
+//!
+//! The parsing of the header value is [`parse_bearer`], a pure function over bytes, so
+//! that it can be fuzzed and property-tested without building a tonic request.
 use tonic::Request;
 
 use crate::{
@@ -14,10 +17,31 @@ pub fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
             "no `authorization` metadata: send `authorization: Bearer <token>`".into(),
         )
     })?;
-    let value = value.to_str().map_err(|_| {
-        Error::TokenMalformed("the `authorization` metadata is not printable ASCII".into())
-    })?;
-    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    // The raw bytes: a client may send obs-text (bytes >= 0x80), which `parse_bearer`
+    // must see to refuse it.
+    parse_bearer(value.as_encoded_bytes(), prefix)
+}
+
+/// What the `authorization` value may hold: visible ASCII, spaces and tabs, the same
+/// set as `http::HeaderValue::to_str` accepts.
+fn printable(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b)
+}
+
+/// Parses the value of `authorization` metadata (`Bearer <token>`, scheme in any case)
+/// into the digest to look up.
+///
+/// Bytes, not `&str`: metadata may carry any byte a client sends, and anything but
+/// printable ASCII is refused here rather than trusted upstream.
+pub fn parse_bearer(value: &[u8], prefix: &Prefix) -> Result<TokenDigest> {
+    let value = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.bytes().all(printable))
+        .ok_or_else(|| {
+            Error::TokenMalformed("the `authorization` metadata is not printable ASCII".into())
+        })?;
+    let value = value.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Error::MissingCredentials(
             "the `authorization` metadata must use the Bearer scheme: `authorization: Bearer <token>`".into(),
@@ -93,5 +117,31 @@ mod tests {
         let v = tonic::metadata::MetadataValue::try_from(&b"Bearer \xff\xfe"[..]).unwrap();
         r.metadata_mut().insert("authorization", v);
         assert_eq!(reason(bearer(&r, &p)), Reason::TokenMalformed);
+    }
+
+    #[test]
+    fn parse_bearer_matches_bearer_and_refuses_what_metadata_cannot_hold() {
+        let p = Prefix::default();
+        let t = token::generate(&p).unwrap();
+        let header = format!("Bearer {}", t.expose());
+        assert_eq!(
+            parse_bearer(header.as_bytes(), &p).unwrap(),
+            bearer(&with_auth(&header), &p).unwrap()
+        );
+        // Control characters, DEL and UTF-8 never reach the scheme check.
+        for bad in ["\0", "\r\n", "\x7f", "é"] {
+            let value = format!("Bearer {}{bad}", t.expose());
+            let err = parse_bearer(value.as_bytes(), &p).unwrap_err();
+            assert_eq!(err.reason(), Some(Reason::TokenMalformed), "{bad:?}");
+            assert_eq!(
+                err.to_string(),
+                "the `authorization` metadata is not printable ASCII"
+            );
+        }
+        assert_eq!(
+            reason(parse_bearer(b"", &p)),
+            Reason::MissingCredentials,
+            "an empty value names no scheme"
+        );
     }
 }
