@@ -308,6 +308,32 @@ mod tests {
     }
 
     #[test]
+    fn every_ascii_typo_at_every_position_is_malformed() {
+        // Exhaustive over ASCII for one token; the property test below samples the rest
+        // of Unicode and other tokens.
+        let p = Prefix::default();
+        let t = generate(&p).unwrap();
+        for (i, original) in t.char_indices() {
+            for replacement in (0u8..0x80).map(char::from).filter(|&c| c != original) {
+                let mut typo = t.clone();
+                typo.replace_range(i..=i, replacement.encode_utf8(&mut [0; 4]));
+                let why = check(&p, &typo).unwrap_err();
+                assert_eq!(
+                    why.reason(),
+                    ErrorReason::TokenMalformed,
+                    "{i} {replacement:?}"
+                );
+                let why = check_any(&typo).unwrap_err();
+                assert_eq!(
+                    why.reason(),
+                    ErrorReason::TokenMalformed,
+                    "{i} {replacement:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn prefix_rules() {
         assert!(Prefix::new("pat_").is_ok());
         for bad in ["", "_", "pat", "PAT_", "p-t_", "abcdefghijklmnopq_"] {
@@ -330,5 +356,103 @@ mod tests {
         }
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(*min > 800 && *max < 1140, "{min}..{max}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: what holds for every token and every string, not just the examples.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn prefix() -> impl Strategy<Value = Prefix> {
+        "[a-z0-9]{1,16}_".prop_map(|p| Prefix::new(&p).unwrap())
+    }
+
+    fn random_part() -> impl Strategy<Value = String> {
+        "[0-9A-Za-z]{30}"
+    }
+
+    /// Mostly ASCII (where a typo is likely), but any `char` too.
+    fn replacement() -> impl Strategy<Value = char> {
+        prop_oneof![proptest::char::range('\0', '\x7f'), any::<char>()]
+    }
+
+    /// Strings of every kind: arbitrary Unicode, and near-tokens that get past the
+    /// cheap checks (prefix, length) to the alphabet and checksum checks.
+    fn presented() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9]{0,17}_[0-9A-Za-z_-]{0,40}",
+            "pat_[0-9A-Za-z]{36}",
+            ".{120,140}",
+        ]
+    }
+
+    /// What every answer of [`check`] and [`check_any`] must satisfy.
+    fn consistent(presented: &str, why: &Malformed) {
+        assert_eq!(*why == Malformed::Empty, presented.is_empty());
+        assert_eq!(
+            *why == Malformed::TooLong,
+            presented.len() > MAX_LEN,
+            "{why:?}"
+        );
+        assert!(!why.to_string().is_empty());
+    }
+
+    /// An accepted token is exactly `prefix + random + checksum of random`.
+    fn round_trips(prefix: &Prefix, token: &str) {
+        let random = &token[prefix.as_str().len()..][..RANDOM_LEN];
+        assert_eq!(with_random(prefix, random).as_deref(), Ok(token));
+    }
+
+    proptest! {
+        #[test]
+        fn a_token_checks_against_its_prefix_and_any(p in prefix(), random in random_part()) {
+            let t = with_random(&p, &random).unwrap();
+            prop_assert_eq!(t.len(), p.as_str().len() + BODY_LEN);
+            prop_assert_eq!(check(&p, &t), Ok(()));
+            prop_assert_eq!(check_any(&t), Ok(p.clone()));
+            round_trips(&p, &t);
+            let fresh = generate(&p).unwrap();
+            prop_assert_eq!(check(&p, &fresh), Ok(()));
+            prop_assert_eq!(check_any(&fresh), Ok(p));
+        }
+
+        #[test]
+        fn any_string_is_checked_without_panicking(s in presented()) {
+            let p = Prefix::default();
+            match check(&p, &s) {
+                Ok(()) => round_trips(&p, &s),
+                Err(why) => consistent(&s, &why),
+            }
+            match check_any(&s) {
+                Ok(found) => {
+                    prop_assert!(s.starts_with(found.as_str()));
+                    prop_assert_eq!(check(&found, &s), Ok(()));
+                    round_trips(&found, &s);
+                }
+                Err(why) => consistent(&s, &why),
+            }
+        }
+
+        #[test]
+        fn every_single_character_change_is_malformed(
+            p in prefix(),
+            random in random_part(),
+            replacement in replacement(),
+        ) {
+            let t = with_random(&p, &random).unwrap();
+            for (i, original) in t.char_indices().filter(|&(_, c)| c != replacement) {
+                let mut typo = t.clone();
+                typo.replace_range(i..i + original.len_utf8(), replacement.encode_utf8(&mut [0; 4]));
+                let why = check(&p, &typo).unwrap_err();
+                prop_assert_eq!(why.reason(), ErrorReason::TokenMalformed, "{} {:?}", i, replacement);
+                let why = check_any(&typo).unwrap_err();
+                prop_assert_eq!(why.reason(), ErrorReason::TokenMalformed, "{} {:?}", i, replacement);
+            }
+        }
     }
 }

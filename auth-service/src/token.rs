@@ -122,3 +122,64 @@ mod tests {
         assert!(!format!("{t:?}").contains(t.expose()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of `parse`: it agrees with `digest_of` on every token, refuses every
+    //! typo as `TOKEN_MALFORMED`, and never panics.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use auth_api::{ErrorReason, token::with_random};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn prefix() -> impl Strategy<Value = Prefix> {
+        "[a-z0-9]{1,16}_".prop_map(|p| Prefix::new(&p).unwrap())
+    }
+
+    fn token() -> impl Strategy<Value = (Prefix, String)> {
+        (prefix(), "[0-9A-Za-z]{30}").prop_map(|(p, random)| {
+            let t = with_random(&p, &random).unwrap();
+            (p, t)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn a_token_parses_to_the_digest_it_was_issued_with((p, t) in token()) {
+            let d = parse(&p, &t).unwrap();
+            prop_assert_eq!(&d, &digest_of(&RawToken(t.clone()), &p));
+            prop_assert_eq!(d.display_prefix.len(), p.as_str().len() + DISPLAY_CHARS);
+            prop_assert!(t.starts_with(&d.display_prefix));
+        }
+
+        #[test]
+        fn any_string_parses_without_panicking(s in any::<String>()) {
+            let p = Prefix::default();
+            match parse(&p, &s) {
+                Ok(d) => prop_assert_eq!(d, digest_of(&RawToken(s), &p)),
+                Err(e) => {
+                    let expected = if s.is_empty() {
+                        ErrorReason::MissingCredentials
+                    } else {
+                        ErrorReason::TokenMalformed
+                    };
+                    prop_assert_eq!(e.reason(), Some(expected));
+                }
+            }
+        }
+
+        #[test]
+        fn every_single_character_change_is_token_malformed(
+            (p, t) in token(),
+            replacement in prop_oneof![proptest::char::range('\0', '\x7f'), any::<char>()],
+        ) {
+            for (i, original) in t.char_indices().filter(|&(_, c)| c != replacement) {
+                let mut typo = t.clone();
+                typo.replace_range(i..i + original.len_utf8(), replacement.encode_utf8(&mut [0; 4]));
+                let reason = parse(&p, &typo).unwrap_err().reason();
+                prop_assert_eq!(reason, Some(ErrorReason::TokenMalformed), "{} {:?}", i, replacement);
+            }
+        }
+    }
+}
