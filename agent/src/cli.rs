@@ -13,6 +13,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    client::{TlsFiles, Transport},
     clock::SystemClock,
     cmd::{self, Context},
     config::{self, CONFIG_ENV},
@@ -36,7 +37,13 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
             print(cmd::login::login(&context, token).await?);
         }
         Command::Run(args) => {
-            let opts = args.options(&context)?;
+            let mut opts = args.options(&context)?;
+            // With --server given, what `login` saved still says how to reach it.
+            if context.server.is_some()
+                && let Ok((_, transport)) = context.endpoint().await
+            {
+                opts.transport = transport;
+            }
             cmd::run::run(opts, args.health_addr, cmd::run::shutdown_signal()).await?;
         }
         Command::Status => print(cmd::status::status(&context, &SystemClock).await?),
@@ -109,6 +116,29 @@ pub struct GlobalArgs {
     /// File recording the last renewal, for `status` [default: `state` next to the config]
     #[arg(long, global = true, env = STATE_ENV, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
+    /// CA certificates to trust for an https:// server [default: the system's roots;
+    /// `login` saves it]
+    #[arg(long, global = true, env = "AUTH_AGENT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for a server that requires one (mTLS), re-read on every
+    /// reconnect [`login` saves it]
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_AGENT_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key of --client-cert
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_AGENT_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Timeout of each call (the preflight renewal of `run` has its own)
     #[arg(long, global = true, env = "AUTH_AGENT_REQUEST_TIMEOUT", value_name = "DURATION",
           default_value = "15s", value_parser = humantime::parse_duration)]
@@ -179,7 +209,14 @@ impl GlobalArgs {
             state_file,
             request_timeout: self.request_timeout,
             channel: None,
-            transport: Default::default(),
+            transport: Transport {
+                tls: TlsFiles {
+                    ca_file: self.ca_file.clone(),
+                    client_cert: self.client_cert.clone(),
+                    client_key: self.client_key.clone(),
+                },
+                ..Transport::default()
+            },
         })
     }
 }
@@ -239,7 +276,7 @@ impl RunArgs {
         opts.check_period = self.check_period;
         opts.state_file = Some(context.state_file.clone());
         opts.channel = context.channel.clone();
-        opts.transport = context.transport;
+        opts.transport = context.transport.clone();
         Ok(opts)
     }
 }

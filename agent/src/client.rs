@@ -1,14 +1,25 @@
 //! The gRPC side: the channel to the server, and one method per `auth.v1` call the
 //! agent makes, each with the bearer token and its own timeout.
-use std::{future::Future, time::Duration, time::SystemTime};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use auth_api::v1::{
     LookupCurrentTokenRequest, RenewCurrentTokenRequest, RevokeCurrentTokenRequest,
     auth_service_client::AuthServiceClient,
 };
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{ClientConfig, RootCertStore, crypto::ring},
+};
 use tonic::{
     Code, Request, Status,
-    transport::{Channel, Endpoint},
+    transport::{Channel, Endpoint, Uri},
 };
 
 use crate::{error::AgentError, server_url::ServerUrl, timefmt, token::Token};
@@ -27,9 +38,82 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// while HTTP/2 is still being set up.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// The files of an https connection: the CA to trust (default: the system's roots), and
+/// the client certificate and key for servers that require one (mTLS). All are read
+/// again on every new connection, so rotated certificates are picked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates to trust (`--ca-file`); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (`--client-cert`), for servers that require one.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (`--client-key`).
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_cert.is_none() && self.client_key.is_none()
+    }
+
+    /// `self`, with what it leaves unset taken from `saved`.
+    pub fn or(&self, saved: &TlsFiles) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone().or_else(|| saved.ca_file.clone()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| saved.client_cert.clone()),
+            client_key: self.client_key.clone().or_else(|| saved.client_key.clone()),
+        }
+    }
+
+    /// The rustls client settings, from the files as they are now.
+    fn client_config(&self) -> Result<ClientConfig, String> {
+        let provider = Arc::new(ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                for cert in read_certs(path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut config = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(read_certs(cert)?, key)
+                    .map_err(|e| format!("--client-cert and --client-key: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))
+}
+
 /// The transport settings of the channel to the server. The defaults are the
 /// constants above; tests shorten them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transport {
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
@@ -39,6 +123,8 @@ pub struct Transport {
     pub keepalive_timeout: Duration,
     /// TCP keepalive idle time (see [`TCP_KEEPALIVE`]).
     pub tcp_keepalive: Duration,
+    /// For https servers.
+    pub tls: TlsFiles,
 }
 
 impl Default for Transport {
@@ -48,26 +134,58 @@ impl Default for Transport {
             keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
             tcp_keepalive: TCP_KEEPALIVE,
+            tls: TlsFiles::default(),
         }
     }
 }
 
 /// A channel to `server` that connects on first use, and reconnects after a failure, so
 /// that a server that is down at start does not stop the agent from starting.
+///
+/// For `https://` the TLS is ours, not tonic's: the connector reads the CA and client
+/// certificate files again for every new connection, so a rotated client certificate
+/// is used from the next reconnect on without a restart.
 pub fn connect_lazy(server: &ServerUrl, transport: &Transport) -> Result<Channel, AgentError> {
-    if server.is_https() {
-        return Err(AgentError::FixConfig(format!(
-            "{server}: this build of auth-agent has no TLS support yet; use an http:// URL"
-        )));
-    }
-    let endpoint = Endpoint::from_shared(server.as_str().to_owned())
+    let authority = server.authority();
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|err| AgentError::FixConfig(format!("invalid server URL {server}: {err}")))?
         .connect_timeout(transport.connect_timeout)
         .http2_keep_alive_interval(transport.keepalive_interval)
         .keep_alive_timeout(transport.keepalive_timeout)
         .keep_alive_while_idle(true)
         .tcp_keepalive(Some(transport.tcp_keepalive));
-    Ok(endpoint.connect_lazy())
+    if !server.is_https() {
+        return Ok(endpoint.connect_lazy());
+    }
+    let host = server.host().to_owned();
+    let name = ServerName::try_from(host.clone())
+        .map_err(|err| AgentError::FixConfig(format!("invalid server name in {server}: {err}")))?;
+    // A CA file that is not there is a configuration error now, not a retry loop later.
+    if let Some(ca) = &transport.tls.ca_file
+        && !ca.is_file()
+    {
+        return Err(AgentError::FixConfig(format!(
+            "--ca-file {} (AUTH_AGENT_CA_FILE): no such file",
+            ca.display()
+        )));
+    }
+    let (tls, keepalive) = (transport.tls.clone(), transport.tcp_keepalive);
+    let port = server.port();
+    let connector = tower::service_fn(move |_: Uri| {
+        let (tls, name, host) = (tls.clone(), name.clone(), host.clone());
+        async move {
+            let config = tls.client_config().map_err(std::io::Error::other)?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = socket2::SockRef::from(&tcp)
+                .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepalive));
+            let _ = tcp.set_nodelay(true);
+            let stream = TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 /// What `RenewCurrentToken` answered.
@@ -201,12 +319,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn https_is_refused_until_tls_exists() {
+    async fn a_missing_ca_file_is_a_configuration_error_at_once() {
         let url: ServerUrl = "https://auth.example.com".parse().unwrap();
-        assert!(matches!(
-            connect_lazy(&url, &Transport::default()),
-            Err(AgentError::FixConfig(_))
-        ));
+        let transport = Transport {
+            tls: TlsFiles {
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                ..TlsFiles::default()
+            },
+            ..Transport::default()
+        };
+        let err = connect_lazy(&url, &transport).unwrap_err();
+        assert!(matches!(err, AgentError::FixConfig(_)));
+        assert!(err.to_string().contains("--ca-file"), "{err}");
+        assert!(connect_lazy(&url, &Transport::default()).is_ok());
+    }
+
+    #[test]
+    fn flags_win_over_what_login_saved() {
+        let flags = TlsFiles {
+            ca_file: Some("/flag/ca".into()),
+            ..TlsFiles::default()
+        };
+        let saved = TlsFiles {
+            ca_file: Some("/saved/ca".into()),
+            client_cert: Some("/saved/cert".into()),
+            client_key: Some("/saved/key".into()),
+        };
+        let merged = flags.or(&saved);
+        assert_eq!(merged.ca_file, Some("/flag/ca".into()));
+        assert_eq!(merged.client_cert, Some("/saved/cert".into()));
+        assert!(TlsFiles::default().is_empty() && !merged.is_empty());
     }
 
     #[test]

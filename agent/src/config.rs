@@ -1,12 +1,13 @@
 //! The config file written by `auth-agent login`: where it lives (XDG), what it holds
-//! (server and token), and how it is read and replaced.
+//! (server, token, and the TLS files to reach the server), and how it is read and
+//! replaced.
 use std::{
     ffi::OsString,
     fmt::Write as _,
     path::{Path, PathBuf},
 };
 
-use crate::{error::AgentError, files, server_url::ServerUrl, token::Token};
+use crate::{client::TlsFiles, error::AgentError, files, server_url::ServerUrl, token::Token};
 
 /// Environment variable naming the config file (the `--config` flag's variable).
 pub const CONFIG_ENV: &str = "AUTH_AGENT_CONFIG";
@@ -18,6 +19,8 @@ pub struct ConfigFile {
     pub server: Option<String>,
     /// The token; `None` after `logout`.
     pub token: Option<Token>,
+    /// The CA and client certificate files `login` used for an https server.
+    pub tls: TlsFiles,
 }
 
 impl ConfigFile {
@@ -33,6 +36,11 @@ impl ConfigFile {
         Ok(ConfigFile {
             server: map.remove("server"),
             token,
+            tls: TlsFiles {
+                ca_file: map.remove("ca_file").map(PathBuf::from),
+                client_cert: map.remove("client_cert").map(PathBuf::from),
+                client_key: map.remove("client_key").map(PathBuf::from),
+            },
         })
     }
 
@@ -48,6 +56,15 @@ impl ConfigFile {
         }
         if let Some(token) = &self.token {
             out.push_str(&files::line("token", token.expose()));
+        }
+        for (key, path) in [
+            ("ca_file", &self.tls.ca_file),
+            ("client_cert", &self.tls.client_cert),
+            ("client_key", &self.tls.client_key),
+        ] {
+            if let Some(path) = path {
+                out.push_str(&files::line(key, &path.to_string_lossy()));
+            }
         }
         let _ = writeln!(out);
         out
@@ -90,21 +107,20 @@ pub async fn load(path: &Path) -> Result<Option<ConfigFile>, AgentError> {
         .map_err(|err| AgentError::file(err, "read", path, fix))
 }
 
-/// The server `login` saved in the config file at `path`: `None` when there is no file
-/// yet or no server in it. A file that cannot be read or parsed, or a saved URL that is
+/// The server `login` saved in the config file at `path`, with the TLS files it used:
+/// `None` when there is no file yet or no server in it. A file that cannot be read or parsed, or a saved URL that is
 /// not a server, is an error naming the file, never mistaken for "nothing saved".
-pub async fn saved_server(path: &Path) -> Result<Option<ServerUrl>, AgentError> {
+pub async fn saved_server(path: &Path) -> Result<Option<(ServerUrl, TlsFiles)>, AgentError> {
     let Some(config) = load(path).await? else {
         return Ok(None);
     };
-    config
-        .server
-        .map(|server| {
-            server.parse().map_err(|err| {
-                AgentError::FixConfig(format!("{} (saved in {})", err, path.display()))
-            })
-        })
-        .transpose()
+    let Some(server) = config.server else {
+        return Ok(None);
+    };
+    let server = server
+        .parse()
+        .map_err(|err| AgentError::FixConfig(format!("{} (saved in {})", err, path.display())))?;
+    Ok(Some((server, config.tls)))
 }
 
 /// Replaces the config file atomically, mode 0600 (see [`files::write_private`]).
@@ -136,8 +152,13 @@ mod tests {
     fn render_and_parse_round_trip() {
         let token = auth_api::token::generate(&Default::default()).unwrap();
         let config = ConfigFile {
-            server: Some("http://127.0.0.1:50051".into()),
+            server: Some("https://auth.example:50051".into()),
             token: Some(Token::parse(&token).unwrap()),
+            tls: TlsFiles {
+                ca_file: Some("/etc/auth/ca.pem".into()),
+                client_cert: Some("/etc/auth/me.pem".into()),
+                client_key: Some("/etc/auth/me.key".into()),
+            },
         };
         let text = config.render();
         assert_eq!(ConfigFile::parse(&text).unwrap(), config);

@@ -105,9 +105,22 @@ impl AgentError {
     /// action that gives the agent a good token); everything else is retried.
     pub fn from_status(status: &Status, fix: &str) -> AgentError {
         if status.code() != Code::Unauthenticated {
+            let mut cause = describe(status);
+            // A TLS certificate the agent does not trust is no login problem either: it
+            // is retried like an outage, with the fix named.
+            if ["certificate", "UnknownIssuer", "NotValidForName"]
+                .iter()
+                .any(|hint| cause.contains(hint))
+            {
+                cause.push_str(
+                    "; a TLS certificate problem: check --ca-file / AUTH_AGENT_CA_FILE (the CA \
+                     that signed the server's certificate) and that the server's certificate is \
+                     valid for the host in --server",
+                );
+            }
             return AgentError::RetryLater {
                 code: code_name(status.code()),
-                cause: describe(status),
+                cause,
             };
         }
         let reason = match status.get_error_details().error_info() {
@@ -289,6 +302,20 @@ mod tests {
             RejectReason::from_wire("ERROR_REASON_UNSPECIFIED"),
             RejectReason::Other(_)
         ));
+    }
+
+    #[test]
+    fn a_certificate_problem_is_retried_and_names_the_ca_file() {
+        let status =
+            Status::unavailable("tcp connect error: invalid peer certificate: UnknownIssuer");
+        let err = AgentError::from_status(&status, FIX);
+        assert!(matches!(err, AgentError::RetryLater { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("certificate") && text.contains("--ca-file"),
+            "{text}"
+        );
+        assert!(!text.contains("auth-agent login"), "{text}");
     }
 
     #[test]

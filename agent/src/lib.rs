@@ -43,7 +43,7 @@ pub mod schedule;
 pub mod telemetry;
 pub mod timefmt;
 
-pub use client::{Client, Identity, RenewOutcome, Transport};
+pub use client::{Client, Identity, RenewOutcome, TlsFiles, Transport};
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use daemon::{RunOptions, ServerSource, run};
 pub use error::{AgentError, RejectReason};

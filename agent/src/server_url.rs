@@ -52,6 +52,42 @@ impl ServerUrl {
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
+
+    /// `host:port` (the port defaulted to 443 or 80 by scheme when the URL has none).
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host_bracketed(), self.port())
+    }
+
+    /// The host name or address (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        if let Some(v6) = rest.strip_prefix('[') {
+            return v6.split_once(']').map_or(v6, |(h, _)| h);
+        }
+        rest.rsplit_once(':').map_or(rest, |(h, _)| h)
+    }
+
+    fn host_bracketed(&self) -> String {
+        let host = self.host();
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        }
+    }
+
+    /// The port (443 for https and 80 for http when the URL has none).
+    pub fn port(&self) -> u16 {
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let after_host = match rest.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map_or("", |(_, r)| r),
+            None => rest.rsplit_once(':').map_or("", |(_, p)| p),
+        };
+        let port = after_host.trim_start_matches(':');
+        port.parse()
+            .unwrap_or(if self.is_https() { 443 } else { 80 })
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +101,18 @@ mod tests {
         assert!(!url.is_https());
         let tls: ServerUrl = "https://auth.example.com".parse().unwrap();
         assert!(tls.is_https());
+    }
+
+    #[test]
+    fn host_and_port() {
+        let url: ServerUrl = "https://auth.example.com".parse().unwrap();
+        assert_eq!((url.host(), url.port()), ("auth.example.com", 443));
+        let url: ServerUrl = "http://127.0.0.1:50051".parse().unwrap();
+        assert_eq!((url.host(), url.port()), ("127.0.0.1", 50051));
+        assert_eq!(url.authority(), "127.0.0.1:50051");
+        let url: ServerUrl = "https://[::1]:8443".parse().unwrap();
+        assert_eq!((url.host(), url.port()), ("::1", 8443));
+        assert_eq!(url.authority(), "[::1]:8443");
     }
 
     #[test]

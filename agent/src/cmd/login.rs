@@ -72,7 +72,12 @@ impl fmt::Display for LoginReport {
 /// Checks `token` with the server and saves it. A rejected token leaves the config file
 /// exactly as it was (or absent) and the error names the server's reason.
 pub async fn login(context: &Context, token: Token) -> Result<LoginReport, AgentError> {
-    let (server, mut client) = context.client().await?;
+    let (server, transport) = context.endpoint().await?;
+    let channel = match &context.channel {
+        Some(channel) => channel.clone(),
+        None => crate::client::connect_lazy(&server, &transport)?,
+    };
+    let mut client = crate::client::Client::new(channel);
     let identity = client
         .lookup(&token, context.request_timeout)
         .await
@@ -90,6 +95,8 @@ pub async fn login(context: &Context, token: Token) -> Result<LoginReport, Agent
     let config = ConfigFile {
         server: Some(server.to_string()),
         token: Some(token),
+        // What reached the server, so that `run` and the other commands reach it too.
+        tls: transport.tls,
     };
     config::store(&context.config_path, &config).await?;
     // The state file describes the previous token's last renewal; `status` would show it

@@ -60,16 +60,13 @@ pub async fn logout(context: &Context) -> Result<LogoutReport, AgentError> {
     };
     let removed_from = match &context.token_source {
         TokenSource::Config { path, .. } => {
-            let server = config::load(path)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|c| c.server);
+            // Everything but the token stays: the next `login` reaches the same server.
+            let kept = config::load(path).await.ok().flatten().unwrap_or_default();
             config::store(
                 path,
                 &ConfigFile {
-                    server,
                     token: None,
+                    ..kept
                 },
             )
             .await?;

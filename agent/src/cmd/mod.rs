@@ -61,27 +61,44 @@ impl Context {
 
     /// The server: the flag (or its variable), else the one `login` saved.
     pub async fn server(&self) -> Result<ServerUrl, AgentError> {
-        if let Some(server) = &self.server {
-            return Ok(server.clone());
-        }
+        Ok(self.endpoint().await?.0)
+    }
+
+    /// The server and how to reach it: the flags (or their variables), and for what they
+    /// leave unset, what `login` saved.
+    pub async fn endpoint(&self) -> Result<(ServerUrl, Transport), AgentError> {
         // A config that cannot be read or parsed is reported as what it is: "no server
-        // configured" would send the reader to fix the wrong thing.
-        match config::saved_server(&self.config_path).await? {
-            Some(server) => Ok(server),
-            None => Err(AgentError::FixConfig(format!(
-                "no server configured: pass --server http://HOST:PORT, set {SERVER_ENV}, or run \
-                 `auth-agent login --server http://HOST:PORT` (no server saved in {})",
-                self.config_path.display()
-            ))),
+        // configured" would send the reader to fix the wrong thing. When the server is
+        // given, the saved TLS files are only a fallback, and an unreadable config does
+        // not stand in the way.
+        let saved = match &self.server {
+            Some(_) => config::saved_server(&self.config_path).await.ok().flatten(),
+            None => config::saved_server(&self.config_path).await?,
+        };
+        let (server, saved_tls) = match (&self.server, saved) {
+            (Some(server), saved) => (server.clone(), saved.map(|(_, tls)| tls)),
+            (None, Some((server, tls))) => (server, Some(tls)),
+            (None, None) => {
+                return Err(AgentError::FixConfig(format!(
+                    "no server configured: pass --server http://HOST:PORT, set {SERVER_ENV}, or \
+                     run `auth-agent login --server http://HOST:PORT` (no server saved in {})",
+                    self.config_path.display()
+                )));
+            }
+        };
+        let mut transport = self.transport.clone();
+        if let Some(saved) = saved_tls {
+            transport.tls = transport.tls.or(&saved);
         }
+        Ok((server, transport))
     }
 
     /// The server and a client for it.
     pub async fn client(&self) -> Result<(ServerUrl, Client), AgentError> {
-        let server = self.server().await?;
+        let (server, transport) = self.endpoint().await?;
         let channel = match &self.channel {
             Some(channel) => channel.clone(),
-            None => client::connect_lazy(&server, &self.transport)?,
+            None => client::connect_lazy(&server, &transport)?,
         };
         Ok((server, Client::new(channel)))
     }

@@ -186,7 +186,7 @@ enum Target {
 
 /// Finds the server (waiting for `login` to save one if need be), then runs the daemon.
 /// Never returns: `run` ends it by dropping it at shutdown.
-async fn start(opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
+async fn start(mut opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
     let (server, channel, dialled) = match target {
         Target::Ready {
             server,
@@ -198,7 +198,7 @@ async fn start(opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
             explicit,
             channel: given,
         } => {
-            let (server, channel) = wait_for_server(
+            let (server, transport, channel) = wait_for_server(
                 &config,
                 explicit,
                 opts.check_period,
@@ -206,6 +206,8 @@ async fn start(opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
                 &opts.transport,
             )
             .await;
+            // A redial after a timeout reaches the server the same way.
+            opts.transport = transport;
             match given {
                 Some(given) => (server, given, false),
                 None => (server, channel, true),
@@ -226,7 +228,7 @@ async fn wait_for_server(
     check_period: Duration,
     health: &Health,
     transport: &Transport,
-) -> (ServerUrl, Channel) {
+) -> (ServerUrl, Transport, Channel) {
     let fix = if explicit {
         format!(
             "run `auth-agent login --config {} --server http://HOST:PORT` (as the user the agent \
@@ -239,15 +241,19 @@ async fn wait_for_server(
     let mut said: Option<String> = None;
     loop {
         let problem = match config::saved_server(config).await {
-            Ok(Some(server)) => match client::connect_lazy(&server, transport) {
-                Ok(channel) => {
-                    if said.is_some() {
-                        info!(%server, "{} now names a server: starting", config.display());
+            Ok(Some((server, saved_tls))) => {
+                let mut transport = transport.clone();
+                transport.tls = transport.tls.or(&saved_tls);
+                match client::connect_lazy(&server, &transport) {
+                    Ok(channel) => {
+                        if said.is_some() {
+                            info!(%server, "{} now names a server: starting", config.display());
+                        }
+                        return (server, transport, channel);
                     }
-                    return (server, channel);
+                    Err(err) => err.to_string(),
                 }
-                Err(err) => err.to_string(),
-            },
+            }
             Ok(None) => format!("no server saved in {}", config.display()),
             Err(err) => err.to_string(),
         };

@@ -198,6 +198,7 @@ async fn the_warning_names_the_reason_and_the_command_first() {
         &auth_agent::config::ConfigFile {
             server: None,
             token: Some(auth_agent::Token::parse(&token("expired")).unwrap()),
+            ..Default::default()
         },
     )
     .await

@@ -135,6 +135,7 @@ async fn a_rejected_token_warns_on_every_attempt_and_only_renews() {
     let stale = ConfigFile {
         server: None,
         token: Some(Token::parse(&token("expired")).unwrap()),
+        ..Default::default()
     };
     config::store(&path, &stale).await.unwrap();
     let source = TokenSource::Config {
@@ -236,6 +237,7 @@ async fn recovers_without_restart_after_login_rewrites_the_config() {
     let fresh = ConfigFile {
         server: None,
         token: Some(Token::parse(&token("login")).unwrap()),
+        ..Default::default()
     };
     config::store(&path, &fresh).await.unwrap();
     h.wait_state(AgentState::Ready).await;

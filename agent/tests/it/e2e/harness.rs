@@ -258,6 +258,25 @@ impl Process {
         }
     }
 
+    /// Waits (at most `limit`) for the child to exit by itself; its status once both
+    /// pipes are read to the end.
+    pub async fn exit(&mut self, limit: Duration) -> ExitStatus {
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                asked.elapsed() < limit,
+                "auth-agent did not exit within {limit:?}:\n{}",
+                self.stderr.text()
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        self.join_readers();
+        status
+    }
+
     /// Sends SIGTERM and waits (at most [`PROMPTLY`]) for the exit; returns its status
     /// once both pipes are read to the end.
     pub async fn terminate(&mut self) -> ExitStatus {

@@ -8,3 +8,4 @@ mod keepalive;
 mod login;
 mod rejected;
 mod startup;
+mod tls;
