@@ -324,16 +324,26 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
+/// `Ok` if the program succeeded; otherwise an error naming it (and `action`, if any)
+/// with everything it printed.
 fn checked(output: std::io::Result<Output>, program: &str, action: &str) -> Result<()> {
     let out = output.map_err(|e| Error::Config(format!("could not run {program}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
+    let what = match action {
+        "" => program.to_string(),
+        action => format!("{program} {action}"),
+    };
+    let printed: Vec<String> = [&out.stderr, &out.stdout]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     Err(Error::Config(format!(
-        "{program} {action} failed ({}): {}{}",
+        "{what} failed ({}): {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim()
+        printed.join("\n")
     )))
 }
 
@@ -341,4 +351,50 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn failed_with(stderr: &str, stdout: &str) -> Output {
+        Output {
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_failed_program_is_named_once_without_stray_spaces() {
+        let err = checked(Ok(failed_with("initdb: error: no\n", "")), "initdb", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("initdb failed (exit status: 1): initdb: error: no"),
+            "{err}"
+        );
+        let err = checked(Ok(failed_with("", "")), "pg_ctl", "stop")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("pg_ctl stop failed (exit status: 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stderr_and_stdout_of_a_failed_program_stay_apart() {
+        let err = checked(
+            Ok(failed_with("hint: remove it.", "The files")),
+            "initdb",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hint: remove it.\nThe files"), "{err}");
+    }
 }
