@@ -9,6 +9,7 @@
 mod cache;
 mod cli;
 mod concurrency;
+mod embedded;
 mod outage;
 mod renew;
 mod validate;
