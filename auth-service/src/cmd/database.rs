@@ -23,57 +23,70 @@ pub enum Role {
 
 impl Opened {
     /// Closes the pool, then stops the embedded cluster if this process owns it. A
-    /// one-shot command that started the cluster leaves it running when another
-    /// process (a `serve` that started meanwhile) is connected to it.
+    /// one-shot command that started the cluster leaves it running when a `serve`
+    /// has claimed the data directory meanwhile (it adopts the cluster), or when
+    /// another process is connected to it.
     pub async fn close(self, role: Role) -> Result<()> {
-        let shared = match &self.cluster {
-            Some(c) if c.owned() && role == Role::OneShot => {
-                self.db.other_clients().await.unwrap_or(0) > 0
+        let cluster = match self.cluster {
+            Some(cluster) if cluster.owned() => cluster,
+            _ => {
+                self.db.close();
+                return Ok(());
             }
-            _ => false,
         };
+        // Decided under the cluster lock: no `serve` can adopt the cluster, and no
+        // command can start using it, between this check and the stop.
+        let (cluster, deciding, serving) = blocking("stopping PostgreSQL", move || {
+            let deciding = cluster.lock()?;
+            let serving = role == Role::OneShot && cluster.serve_running(&deciding)?;
+            Ok((cluster, deciding, serving))
+        })
+        .await?;
+        let shared =
+            role == Role::OneShot && (serving || self.db.other_clients().await.unwrap_or(0) > 0);
         self.db.close();
-        match self.cluster {
-            Some(mut cluster) if shared => {
-                tracing::info!("leaving the embedded PostgreSQL running: another process uses it");
-                cluster.disown();
-                Ok(())
-            }
-            Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop())
-                .await
-                .map_err(|e| Error::Internal(format!("stopping PostgreSQL: {e}")))?,
-            None => Ok(()),
+        if shared {
+            tracing::info!("leaving the embedded PostgreSQL running: another process uses it");
+            return Ok(());
         }
+        blocking("stopping PostgreSQL", move || {
+            cluster.stop_locked(&deciding)
+        })
+        .await
     }
 }
 
 /// Connects (starting the embedded cluster if configured) and applies migrations.
 pub async fn open(settings: &DbSettings, role: Role) -> Result<Opened> {
-    let (target, cluster) = match &settings.database {
-        Database::Url(target) => (target.as_ref().clone(), None),
+    let (target, cluster, deciding) = match &settings.database {
+        Database::Url(target) => (target.as_ref().clone(), None, None),
         Database::Embedded {
             data_dir,
             pg_bindir,
         } => {
             let (data_dir, pg_bindir) = (data_dir.clone(), pg_bindir.clone());
-            let cluster = tokio::task::spawn_blocking(move || {
+            let (cluster, deciding) = blocking("starting PostgreSQL", move || {
                 let options = ClusterOptions {
                     adopt_running: role == Role::Server,
                     ..ClusterOptions::default()
                 };
-                Cluster::start(&data_dir, pg_bindir.as_deref(), &options)
+                Cluster::start_locked(&data_dir, pg_bindir.as_deref(), &options)
             })
-            .await
-            .map_err(|e| Error::Internal(format!("starting PostgreSQL: {e}")))??;
+            .await?;
             (
                 Target::plain(cluster.client_config("postgres")),
                 Some(cluster),
+                Some(deciding),
             )
         }
     };
     let db = Db::connect_to(target, settings.pool_size, settings.timeout)?;
     let opened = Opened { db, cluster };
-    if let Err(e) = opened.db.migrate().await {
+    let migrated = opened.db.migrate().await;
+    // Released once connected (the pool keeps the connection): a one-shot command
+    // deciding whether to stop the cluster now counts this process as a client.
+    drop(deciding);
+    if let Err(e) = migrated {
         let hint = match &opened.cluster {
             None => " (check --database-url / --database-url-file and that the server is up)",
             Some(_) => "",
@@ -87,4 +100,14 @@ pub async fn open(settings: &DbSettings, role: Role) -> Result<Opened> {
         });
     }
     Ok(opened)
+}
+
+/// Runs blocking cluster work (programs, file locks) off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("{what}: {e}")))?
 }

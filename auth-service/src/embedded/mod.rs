@@ -2,9 +2,11 @@
 //! reachable only through a Unix socket inside it (no TCP port).
 //!
 //! `initdb` on first use, `pg_ctl start` when it is not running, `pg_ctl stop` only
-//! by the process that started it, so `auth-service token ...` works against the
-//! same data directory while `serve` runs. When we are root the programs run as the
-//! `postgres` system user, since PostgreSQL refuses to run as root.
+//! by the process that owns it, so `auth-service token ...` works against the same
+//! data directory while `serve` runs. Every one of these decisions is taken under a
+//! lock in the data directory ([`lock`]), so processes started together agree. When
+//! we are root the programs run as the `postgres` system user, since PostgreSQL
+//! refuses to run as root.
 use std::{
     fs,
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -16,9 +18,11 @@ use crate::error::{Error, Result};
 
 pub mod account;
 pub mod binaries;
+pub mod lock;
 
 pub use account::RunAs;
 pub use binaries::PgBinaries;
+pub use lock::{ClusterLock, ServeLock};
 
 /// The socket path must fit in `sockaddr_un.sun_path` (108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -32,7 +36,9 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// Take ownership of a server that is already running (`serve` does: it may be
     /// left over from a crash, or started by a `token` command), so it is stopped
-    /// when this process shuts down.
+    /// when this process shuts down. Only one process may own it: this also claims
+    /// the data directory for as long as the `Cluster` lives ([`ServeLock`]), and
+    /// fails if another process has claimed it.
     pub adopt_running: bool,
 }
 
@@ -50,10 +56,14 @@ impl Default for ClusterOptions {
 #[derive(Debug)]
 pub struct Cluster {
     bins: PgBinaries,
+    /// The data directory (canonical), where the lock files are.
+    data_dir: PathBuf,
     pgdata: PathBuf,
     run_as: Option<RunAs>,
-    /// Whether this process started the server (and so stops it).
+    /// Whether this process started or adopted the server (and so stops it).
     owned: bool,
+    /// `serve`'s claim on the data directory, released after the server is stopped.
+    serve_lock: Option<ServeLock>,
 }
 
 impl Cluster {
@@ -63,14 +73,36 @@ impl Cluster {
         bindir: Option<&Path>,
         options: &ClusterOptions,
     ) -> Result<Cluster> {
+        let (cluster, _deciding) = Cluster::start_locked(data_dir, bindir, options)?;
+        Ok(cluster)
+    }
+
+    /// Like [`Cluster::start`], but returns with the cluster lock still held, so the
+    /// caller can connect before any other process decides to stop the server.
+    pub fn start_locked(
+        data_dir: &Path,
+        bindir: Option<&Path>,
+        options: &ClusterOptions,
+    ) -> Result<(Cluster, ClusterLock)> {
         let bins = PgBinaries::locate(bindir)?;
         let run_as = account::cluster_account()?;
-        let pgdata = prepare_dirs(data_dir, run_as.as_ref())?;
+        let data_dir = create_data_dir(data_dir, run_as.as_ref())?;
+        // The claim first, so a second `serve` is refused at once rather than after
+        // waiting for the first one's initdb.
+        let serve_lock = if options.adopt_running {
+            Some(ServeLock::acquire(&data_dir)?)
+        } else {
+            None
+        };
+        let deciding = ClusterLock::acquire(&data_dir)?;
+        let pgdata = cluster_dir(&data_dir, run_as.as_ref())?;
         let mut cluster = Cluster {
             bins,
+            data_dir,
             pgdata,
             run_as,
             owned: false,
+            serve_lock,
         };
         if !cluster.pgdata.join("PG_VERSION").is_file() {
             cluster.initdb(options)?;
@@ -80,7 +112,17 @@ impl Cluster {
         if options.adopt_running {
             cluster.owned = true;
         }
-        Ok(cluster)
+        Ok((cluster, deciding))
+    }
+
+    /// Waits for the right to decide about the server (stop it or leave it running).
+    pub fn lock(&self) -> Result<ClusterLock> {
+        ClusterLock::acquire(&self.data_dir)
+    }
+
+    /// Whether a `serve` has claimed this data directory (and so owns the server).
+    pub fn serve_running(&self, deciding: &ClusterLock) -> Result<bool> {
+        ServeLock::held(&self.data_dir, deciding)
     }
 
     /// Where clients connect: the socket directory, as the `postgres` superuser.
@@ -104,12 +146,23 @@ impl Cluster {
         &self.pgdata
     }
 
-    /// Stops the server if this process started it; otherwise leaves it to its owner.
-    pub fn stop(mut self) -> Result<()> {
-        if self.owned {
-            self.stop_server()?;
-        }
-        Ok(())
+    /// Stops the server if this process owns it; otherwise leaves it to its owner.
+    pub fn stop(self) -> Result<()> {
+        let deciding = self.lock()?;
+        self.stop_locked(&deciding)
+    }
+
+    /// [`Cluster::stop`] for a caller that already holds the cluster lock.
+    pub fn stop_locked(mut self, _deciding: &ClusterLock) -> Result<()> {
+        let stopped = if self.owned {
+            self.stop_server()
+        } else {
+            Ok(())
+        };
+        // Only once the server is down: a `serve` waiting for the cluster lock then
+        // finds the data directory free and the server stopped, and starts it afresh.
+        drop(self.serve_lock.take());
+        stopped
     }
 
     /// Whether this process will stop the server when done.
@@ -130,7 +183,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the server unless one already runs on this data directory.
+    /// Starts the server unless one already runs on this data directory. Processes
+    /// that share the data directory call it under the cluster lock.
     pub fn start_server(&mut self) -> Result<()> {
         if self.is_running() {
             tracing::info!(pgdata = %self.pgdata.display(), "using the embedded PostgreSQL that is already running");
@@ -144,8 +198,6 @@ impl Cluster {
                 tracing::info!(pgdata = %self.pgdata.display(), "embedded PostgreSQL started");
                 Ok(())
             }
-            // Another process (a `token` command, a second `serve`) may have won the race.
-            Err(_) if self.is_running() => Ok(()),
             Err(e) => Err(Error::Config(format!(
                 "{e}\n--- last lines of {log} ---\n{}",
                 tail(&self.pgdata.join("server.log"), 15)
@@ -183,7 +235,8 @@ impl Cluster {
     }
 
     /// `initdb` into a scratch directory renamed into place, so a crash halfway
-    /// never leaves a half-made cluster behind.
+    /// never leaves a half-made cluster behind. Under the cluster lock, so the
+    /// scratch directory is ours to clear.
     fn initdb(&mut self, options: &ClusterOptions) -> Result<()> {
         let scratch = self.pgdata.with_extension("init");
         let _ = fs::remove_dir_all(&scratch);
@@ -249,10 +302,8 @@ fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-/// Creates the data directory and decides where the cluster lives: `<data_dir>/pgdata`,
-/// unless the cluster user cannot reach it (root running in a private home directory),
-/// in which case the cluster lives under `/var/lib/auth-service` and `pgdata` links there.
-fn prepare_dirs(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
+/// Creates the data directory if need be, and returns its canonical path.
+fn create_data_dir(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
     let fresh = !data_dir.exists();
     fs::create_dir_all(data_dir).map_err(|e| {
         Error::Config(format!(
@@ -268,8 +319,16 @@ fn prepare_dirs(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
         fs::set_permissions(&data_dir, fs::Permissions::from_mode(mode))
             .map_err(io("chmod --data-dir"))?;
     }
+    Ok(data_dir)
+}
+
+/// Decides where the cluster lives: `<data_dir>/pgdata`, unless the cluster user
+/// cannot reach it (root running in a private home directory), in which case the
+/// cluster lives under `/var/lib/auth-service` and `pgdata` links there. Under the
+/// cluster lock, since it may replace the link.
+fn cluster_dir(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
     let link = data_dir.join("pgdata");
-    let blocked = run_as.and_then(|who| account::blocking_ancestor(&data_dir, who));
+    let blocked = run_as.and_then(|who| account::blocking_ancestor(data_dir, who));
     let pgdata = match (run_as, blocked) {
         (Some(who), Some(blocked)) => {
             let home = PathBuf::from("/var/lib/auth-service/clusters");
@@ -324,16 +383,26 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
+/// `Ok` if the program succeeded; otherwise an error naming it (and `action`, if any)
+/// with everything it printed.
 fn checked(output: std::io::Result<Output>, program: &str, action: &str) -> Result<()> {
     let out = output.map_err(|e| Error::Config(format!("could not run {program}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
+    let what = match action {
+        "" => program.to_string(),
+        action => format!("{program} {action}"),
+    };
+    let printed: Vec<String> = [&out.stderr, &out.stdout]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     Err(Error::Config(format!(
-        "{program} {action} failed ({}): {}{}",
+        "{what} failed ({}): {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim()
+        printed.join("\n")
     )))
 }
 
@@ -341,4 +410,50 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn failed_with(stderr: &str, stdout: &str) -> Output {
+        Output {
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_failed_program_is_named_once_without_stray_spaces() {
+        let err = checked(Ok(failed_with("initdb: error: no\n", "")), "initdb", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("initdb failed (exit status: 1): initdb: error: no"),
+            "{err}"
+        );
+        let err = checked(Ok(failed_with("", "")), "pg_ctl", "stop")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("pg_ctl stop failed (exit status: 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stderr_and_stdout_of_a_failed_program_stay_apart() {
+        let err = checked(
+            Ok(failed_with("hint: remove it.", "The files")),
+            "initdb",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hint: remove it.\nThe files"), "{err}");
+    }
 }

@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
+    sync::mpsc::Receiver,
     time::Duration,
 };
 
@@ -12,9 +13,9 @@ use auth_api::v1::{
 };
 use auth_test_support::{cluster, grpc::*};
 
-const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("AUTH_SERVICE_LOG")
@@ -22,7 +23,7 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -151,7 +152,7 @@ async fn a_missing_database_is_a_clear_error() {
     );
 }
 
-fn spawn_serve(args: &[&str]) -> Child {
+pub(crate) fn spawn_serve(args: &[&str]) -> Child {
     Command::new(BIN)
         .arg("serve")
         .args(args)
@@ -163,11 +164,9 @@ fn spawn_serve(args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Drains stderr on a thread (a full pipe would block the server's logging) and
-/// waits for the "listening" line. Returns the address it names (serve is started on
-/// port 0, so the kernel picks a free one), the lines so far, and the channel of the
-/// rest.
-fn wait_listening(child: &mut Child) -> (String, Vec<String>, std::sync::mpsc::Receiver<String>) {
+/// Drains the child's stderr on a thread (a full pipe would block the server's
+/// logging) into a channel, which closes when the child closes its stderr (exits).
+pub(crate) fn stderr_lines(child: &mut Child) -> Receiver<String> {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -177,14 +176,26 @@ fn wait_listening(child: &mut Child) -> (String, Vec<String>, std::sync::mpsc::R
             }
         }
     });
+    rx
+}
+
+/// The address in serve's "auth-service listening addr=..." line, if `line` is it.
+pub(crate) fn listening_addr(line: &str) -> Option<String> {
+    line.contains("auth-service listening")
+        .then(|| line.split("addr=").nth(1))
+        .flatten()
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// Waits for the "listening" line. Returns the address it names (serve is started on
+/// port 0, so the kernel picks a free one), the lines so far, and the channel of the
+/// rest.
+pub(crate) fn wait_listening(child: &mut Child) -> (String, Vec<String>, Receiver<String>) {
+    let rx = stderr_lines(child);
     let mut seen = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        let addr = line
-            .contains("auth-service listening")
-            .then(|| line.split("addr=").nth(1))
-            .flatten()
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_string);
+        let addr = listening_addr(&line);
         seen.push(line);
         if let Some(addr) = addr {
             return (addr, seen, rx);
@@ -193,7 +204,7 @@ fn wait_listening(child: &mut Child) -> (String, Vec<String>, std::sync::mpsc::R
     panic!("serve did not start:\n{}", seen.join("\n"));
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..300 {

@@ -10,6 +10,7 @@ mod attack;
 mod cache;
 mod cli;
 mod concurrency;
+mod embedded;
 mod outage;
 mod pgtls;
 mod renew;
