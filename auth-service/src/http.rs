@@ -1,6 +1,7 @@
 //! The HTTP side port (`serve --http-listen`), served by axum (already compiled in
 //! through tonic): `/metrics` for Prometheus, `/healthz` (the process runs) and
-//! `/readyz` (the database answers) for probes.
+//! `/readyz` (the database answers) for probes, and `/authz/forward-auth` for proxies
+//! (see [`crate::authz::forward`]).
 use std::{future::Future, sync::Arc};
 
 use axum::{
@@ -8,11 +9,11 @@ use axum::{
     extract::State,
     http::{StatusCode, header},
     response::IntoResponse,
-    routing::get,
+    routing::{any, get},
 };
 use tokio::net::TcpListener;
 
-use crate::{cache::TokenCache, db::Db, health::Health, metrics::Metrics};
+use crate::{authz, cache::TokenCache, db::Db, health::Health, metrics::Metrics, service::AuthSvc};
 
 /// What the routes read.
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub struct HttpState {
     pub cache: Arc<TokenCache>,
     pub db: Db,
     pub health: Health,
+    /// The token checks, for forward-auth.
+    pub svc: Arc<AuthSvc>,
 }
 
 /// The routes, for serving and for tests.
@@ -29,6 +32,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/authz/forward-auth", any(authz::forward::handle))
         .with_state(state)
 }
 
@@ -62,7 +66,9 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(error) = axum::serve(listener, router(state))
+    // With the peer address: forward-auth answers only loopback under --validate-allow.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {

@@ -7,6 +7,7 @@
 //! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
 //! - [`http`]: the HTTP side port (`/metrics`, `/healthz`, `/readyz`);
 //! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
+//! - [`authz`]: the proxy adapters (Envoy ext_authz, HTTP forward-auth), over `service`;
 //! - [`admission`]: what is refused at once (failed-credential throttle, shed DB work);
 //! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
 //! - [`cache`]: the in-process token cache and the listener that invalidates it;
@@ -19,6 +20,7 @@
 //! - [`telemetry`]: logging setup.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod authz;
 pub mod cmd;
 pub mod config;
 pub mod http;

@@ -1,15 +1,17 @@
-//! `run(listeners, db, settings, shutdown)`: serves auth.v1, health and reflection (and
-//! the HTTP side port) until `shutdown` resolves, then drains in-flight calls and joins
+//! `run(listeners, db, settings, shutdown)`: serves auth.v1, Envoy's ext_authz, health
+//! and reflection (and the HTTP side port) until `shutdown` resolves, then drains in-flight calls and joins
 //! the background tasks.
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use auth_api::v1::auth_service_server::AuthServiceServer;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
     admission::{DbAdmission, FailureThrottle},
+    authz::envoy::ExtAuthz,
     cache::{self, TokenCache},
     config::ServeSettings,
     db::Db,
@@ -24,6 +26,9 @@ use crate::{
 
 /// Requests are tiny; anything larger is refused before it is decoded.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// An ext_authz CheckRequest carries every header of the checked request: Envoy's own
+/// header limit (60 KiB by default) plus the request's attributes.
+const MAX_CHECK_BYTES: usize = 256 * 1024;
 /// Metadata above this is refused by HTTP/2 before any handler runs.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// HTTP/2 flow-control windows: the most request bytes a peer can send ahead of the
@@ -97,7 +102,7 @@ pub async fn run(
             }
         }
     });
-    let auth = AuthServiceServer::new(AuthSvc::new(
+    let svc = Arc::new(AuthSvc::new(
         db.clone(),
         settings.policy,
         settings.prefix,
@@ -109,8 +114,11 @@ pub async fn run(
             admission: DbAdmission::new(settings.db_max_per_token, settings.db_max_waiting),
             validate_allow: settings.validate_allow.clone().into(),
         },
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    ));
+    let auth =
+        AuthServiceServer::from_arc(svc.clone()).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let ext_authz = AuthorizationServer::new(ExtAuthz::new(svc.clone()))
+        .max_decoding_message_size(MAX_CHECK_BYTES);
 
     let monitor = tokio::spawn(health::monitor(
         db.dedicated()?,
@@ -127,6 +135,7 @@ pub async fn run(
             cache: cache.clone(),
             db: db.clone(),
             health: health.clone(),
+            svc: svc.clone(),
         };
         tokio::spawn(http::serve(listener, state, async move {
             let _ = http_stopped.await;
@@ -165,6 +174,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
+        .add_service(ext_authz)
         .serve_with_incoming_shutdown(incoming, drain_signal);
     // Draining waits for every call in flight; one that never finishes must not keep
     // the process alive: after the grace period the rest are dropped (cancelled).
@@ -207,4 +217,5 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(auth_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::authz::envoy::FILE_DESCRIPTOR_SET)
 }

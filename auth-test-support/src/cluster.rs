@@ -44,6 +44,17 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("auth-{tag}-{}-{n}", std::process::id()))
 }
 
+/// Stops `cluster`'s server (fast shutdown, on a blocking thread) and hands it back, so
+/// that a test can start it again.
+pub async fn stop(mut cluster: Cluster) -> Result<Cluster> {
+    tokio::task::spawn_blocking(move || {
+        cluster.stop_server().map_err(|e| e.to_string())?;
+        Ok::<_, String>(cluster)
+    })
+    .await?
+    .map_err(Into::into)
+}
+
 /// Starts a cluster of its own (for tests that stop and start it) under a new scratch
 /// directory; returns it and the directory.
 pub async fn own(tag: &str) -> Result<(Cluster, PathBuf)> {

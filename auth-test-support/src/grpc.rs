@@ -1,5 +1,5 @@
-//! Client-side helpers: bearer metadata, the ErrorInfo reason of a status, and the
-//! calls the tests make most.
+//! Client-side helpers: bearer metadata, the ErrorInfo reason of a status, the calls
+//! the tests make most, and Envoy's ext_authz CheckRequest.
 use std::time::Duration;
 
 use auth_api::v1::{
@@ -103,4 +103,45 @@ pub async fn wait_for_health(url: &str, want: ServingStatus) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("health never became {want:?}");
+}
+
+/// A CheckRequest as Envoy builds it: the request's headers (keys lower-cased) and the
+/// route's `required_scope` context extension.
+pub fn envoy_check(
+    headers: &[(&str, &str)],
+    required_scope: Option<&str>,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest,
+        attribute_context::{HttpRequest, Request},
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or_else(String::new, |(_, v)| v.to_string())
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: header(":method"),
+                    path: header(":path"),
+                    host: header(":authority"),
+                    scheme: header(":scheme"),
+                    protocol: "HTTP/2".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: required_scope
+                .map(|s| [("required_scope".to_string(), s.to_string())].into())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+    }
 }

@@ -7,6 +7,8 @@
 //! - [`agent`]: the real agent daemon started through `auth_agent::run`, and stopped;
 //! - [`grpc`]: client-side helpers (bearer metadata, the ErrorInfo reason, calls);
 //! - [`http`]: a minimal HTTP/1.1 client for the side ports;
+//! - [`nginx`]: a real nginx on loopback from a generated configuration, and an echo
+//!   upstream;
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
 //! - [`certs`]: a CA and server and client certificates made in the test (rcgen);
@@ -17,6 +19,7 @@
 pub mod agent;
 pub mod grpc;
 pub mod http;
+pub mod nginx;
 pub mod server;
 
 pub mod fixtures;

@@ -7,6 +7,7 @@ use auth_api::v1::auth_service_client::AuthServiceClient;
 use auth_service::{
     config::ServeSettings,
     db::Db,
+    embedded::Cluster,
     renewal::RenewalPolicy,
     server::{self, Listeners},
 };
@@ -68,6 +69,17 @@ impl TestServer {
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
         let addr = self.http_addr.ok_or("no HTTP port")?;
         crate::http::get(addr, path).await
+    }
+
+    /// The server on a PostgreSQL cluster of its own, for tests that stop the database:
+    /// a pool of 4 that waits at most a second, the default policy. Returns the server
+    /// and the cluster (to stop and start).
+    pub async fn on_own_cluster(tag: &str) -> Result<(TestServer, Cluster)> {
+        let (cluster, _dir) = cluster::own(tag).await?;
+        let db = Db::new(cluster.client_config("postgres"), 4, Duration::from_secs(1))?;
+        db.migrate().await?;
+        let server = TestServer::start(db, settings(RenewalPolicy::default())).await?;
+        Ok((server, cluster))
     }
 
     /// A fresh database and the server on it, with `policy`.

@@ -43,11 +43,24 @@ fn check_label(flag: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A scope is an RFC 6749 scope-token without commas: proxies require scopes as a
+/// space-separated list and receive the granted ones comma-separated (`X-Auth-Scopes`).
+fn check_scope(value: &str) -> Result<()> {
+    let allowed = |c: char| c == '!' || ('#'..='~').contains(&c) && c != '\\' && c != ',';
+    if value.is_empty() || value.len() > 255 || !value.chars().all(allowed) {
+        return Err(Error::InvalidArgument(format!(
+            "--scope {value:?}: a scope is 1-255 visible ASCII characters without spaces, \
+             commas, quotes or backslashes (e.g. billing:read)"
+        )));
+    }
+    Ok(())
+}
+
 async fn create(db: &Db, prefix: &Prefix, args: CreateArgs) -> Result<()> {
     check_label("--user", &args.user)?;
     check_label("--name", &args.name)?;
     for s in &args.scopes {
-        check_label("--scope", s)?;
+        check_scope(s)?;
     }
     let raw = token::generate(prefix)?;
     let digest = token::digest_of(&raw, prefix);

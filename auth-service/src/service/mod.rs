@@ -65,6 +65,19 @@ impl AuthSvc {
         }
     }
 
+    pub(crate) fn prefix(&self) -> &Prefix {
+        &self.prefix
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Callers allowed to validate (ValidateToken and the proxy adapters); empty: anyone.
+    pub(crate) fn validate_allow(&self) -> &[String] {
+        &self.validate_allow
+    }
+
     /// A self-service call (the caller's own token): refused while its peer is over
     /// the failed-credential budget, and counted against it when its credentials fail.
     async fn self_service<T>(
@@ -84,7 +97,7 @@ impl AuthSvc {
     /// What Validate and Lookup share: the live token, from the cache or (on a miss)
     /// the database, turned into a response by `respond`. The token is recorded on the
     /// request's span and stamped as used.
-    async fn describe<R>(
+    pub(crate) async fn describe<R>(
         &self,
         digest: &TokenDigest,
         respond: impl FnOnce(&TokenView<'_>) -> R,
@@ -120,7 +133,7 @@ impl AuthSvc {
     }
 
     /// The status for an error, counting credential rejections.
-    fn status(&self, error: Error) -> Status {
+    pub(crate) fn status(&self, error: Error) -> Status {
         if let Some(reason) = error.reason() {
             self.metrics.rejected(reason);
         }

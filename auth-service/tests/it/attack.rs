@@ -14,12 +14,36 @@ use bytes::Bytes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
+/// A served child process, killed when dropped: a failed assertion must not leave a
+/// server running after the test.
+pub(crate) struct Served(Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `serve` with `args`, its stderr drained on a thread; returns the child, the bound
 /// gRPC address, and the channel of every stderr line.
 pub(crate) fn serve(
     args: &[&str],
     fd_limit: Option<u64>,
-) -> (Child, String, mpsc::Receiver<String>) {
+) -> (Served, String, mpsc::Receiver<String>) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -63,7 +87,7 @@ pub(crate) fn serve(
             .map(str::to_string);
         seen.push(line);
         if let Some(addr) = addr {
-            return (child, addr, rx);
+            return (Served(child), addr, rx);
         }
     }
     let _ = child.kill();

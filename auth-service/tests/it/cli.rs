@@ -408,3 +408,38 @@ async fn a_wrong_password_says_so_and_never_shows_the_password() {
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(!err.contains("Wr0ngS3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn a_scope_proxies_could_not_carry_is_refused_and_nothing_is_created() {
+    let url = db_url().await;
+    // Proxies require scopes space-separated and receive them comma-separated.
+    for scope in ["billing read", "say\"hi\"", "back\\slash", ""] {
+        let out = run(&[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "ci",
+            "--scope",
+            scope,
+            "--database-url",
+            &url,
+        ]);
+        assert!(!out.status.success(), "{scope:?} was accepted");
+        assert!(
+            text(&out.stderr).contains("--scope"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "no token printed for {scope:?}");
+    }
+    let list = run(&["--database-url", &url, "token", "list", "--user", "alice"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert_eq!(
+        text(&list.stdout).lines().count(),
+        1,
+        "only the header: {}",
+        text(&list.stdout)
+    );
+}

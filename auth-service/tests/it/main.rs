@@ -11,6 +11,8 @@ mod cache;
 mod cli;
 mod concurrency;
 mod embedded;
+mod ext_authz;
+mod forward_auth;
 mod outage;
 mod pgtls;
 mod renew;

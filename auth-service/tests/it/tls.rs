@@ -15,6 +15,7 @@ use auth_test_support::{
     grpc::*,
     server::{self, TestServer},
 };
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -167,6 +168,18 @@ async fn mtls_requires_a_client_certificate_and_the_allow_list_decides_who_valid
         "{}",
         denied.message()
     );
+    // The same list guards Envoy's ext_authz Check: a refused caller is a gRPC error
+    // (Envoy's status_on_error applies), not a denial of the client's token.
+    let bearer = format!("Bearer {token}");
+    let check = || envoy_check(&[("authorization", &bearer)], None);
+    let mut envoy =
+        AuthorizationClient::new(channel(&server, &pki.ca, Some(&billing)).await.unwrap());
+    let ok = envoy.check(check()).await.unwrap().into_inner();
+    assert_eq!(ok.status.unwrap().code, 0);
+    let mut envoy =
+        AuthorizationClient::new(channel(&server, &pki.ca, Some(&stranger)).await.unwrap());
+    let refused = envoy.check(check()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // The self-service calls are open to any TLS client: the token is the credential.
     let renewed = other
         .renew_current_token(authed(RenewCurrentTokenRequest {}, &token))

@@ -15,9 +15,9 @@ pub fn available() -> bool {
     Command::new("h2load").arg("--version").output().is_ok()
 }
 
-/// Requests per second that h2load measured calling `path` on `addr` for `duration`
-/// with `connections` connections of `streams` concurrent streams, and how many
-/// responses were not HTTP 200.
+/// Requests per second that h2load measured calling the gRPC method `path` on `addr`
+/// for `duration` with `connections` connections of `streams` concurrent streams, and
+/// how many responses were not HTTP 2xx.
 pub fn run(
     addr: &str,
     path: &str,
@@ -26,16 +26,44 @@ pub fn run(
     streams: usize,
     duration: Duration,
 ) -> Result<(f64, u64), String> {
-    let out = Command::new("h2load")
-        .args(["-c", &connections.to_string(), "-m", &streams.to_string()])
-        .args(["-D", &duration.as_secs().max(1).to_string()])
-        .args(["--warm-up-time", "1"])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+    let mut cmd = timed(connections, streams, duration);
+    cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
         .arg(body)
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .map_err(|e| format!("h2load: {e}"))?;
+        .arg(format!("http://{addr}{path}"));
+    measure(cmd)
+}
+
+/// [`run`] for a plain HTTP/1.1 GET with `headers` (one request at a time on each
+/// connection, as a proxy's auth subrequests arrive).
+pub fn run_http1(
+    addr: &str,
+    path: &str,
+    headers: &[&str],
+    connections: usize,
+    duration: Duration,
+) -> Result<(f64, u64), String> {
+    let mut cmd = timed(connections, 1, duration);
+    cmd.arg("--h1");
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    measure(cmd)
+}
+
+/// h2load with the load shape and duration (after a second of warm-up).
+fn timed(connections: usize, streams: usize, duration: Duration) -> Command {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-c", &connections.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &duration.as_secs().max(1).to_string()])
+        .args(["--warm-up-time", "1"]);
+    cmd
+}
+
+/// Runs h2load; (requests per second, responses that were not 2xx).
+fn measure(mut cmd: Command) -> Result<(f64, u64), String> {
+    let out = cmd.output().map_err(|e| format!("h2load: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "finished in 5.00s, 99832.40 req/s, 8.66MB/s"
     let rate = text

@@ -8,6 +8,8 @@
 //!
 //! - warm `ValidateToken` (one token, and 10k distinct tokens) ÷ `Health/Check`, with
 //!   p50 and p99, from an in-process load generator and from `h2load` when installed;
+//! - warm Envoy ext_authz `Check` ÷ `Health/Check` the same ways, and HTTP
+//!   forward-auth ÷ `/healthz` on the HTTP port with `h2load --h1`;
 //! - cold `ValidateToken` (a server with `--cache-capacity 0`) ÷ the database's own rate
 //!   for the same statement (a raw tokio-postgres loop over as many connections as the
 //!   pool, without and with pipelining);
@@ -37,7 +39,14 @@ use auth_service::{
     db::sql,
     token::{self, Prefix},
 };
-use auth_test_support::{cluster, grpc::authed, http};
+use auth_test_support::{
+    cluster,
+    grpc::{authed, envoy_check},
+    http,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, authorization_client::AuthorizationClient,
+};
 use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -255,6 +264,48 @@ async fn validate_load(channels: &[Channel], tokens: Arc<Vec<String>>, o: &Optio
     .await
 }
 
+/// A CheckRequest as Envoy sends it for a typical API call: the token among a dozen
+/// ordinary request headers.
+fn typical_check(token: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/billing/invoices?page=2"),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("authorization", &format!("Bearer {token}")),
+        ("user-agent", "billing-cli/2.4.1"),
+        ("x-forwarded-for", "10.12.0.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "6f1c1e7e-3b0c-4f0e-9d53-2a1b7f1de0c4"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+    ];
+    envoy_check(&headers, Some("read"))
+}
+
+/// Warm ext_authz Checks of `token`; a call counts as good only when it is allowed.
+async fn check_load(channels: &[Channel], token: &str, o: &Options) -> load::Stats {
+    let channels = Arc::new(channels.to_vec());
+    let request = Arc::new(typical_check(token));
+    load::run(
+        o.concurrency,
+        Duration::from_secs(o.seconds),
+        move |w, _| {
+            let channels = channels.clone();
+            let request = request.clone();
+            async move {
+                let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
+                client
+                    .check((*request).clone())
+                    .await
+                    .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
+            }
+        },
+    )
+    .await
+}
+
 async fn health_load(channels: &[Channel], o: &Options) -> load::Stats {
     let channels = Arc::new(channels.to_vec());
     load::run(
@@ -424,6 +475,8 @@ async fn main() -> Result<(), BoxError> {
         &format!("ValidateToken, warm, {} tokens", tokens.len()),
         &warm_many,
     );
+    let check = check_load(&warm_channels, &tokens[0], &o).await;
+    row("ext_authz Check, warm, 1 token", &check);
     let (hits, misses) = (
         warm.metric(hit).await - hits_before,
         warm.metric(miss).await - misses_before,
@@ -460,6 +513,12 @@ async fn main() -> Result<(), BoxError> {
         "  warm ValidateToken ({} tokens) / Health/Check   {r10k:>5.2}x  [target >= 0.8x: {}]",
         tokens.len(),
         verdict(r10k >= 0.8)
+    );
+    let rc = check.rate() / health.rate();
+    println!(
+        "  warm ext_authz Check / Health/Check                {rc:>5.2}x  p99 {:.2}x Health's  [target >= 0.8x: {}]",
+        check.ms(0.99) / health.ms(0.99),
+        verdict(rc >= 0.8)
     );
     println!(
         "  cold ValidateToken / the database's own rate      {rcold:>5.2}x  [target >= 0.5x: {}]",
@@ -515,6 +574,29 @@ async fn main() -> Result<(), BoxError> {
             8,
             duration,
         )?;
+        let check_body = dir.join("check.bin");
+        std::fs::write(
+            &check_body,
+            h2load::grpc_frame(&typical_check(&tokens[0]).encode_to_vec()),
+        )?;
+        let (c, c_bad) = h2load::run(
+            &addr,
+            "/envoy.service.auth.v3.Authorization/Check",
+            &check_body,
+            16,
+            8,
+            duration,
+        )?;
+        let http_addr = warm.http.to_string();
+        let (hz, hz_bad) = h2load::run_http1(&http_addr, "/healthz", &[], 16, duration)?;
+        let bearer = format!("authorization: Bearer {}", tokens[0]);
+        let (fa, fa_bad) = h2load::run_http1(
+            &http_addr,
+            "/authz/forward-auth?scope=read",
+            &[&bearer],
+            16,
+            duration,
+        )?;
         let _ = std::fs::remove_dir_all(&dir);
         println!("\nh2load (16 connections x 8 streams), same server:");
         println!(
@@ -527,6 +609,25 @@ async fn main() -> Result<(), BoxError> {
             "  ratio ValidateToken / Health/Check           {:>5.2}x  [target >= 0.8x: {}]",
             v / h,
             verdict(v / h >= 0.8)
+        );
+        println!(
+            "  ext_authz Check, warm, 1 token               {c:>10.0} req/s  ({c_bad} non-200)"
+        );
+        println!(
+            "  ratio ext_authz Check / Health/Check         {:>5.2}x  [target >= 0.8x: {}]",
+            c / h,
+            verdict(c / h >= 0.8)
+        );
+        println!("h2load --h1 (16 connections, 1 request each at a time), the HTTP port:");
+        println!(
+            "  GET /healthz                                 {hz:>10.0} req/s  ({hz_bad} non-2xx)"
+        );
+        println!(
+            "  GET /authz/forward-auth, warm, 1 token       {fa:>10.0} req/s  ({fa_bad} non-2xx)"
+        );
+        println!(
+            "  ratio forward-auth / healthz                 {:>5.2}x",
+            fa / hz
         );
     } else {
         println!(

@@ -1,0 +1,217 @@
+//! The proxy adapters: Envoy's ext_authz `Check` over gRPC ([`envoy`]) and HTTP
+//! forward-auth for nginx `auth_request`, Traefik ForwardAuth and Caddy `forward_auth`
+//! ([`forward`]).
+//!
+//! Both ask [`decide`], which applies the same token rules, cache and database path as
+//! ValidateToken, and then only translate its [`Verdict`] into their protocol: the
+//! identity headers on success, an RFC 6750 challenge on a credential or scope problem.
+//! Database trouble is never a verdict: it stays an [`Error`], which each adapter turns
+//! into "unavailable, retry" (a gRPC UNAVAILABLE, an HTTP 503), never into a 401 that
+//! would tell a client to throw its token away.
+use auth_api::ErrorReason;
+
+use crate::{
+    error::{Error, Result, fmt_time},
+    service::{AuthSvc, credentials},
+};
+
+pub mod envoy;
+pub mod forward;
+
+/// The headers a proxy passes upstream for an allowed request, in this order.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-auth-user-id",
+    "x-auth-token-id",
+    "x-auth-token-name",
+    "x-auth-scopes",
+    "x-auth-expires-at",
+];
+
+/// Who the token belongs to, as header values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub user_id: String,
+    pub token_id: String,
+    pub name: String,
+    /// The granted scopes, comma-separated.
+    pub scopes: String,
+    /// RFC 3339; empty for a token that never expires.
+    pub expires_at: String,
+}
+
+impl Granted {
+    /// `(name, value)` for each of [`IDENTITY_HEADERS`].
+    pub fn headers(&self) -> [(&'static str, &str); 5] {
+        let [user, id, name, scopes, expires] = IDENTITY_HEADERS;
+        [
+            (user, self.user_id.as_str()),
+            (id, self.token_id.as_str()),
+            (name, self.name.as_str()),
+            (scopes, self.scopes.as_str()),
+            (expires, self.expires_at.as_str()),
+        ]
+    }
+}
+
+/// The answer to "may this request pass?".
+#[derive(Debug)]
+pub enum Verdict {
+    /// A live token with every required scope.
+    Allow(Granted),
+    /// No usable token: the error says which credential problem, and what to do.
+    Unauthenticated(Error),
+    /// A live token without these required scopes.
+    Forbidden { missing: Vec<String> },
+}
+
+/// Decides on the raw `authorization` header value (absent: `None`) and the required
+/// scopes (space-separated lists, all required). Only database trouble and bugs are
+/// errors.
+pub async fn decide(
+    svc: &AuthSvc,
+    authorization: Option<&[u8]>,
+    required: &[&str],
+) -> Result<Verdict> {
+    let checked = match authorization {
+        None => Err(Error::MissingCredentials(
+            "no `authorization` header: send `Authorization: Bearer <token>`".into(),
+        )),
+        Some(value) => credentials::parse_bearer(value, svc.prefix()),
+    };
+    let digest = match checked {
+        Ok(digest) => digest,
+        Err(e) => return Ok(rejected(svc, e)),
+    };
+    let described = svc
+        .describe(&digest, |token| {
+            let missing: Vec<String> = required
+                .iter()
+                .flat_map(|list| list.split_ascii_whitespace())
+                .filter(|want| !token.scopes().any(|has| has == *want))
+                .map(str::to_owned)
+                .collect();
+            if !missing.is_empty() {
+                return Verdict::Forbidden { missing };
+            }
+            Verdict::Allow(Granted {
+                user_id: token.user_id.to_owned(),
+                token_id: token.id.to_string(),
+                name: token.name.to_owned(),
+                scopes: token.scopes().collect::<Vec<_>>().join(","),
+                expires_at: token.expires_at.map(fmt_time).unwrap_or_default(),
+            })
+        })
+        .await;
+    match described {
+        Ok(verdict) => Ok(verdict),
+        Err(e) if e.reason().is_some() => Ok(rejected(svc, e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A credential problem, counted like ValidateToken's.
+fn rejected(svc: &AuthSvc, e: Error) -> Verdict {
+    if let Some(reason) = e.reason() {
+        svc.metrics().rejected(reason);
+    }
+    Verdict::Unauthenticated(e)
+}
+
+/// What the service calls itself in challenges.
+const REALM: &str = "auth";
+
+/// The `WWW-Authenticate` value for a credential problem (RFC 6750 §3). A request that
+/// carried no bearer token at all gets the bare challenge, as §3.1 asks; any other
+/// problem is `invalid_token`, with what to do in `error_description`.
+pub fn challenge(error: &Error) -> String {
+    match error.reason() {
+        Some(ErrorReason::MissingCredentials) | None => format!("Bearer realm=\"{REALM}\""),
+        Some(_) => format!(
+            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+            quotable(&error.to_string())
+        ),
+    }
+}
+
+/// The `WWW-Authenticate` value for a live token that lacks required scopes (RFC 6750
+/// §3.1 `insufficient_scope`, with the missing scopes in `scope`).
+pub fn scope_challenge(missing: &[String]) -> String {
+    format!(
+        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\", \
+         scope=\"{}\"",
+        quotable(&scope_message(missing)),
+        quotable(&missing.join(" "))
+    )
+}
+
+/// What a 403 says.
+pub fn scope_message(missing: &[String]) -> String {
+    format!(
+        "the token lacks the required scope {}: create a token with it",
+        missing.join(" ")
+    )
+}
+
+/// The small JSON body of a refusal: the ErrorInfo reason (as in the gRPC API's
+/// details) and the message.
+pub fn body(reason: ErrorReason, message: &str) -> String {
+    serde_json::json!({
+        "reason": reason.as_str_name(),
+        "domain": auth_api::ERROR_DOMAIN,
+        "message": message,
+    })
+    .to_string()
+}
+
+/// `text` as RFC 6750 allows inside a quoted `error_description` or `scope`: printable
+/// ASCII without `"` and `\`. Anything else becomes `?`, never a broken header.
+fn quotable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use chrono::DateTime;
+
+    use super::*;
+
+    #[test]
+    fn the_bare_challenge_for_no_token_invalid_token_for_the_rest() {
+        assert_eq!(
+            challenge(&Error::MissingCredentials("x".into())),
+            r#"Bearer realm="auth""#
+        );
+        let expired = challenge(&Error::TokenExpired(DateTime::UNIX_EPOCH));
+        assert!(
+            expired.starts_with(r#"Bearer realm="auth", error="invalid_token", error_description="token expired at 1970-01-01T00:00:00Z;"#),
+            "{expired}"
+        );
+    }
+
+    #[test]
+    fn descriptions_stay_inside_their_quotes() {
+        let c = challenge(&Error::TokenMalformed("a \"quoted\" \\ é\r\nvalue".into()));
+        assert!(
+            c.ends_with(r#"error_description="a ?quoted? ? ???value""#),
+            "{c}"
+        );
+        let s = scope_challenge(&["billing:read".into(), "x\"y".into()]);
+        assert!(s.ends_with(r#"scope="billing:read x?y""#), "{s}");
+        assert!(s.contains(r#"error="insufficient_scope""#), "{s}");
+    }
+
+    #[test]
+    fn the_body_is_json_with_the_reason() {
+        let b: serde_json::Value =
+            serde_json::from_str(&body(ErrorReason::TokenRevoked, "say \"why\"")).unwrap();
+        assert_eq!(b["reason"], "TOKEN_REVOKED");
+        assert_eq!(b["message"], "say \"why\"");
+        assert_eq!(b["domain"], auth_api::ERROR_DOMAIN);
+    }
+}
