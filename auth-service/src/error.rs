@@ -148,10 +148,35 @@ impl From<deadpool_postgres::PoolError> for Error {
 /// [`chain`], with a certificate problem said the way operators search for it.
 fn explained(e: &dyn std::error::Error) -> String {
     let text = chain(e);
-    match crate::db::target::explain(&text) {
+    match explain(&text) {
         Some(said) => format!("{said}: {text}"),
         None => text,
     }
+}
+
+/// A certificate problem in a connection error, said the way operators search for it.
+pub fn explain(text: &str) -> Option<&'static str> {
+    const MISMATCH: &str = "host name mismatch: the server's certificate is not for this host \
+                            (check the host in the URL, or use sslmode=verify-ca)";
+    const EXPIRED: &str = "certificate verify failed: the server's certificate has expired";
+    [
+        (
+            "UnknownIssuer",
+            "certificate verify failed: unknown issuer (check sslrootcert)",
+        ),
+        ("NotValidForName", MISMATCH),
+        ("not valid for name", MISMATCH),
+        ("Expired", EXPIRED),
+        ("certificate expired", EXPIRED),
+        ("BadSignature", "certificate verify failed: bad signature"),
+        (
+            "server does not support TLS",
+            "the server does not accept TLS (sslmode requires it)",
+        ),
+    ]
+    .into_iter()
+    .find(|(needle, _)| text.contains(needle))
+    .map(|(_, said)| said)
 }
 
 /// Database outages fail every call the same way: one line a second says it.
@@ -270,5 +295,19 @@ mod tests {
         let msg = Error::TokenExpired(DateTime::UNIX_EPOCH).to_string();
         assert!(msg.contains("1970-01-01T00:00:00Z"), "{msg}");
         assert!(msg.contains("create a new token"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_problems_are_said_plainly() {
+        assert_eq!(
+            explain("error performing TLS handshake: invalid peer certificate: UnknownIssuer"),
+            Some("certificate verify failed: unknown issuer (check sslrootcert)")
+        );
+        assert!(
+            explain("invalid peer certificate: NotValidForNameContext { .. }")
+                .unwrap()
+                .starts_with("host name mismatch")
+        );
+        assert_eq!(explain("connection refused"), None);
     }
 }

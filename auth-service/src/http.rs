@@ -6,14 +6,20 @@ use std::{future::Future, sync::Arc};
 
 use axum::{
     Router,
-    extract::State,
+    extract::{FromRef, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::{any, get},
 };
 use tokio::net::TcpListener;
 
-use crate::{authz, cache::TokenCache, db::Db, health::Health, metrics::Metrics, service::AuthSvc};
+use crate::{
+    authz::forward::{self, ForwardAuth},
+    cache::TokenCache,
+    db::Db,
+    health::Health,
+    metrics::Metrics,
+};
 
 /// What the routes read.
 #[derive(Clone)]
@@ -22,8 +28,14 @@ pub struct HttpState {
     pub cache: Arc<TokenCache>,
     pub db: Db,
     pub health: Health,
-    /// The token checks, for forward-auth.
-    pub svc: Arc<AuthSvc>,
+    /// The token checks and who may ask, for forward-auth.
+    pub forward_auth: ForwardAuth,
+}
+
+impl FromRef<HttpState> for ForwardAuth {
+    fn from_ref(state: &HttpState) -> ForwardAuth {
+        state.forward_auth.clone()
+    }
 }
 
 /// The routes, for serving and for tests.
@@ -32,7 +44,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/authz/forward-auth", any(authz::forward::handle))
+        .route("/authz/forward-auth", any(forward::handle))
         .with_state(state)
 }
 

@@ -2,20 +2,21 @@
 //!
 //! Modules, top-down (each uses only those below it):
 //! - [`cmd`]: the subcommands (`serve`, `token`, `migrate`, `healthcheck`);
-//! - [`config`]: clap flags, each also an environment variable, validated into settings;
 //! - [`server`]: `run(listeners, db, settings, shutdown)`, the gRPC server and its tasks;
-//! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
-//! - [`http`]: the HTTP side port (`/metrics`, `/healthz`, `/readyz`);
-//! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
+//! - [`config`]: clap flags, each also an environment variable, validated into settings;
+//! - [`http`]: the HTTP side port (`/metrics`, `/healthz`, `/readyz`, forward-auth);
 //! - [`authz`]: the proxy adapters (Envoy ext_authz, HTTP forward-auth), over `service`;
+//! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
 //! - [`admission`]: what is refused at once (failed-credential throttle, shed DB work);
 //! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
 //! - [`cache`]: the in-process token cache and the listener that invalidates it;
 //! - [`metrics`]: the Prometheus metrics and the gRPC layer that counts every call;
+//! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
+//! - [`db`]: the pool, migrations and every SQL statement;
 //! - [`renewal`]: the renewal and liveness rules, pure functions;
 //! - [`token`]: issuing tokens and hashing presented ones (the format is `auth_api`'s);
-//! - [`db`]: the pool, migrations and every SQL statement;
 //! - [`embedded`]: the private PostgreSQL cluster of the default mode;
+//! - [`pem`]: PEM certificates, keys and roots, and the crypto provider of every TLS end;
 //! - [`error`]: the one error type and its mapping to gRPC status codes;
 //! - [`telemetry`]: logging setup.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -40,6 +41,8 @@ pub mod token;
 
 pub mod db;
 pub mod embedded;
+
+pub mod pem;
 
 pub mod error;
 pub mod telemetry;

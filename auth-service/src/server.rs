@@ -11,7 +11,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admission::{DbAdmission, FailureThrottle},
-    authz::envoy::ExtAuthz,
+    authz::{envoy::ExtAuthz, forward::ForwardAuth},
     cache::{self, TokenCache},
     config::ServeSettings,
     db::Db,
@@ -135,7 +135,10 @@ pub async fn run(
             cache: cache.clone(),
             db: db.clone(),
             health: health.clone(),
-            svc: svc.clone(),
+            forward_auth: ForwardAuth {
+                svc: svc.clone(),
+                access: Arc::new(settings.forward_auth.clone()),
+            },
         };
         tokio::spawn(http::serve(listener, state, async move {
             let _ = http_stopped.await;

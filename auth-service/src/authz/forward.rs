@@ -10,9 +10,10 @@
 //! - 403 `insufficient_scope` for a missing scope;
 //! - 503 with `Retry-After` when the database is unavailable, never a 401.
 //!
-//! The port has no client certificates: with `--validate-allow` set, only loopback
-//! peers (a proxy beside the service, in the same pod or on the same host) may ask.
-use std::{net::SocketAddr, time::Duration};
+//! The port sees no client certificates: with `--validate-allow` or
+//! `--forward-auth-allow` set, only loopback peers (a proxy beside the service) and the
+//! listed networks may ask.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use auth_api::ErrorReason;
 use axum::{
@@ -22,7 +23,7 @@ use axum::{
 };
 
 use super::Verdict;
-use crate::{error::Error, http::HttpState};
+use crate::{error::Error, service::AuthSvc};
 
 /// The request header that names the required scopes.
 pub const REQUIRED_SCOPE_HEADER: &str = "x-auth-required-scope";
@@ -30,18 +31,47 @@ pub const REQUIRED_SCOPE_HEADER: &str = "x-auth-required-scope";
 /// When a client should retry after a database outage (`Retry-After`).
 const OUTAGE_RETRY: Duration = Duration::from_secs(2);
 
-pub async fn handle(State(state): State<HttpState>, request: Request) -> Response {
+/// Who may ask /authz/forward-auth: anyone unless `restricted`; then loopback and
+/// `networks` (the HTTP port sees addresses, not certificates).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub restricted: bool,
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl Access {
+    /// Whether a peer at `peer` (unknown: `None`) may ask.
+    pub fn allows(&self, peer: Option<std::net::IpAddr>) -> bool {
+        if !self.restricted {
+            return true;
+        }
+        // A v4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let Some(ip) = peer.map(|ip| ip.to_canonical()) else {
+            return false;
+        };
+        ip.is_loopback() || self.networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// What the endpoint needs: the token checks and who may ask.
+#[derive(Clone)]
+pub struct ForwardAuth {
+    pub svc: Arc<AuthSvc>,
+    pub access: Arc<Access>,
+}
+
+pub async fn handle(State(state): State<ForwardAuth>, request: Request) -> Response {
     let svc = &state.svc;
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    if !may_ask(svc.validate_allow(), peer) {
-        let e = Error::CallerNotAllowed(
-            "this caller may not validate tokens: with --validate-allow set, forward-auth \
-             answers only proxies on loopback; use ext_authz over mTLS from elsewhere"
-                .into(),
-        );
+    if !state.access.allows(peer.map(|p| p.ip())) {
+        let e = Error::CallerNotAllowed(format!(
+            "this caller ({}) may not use forward-auth: only loopback and the networks in \
+             the service's --forward-auth-allow may (or use ext_authz over mTLS)",
+            peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string())
+        ));
         return refusal(
             StatusCode::FORBIDDEN,
             ErrorReason::CallerNotAllowed,
@@ -145,7 +175,7 @@ fn challenged(
 
 /// Database trouble or a bug: 503 with `Retry-After` (the shed and outage cases), 500
 /// for a bug. The gRPC mapping logs the cause, as it does for every call.
-fn unavailable(svc: &crate::service::AuthSvc, e: Error) -> Response {
+fn unavailable(svc: &AuthSvc, e: Error) -> Response {
     let retry = match &e {
         Error::Overloaded { retry_after, .. } => Some(*retry_after),
         Error::Unavailable(_) => Some(OUTAGE_RETRY),
@@ -179,32 +209,10 @@ fn retry_after_secs(after: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Whether a peer may ask: anyone without an allow-list; with one, only loopback (the
-/// port cannot see client certificates, so only "beside the service" is known).
-fn may_ask(allow: &[String], peer: Option<SocketAddr>) -> bool {
-    allow.is_empty() || peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn with_an_allow_list_only_loopback_may_ask() {
-        let list = ["spiffe://mesh/sa/envoy".to_string()];
-        let at = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
-        assert!(may_ask(&[], at("10.0.0.7:4000")));
-        assert!(may_ask(&[], None));
-        assert!(may_ask(&list, at("127.0.0.1:4000")));
-        assert!(may_ask(&list, at("[::1]:4000")));
-        assert!(
-            may_ask(&list, at("[::ffff:127.0.0.1]:4000")),
-            "v4 on a dual-stack port"
-        );
-        assert!(!may_ask(&list, at("10.0.0.7:4000")));
-        assert!(!may_ask(&list, None));
-    }
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up() {
@@ -212,5 +220,33 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(200)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(2100)), 3);
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn restricted_forward_auth_admits_loopback_and_the_listed_networks() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let open = Access::default();
+        assert!(open.allows(ip("203.0.113.9")));
+        assert!(open.allows(None));
+        let only = Access {
+            restricted: true,
+            networks: vec!["10.42.0.0/16".parse().unwrap()],
+        };
+        assert!(only.allows(ip("127.0.0.1")));
+        assert!(only.allows(ip("::1")));
+        assert!(
+            only.allows(ip("::ffff:127.0.0.1")),
+            "v4 on a dual-stack port"
+        );
+        assert!(only.allows(ip("10.42.7.1")));
+        assert!(only.allows(ip("::ffff:10.42.7.1")));
+        assert!(!only.allows(ip("10.43.0.1")));
+        assert!(!only.allows(None));
     }
 }

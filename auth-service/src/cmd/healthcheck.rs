@@ -24,7 +24,8 @@ use tonic_health::pb::{
 use crate::{
     config::HealthcheckArgs,
     error::{Error, Result},
-    transport::{PeerIdentity, tls},
+    pem,
+    transport::PeerIdentity,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -98,16 +99,16 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     if args.ca_file.is_none() && args.tls_cert.is_none() {
         return Ok(None);
     }
-    let provider = tls::provider();
+    let provider = pem::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(config_error)?;
     let server_cert = match &args.tls_cert {
-        Some(path) => Some(tls::read_certs(path).map_err(config_error)?),
+        Some(path) => Some(pem::read_certs(path).map_err(config_error)?),
         None => None,
     };
     let builder = match (&args.ca_file, &server_cert) {
-        (Some(ca), _) => builder.with_root_certificates(tls::read_roots(ca).map_err(config_error)?),
+        (Some(ca), _) => builder.with_root_certificates(pem::read_roots(ca).map_err(config_error)?),
         (None, Some(chain)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
@@ -118,7 +119,7 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     };
     let mut config = match (&args.tls_client_ca, &server_cert, &args.tls_key) {
         (Some(_), Some(chain), Some(key)) => builder
-            .with_client_auth_cert(chain.clone(), tls::read_key(key).map_err(config_error)?)
+            .with_client_auth_cert(chain.clone(), pem::read_key(key).map_err(config_error)?)
             .map_err(config_error)?,
         _ => builder.with_no_client_auth(),
     };

@@ -13,7 +13,8 @@ use crate::{
 
 mod serve;
 
-pub use serve::{ServeArgs, ServeSettings, TlsSettings, TransportSettings};
+pub use crate::transport::{TlsSettings, TransportSettings};
+pub use serve::{ServeArgs, ServeSettings};
 
 /// Where the embedded cluster lives when no database URL is given.
 pub const DEFAULT_DATA_DIR: &str = "./.auth-service";

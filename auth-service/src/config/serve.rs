@@ -6,10 +6,12 @@ use clap::Args;
 
 use super::{DbArgs, parse_db_wait, parse_lifetime};
 use crate::{
+    authz::forward::Access,
     cache::CacheSettings,
     error::{Error, Result},
     renewal::RenewalPolicy,
     token::Prefix,
+    transport::{TlsSettings, TransportSettings},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +79,17 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub validate_allow: Vec<String>,
+    /// Networks whose proxies may use /authz/forward-auth on the HTTP port, which sees
+    /// no client certificates (e.g. Traefik's pod network, 10.42.0.0/16). With this or
+    /// --validate-allow set, only loopback and these networks may ask; with neither,
+    /// anyone who reaches the port.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_FORWARD_AUTH_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub forward_auth_allow: Vec<ipnet::IpNet>,
 
     /// Most concurrent connections on the gRPC port (further ones are closed at once);
     /// also kept below the process's open-file limit.
@@ -123,44 +136,6 @@ pub struct ServeArgs {
     pub db_max_waiting: Option<usize>,
 }
 
-/// The gRPC port's TLS files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Client certificates are required and verified against these CAs.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// How connections are accepted and kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportSettings {
-    pub tls: Option<TlsSettings>,
-    /// How often the TLS files are checked for a change (SIGHUP reloads at once).
-    pub tls_poll: Duration,
-    pub max_connections: usize,
-    pub max_concurrent_streams: u32,
-    pub request_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-}
-
-impl Default for TransportSettings {
-    fn default() -> Self {
-        TransportSettings {
-            tls: None,
-            tls_poll: Duration::from_secs(10),
-            max_connections: 4096,
-            max_concurrent_streams: 100,
-            request_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -173,6 +148,8 @@ pub struct ServeSettings {
     pub transport: TransportSettings,
     /// Callers allowed to validate; empty: anyone.
     pub validate_allow: Vec<String>,
+    /// Who may use forward-auth on the HTTP port.
+    pub forward_auth: Access,
     pub shutdown_grace: Duration,
     pub auth_failure_limit: u32,
     pub db_max_per_token: usize,
@@ -191,6 +168,7 @@ impl ServeSettings {
             cache: CacheSettings::default(),
             transport: TransportSettings::default(),
             validate_allow: Vec::new(),
+            forward_auth: Access::default(),
             shutdown_grace: Duration::from_secs(10),
             auth_failure_limit: 60,
             db_max_per_token: 4,
@@ -272,6 +250,10 @@ impl ServeArgs {
                 .iter()
                 .map(|id| id.trim().to_owned())
                 .collect(),
+            forward_auth: Access {
+                restricted: !self.validate_allow.is_empty() || !self.forward_auth_allow.is_empty(),
+                networks: self.forward_auth_allow.clone(),
+            },
             shutdown_grace: self.shutdown_grace,
             auth_failure_limit: self.auth_failure_limit,
             db_max_per_token: self.db_max_per_token,

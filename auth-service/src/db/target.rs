@@ -29,8 +29,6 @@ use tokio_rustls::rustls::{
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
 };
 
-use crate::transport::tls;
-
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -288,13 +286,13 @@ fn percent_decode(value: &str) -> String {
 }
 
 fn client_config(mode: Mode, root_cert: Option<&PathBuf>) -> Result<ClientConfig, String> {
-    let provider = tls::provider();
+    let provider = crate::pem::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let roots = || -> Result<Arc<RootCertStore>, String> {
         match root_cert {
-            Some(path) => tls::read_roots(path)
+            Some(path) => crate::pem::read_roots(path)
                 .map(Arc::new)
                 .map_err(|e| format!("sslrootcert: {e}")),
             None => Ok(Arc::new(system_roots())),
@@ -330,7 +328,7 @@ fn system_roots() -> RootCertStore {
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/pki/tls/certs/ca-bundle.crt",
     ] {
-        if let Ok(certs) = tls::read_certs(std::path::Path::new(dir)) {
+        if let Ok(certs) = crate::pem::read_certs(std::path::Path::new(dir)) {
             roots.add_parsable_certificates(certs);
             break;
         }
@@ -435,31 +433,6 @@ impl ServerCertVerifier for Unverified {
     }
 }
 
-/// A certificate problem in a connection error, said the way operators search for it.
-pub fn explain(text: &str) -> Option<&'static str> {
-    const MISMATCH: &str = "host name mismatch: the server's certificate is not for this host \
-                            (check the host in the URL, or use sslmode=verify-ca)";
-    const EXPIRED: &str = "certificate verify failed: the server's certificate has expired";
-    [
-        (
-            "UnknownIssuer",
-            "certificate verify failed: unknown issuer (check sslrootcert)",
-        ),
-        ("NotValidForName", MISMATCH),
-        ("not valid for name", MISMATCH),
-        ("Expired", EXPIRED),
-        ("certificate expired", EXPIRED),
-        ("BadSignature", "certificate verify failed: bad signature"),
-        (
-            "server does not support TLS",
-            "the server does not accept TLS (sslmode requires it)",
-        ),
-    ]
-    .into_iter()
-    .find(|(needle, _)| text.contains(needle))
-    .map(|(_, said)| said)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -508,19 +481,5 @@ mod tests {
         let missing = Target::parse("host=h sslmode=verify-full sslrootcert=/nonexistent/ca.crt")
             .unwrap_err();
         assert!(missing.contains("/nonexistent/ca.crt"), "{missing}");
-    }
-
-    #[test]
-    fn certificate_problems_are_said_plainly() {
-        assert_eq!(
-            explain("error performing TLS handshake: invalid peer certificate: UnknownIssuer"),
-            Some("certificate verify failed: unknown issuer (check sslrootcert)")
-        );
-        assert!(
-            explain("invalid peer certificate: NotValidForNameContext { .. }")
-                .unwrap()
-                .starts_with("host name mismatch")
-        );
-        assert_eq!(explain("connection refused"), None);
     }
 }

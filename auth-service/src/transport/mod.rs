@@ -16,6 +16,7 @@
 use std::{
     io,
     net::SocketAddr,
+    path::PathBuf,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -31,7 +32,45 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::{config::TransportSettings, telemetry::Every};
+use crate::telemetry::Every;
+
+/// The gRPC port's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How connections are accepted and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportSettings {
+    pub tls: Option<TlsSettings>,
+    /// How often the TLS files are checked for a change (SIGHUP reloads at once).
+    pub tls_poll: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            tls: None,
+            tls_poll: Duration::from_secs(10),
+            max_connections: 4096,
+            max_concurrent_streams: 100,
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 pub mod identity;
 pub mod tls;
