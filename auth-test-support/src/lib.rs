@@ -10,6 +10,8 @@
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
 //! - [`certs`]: a CA and server and client certificates made in the test (rcgen);
+//! - [`ha`]: a throwaway primary and its streaming standby (`pg_basebackup -R`), to stop
+//!   the one and promote the other;
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,6 +24,8 @@ pub mod server;
 pub mod fixtures;
 
 pub mod certs;
+pub mod ha;
+
 pub mod cluster;
 
 /// Result type of the helpers: any error, with its message.
