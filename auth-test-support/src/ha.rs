@@ -20,8 +20,11 @@ use crate::{
     cluster::{self, Guarded},
 };
 
-/// The primary's current WAL position, as text.
-const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// The end of the WAL the primary has produced, as text. The insert position, not the
+/// write position (`pg_current_wal_lsn`): test clusters commit without waiting for the
+/// WAL to be written (`synchronous_commit = off`), so the last commits may sit in WAL
+/// buffers, past the write position, for up to `wal_writer_delay`.
+const CURRENT_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 /// Whether the standby has replayed the WAL up to $1 (an LSN as text).
 const REPLAYED_UP_TO: &str = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
 
