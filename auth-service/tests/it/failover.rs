@@ -1,7 +1,8 @@
 //! Failover: the service names a primary and its streaming standby with
-//! `target_session_attrs=read-write`; the primary is stopped at once and the standby
-//! promoted. Renew and validate come back without a restart, the change listener and
-//! the cache with them, and no call on the way says UNAUTHENTICATED for a valid token.
+//! `target_session_attrs=read-write`; the primary is stopped at once (or vanishes with
+//! its connections left open) and the standby promoted. Renew and validate come back
+//! without a restart, the change listener and the cache with them, and no call on the
+//! way says UNAUTHENTICATED for a valid token.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use auth_test_support::{
     grpc::*,
     ha::Pair,
     http::metric,
+    proxy::Front,
     server::{self, TestServer},
 };
 use tokio::sync::watch;
@@ -35,6 +37,30 @@ fn seen<T>(call: &'static str, answer: Result<T, tonic::Status>) -> Seen {
     }
 }
 
+/// Repeats `call` until it succeeds, each failure meanwhile UNAVAILABLE; fails when
+/// [`RECOVERY`] has passed since `since`.
+async fn until_ok<T>(
+    what: &str,
+    since: Instant,
+    mut call: impl AsyncFnMut() -> Result<T, tonic::Status>,
+) -> T {
+    loop {
+        match call().await {
+            Ok(answer) => return answer,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{what}: {e:?}");
+                assert!(
+                    since.elapsed() < RECOVERY,
+                    "{what} still fails {RECOVERY:?} after the promotion: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The primary is stopped at once (`pg_ctl stop -m immediate`: its connections close)
+/// and the standby promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_and_validate_come_back_after_a_failover_without_a_restart() {
     let pair = Pair::start().await.unwrap();
@@ -114,20 +140,8 @@ async fn renew_and_validate_come_back_after_a_failover_without_a_restart() {
 
     let promoting = Instant::now();
     pair.promote_standby().await.unwrap();
-    let promoted = promoting.elapsed();
-    let renewed = loop {
-        match renew(&mut client, &late).await {
-            Ok(r) => break r,
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                assert!(
-                    promoting.elapsed() < RECOVERY,
-                    "renew still fails {RECOVERY:?} after the promotion: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let promotion_took = promoting.elapsed();
+    let renewed = until_ok("renew", promoting, async || renew(&mut client, &late).await).await;
     let recovered_at = Instant::now();
     let recovered = recovered_at - promoting;
     assert!(renewed.renewed, "the renewal is written to the new primary");
@@ -170,10 +184,64 @@ async fn renew_and_validate_come_back_after_a_failover_without_a_restart() {
 
     eprintln!(
         "failover: {} calls during it, {unavailable} UNAVAILABLE, none UNAUTHENTICATED; \
-         promotion took {promoted:?}; renew worked {recovered:?} after the promotion \
+         promotion took {promotion_took:?}; renew worked {recovered:?} after the promotion \
          ({:?} after the primary stopped)",
         answers.len(),
         recovered_at - stopped,
+    );
+    server.shutdown().await.unwrap();
+    db.close();
+}
+
+/// The old primary's machine vanishes instead: the connections to it stay open and say
+/// nothing (here behind a front that goes silent; in life, HAProxy keeps them so, or the
+/// kernel does for many minutes). A call on one of them times out, and that connection
+/// must not serve another call, or the service never reaches the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_vanishes_with_its_connections_open_is_left_behind() {
+    let pair = Pair::start().await.unwrap();
+    let front = Front::start(pair.primary().pgdata().join(".s.PGSQL.5432"))
+        .await
+        .unwrap();
+    let url = format!(
+        "host=127.0.0.1,{} port={},5432 user=postgres dbname=postgres \
+         target_session_attrs=read-write",
+        pair.standby().pgdata().display(),
+        front.addr.port()
+    );
+    let db = Db::connect_to(Target::parse(&url).unwrap(), 8, Duration::from_secs(1)).unwrap();
+    db.migrate().await.unwrap();
+    let server = TestServer::start(db.clone(), server::settings(RenewalPolicy::default()))
+        .await
+        .unwrap();
+    wait_for_health(&server.url(), ServingStatus::Serving).await;
+    wait_listening(&server).await;
+    let mut client = server.client().await.unwrap();
+    let (_, token) = token_expiring_in(&db, 3.0 * 86400.0).await;
+    validate(&mut client, &token).await.unwrap();
+    pair.wait_for_standby().await.unwrap();
+
+    front.go_silent();
+    pair.stop_primary_immediately().await.unwrap();
+    pair.promote_standby().await.unwrap();
+    let promoted = Instant::now();
+    let renewed = until_ok("renew", promoted, async || renew(&mut client, &token).await).await;
+    assert!(renewed.renewed, "the renewal is written to the new primary");
+    let renew_back = promoted.elapsed();
+    // Lookups too, over the shared read connections: the renewal evicted the token from
+    // this replica's cache.
+    until_ok("validate", promoted, async || {
+        validate(&mut client, &token).await
+    })
+    .await;
+    let validate_back = promoted.elapsed();
+    // The health probe's own connection.
+    wait_for_health(&server.url(), ServingStatus::Serving).await;
+    wait_listening(&server).await;
+    eprintln!(
+        "vanished primary: renew worked {renew_back:?} after the promotion, validate \
+         {validate_back:?}, health and the listener {:?}",
+        promoted.elapsed()
     );
     server.shutdown().await.unwrap();
     db.close();
