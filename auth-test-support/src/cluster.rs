@@ -172,6 +172,11 @@ impl Guarded {
         Ok(Guarded { cluster, dir })
     }
 
+    /// Guards a cluster the caller started under the scratch directory `dir`.
+    pub fn adopt(cluster: Cluster, dir: PathBuf) -> Guarded {
+        Guarded { cluster, dir }
+    }
+
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }

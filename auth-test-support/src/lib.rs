@@ -12,6 +12,10 @@
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
 //! - [`certs`]: a CA and server and client certificates made in the test (rcgen);
+//! - [`ha`]: a throwaway primary and its streaming standby (`pg_basebackup -R`), to stop
+//!   the one and promote the other;
+//! - [`proxy`]: a TCP front for a server's Unix socket that can go silent, as a
+//!   vanished machine does;
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -25,6 +29,9 @@ pub mod server;
 pub mod fixtures;
 
 pub mod certs;
+pub mod ha;
+pub mod proxy;
+
 pub mod cluster;
 
 /// Result type of the helpers: any error, with its message.

@@ -173,6 +173,11 @@ impl Db {
                 // caller's back (statement_timeout is the backstop).
                 let cancel = client.cancel_token();
                 let _ = tokio::time::timeout(self.timeout, self.target.cancel(cancel)).await;
+                // Closed, not returned to the pool: a connection that stopped answering
+                // (its server's machine vanished in a failover, and nothing closed the
+                // connection) still looks open, and would be handed to call after call
+                // until the kernel gives up on it, many minutes later.
+                drop(deadpool_postgres::Object::take(client));
                 Err(timed_out())
             }
         }
@@ -181,25 +186,32 @@ impl Db {
     /// Runs a read-only `op` on a connection shared with other readers (see
     /// [`shared`]), bounded by the operation timeout. The statement is not cancelled on
     /// timeout (the connection carries other callers' queries); `statement_timeout`
-    /// ends it on the server.
+    /// ends it on the server. The connection is abandoned instead
+    /// ([`shared::Shared::abandon`]), as a pooled one is closed.
     pub(crate) async fn read<T, F>(&self, op: F) -> Result<T>
     where
         F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
     {
-        let read = async {
-            let client = self.readers.get().await?;
-            op(&client).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || {
+            Error::Unavailable(format!(
+                "no answer from the database within {:?}",
+                self.timeout
+            ))
         };
-        let result = tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "no answer from the database within {:?}",
-                    self.timeout
-                ))
-            })
-            .and_then(|r| r);
-        self.noticed(result)
+        let read = async {
+            let client = tokio::time::timeout_at(deadline, self.readers.get())
+                .await
+                .map_err(|_| timed_out())??;
+            match tokio::time::timeout_at(deadline, op(&client)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.readers.abandon(client);
+                    Err(timed_out())
+                }
+            }
+        };
+        self.noticed(read.await)
     }
 
     /// How many other sessions are connected to the database server.

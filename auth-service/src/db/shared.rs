@@ -8,7 +8,8 @@
 //! may be cancelled) keeps an exclusive connection from the main pool.
 //!
 //! The connections come from a small pool of their own and are held in slots; a slot
-//! whose connection has closed is refilled from that pool on next use.
+//! whose connection has closed, or that a read timed out on, is refilled from that pool
+//! on next use.
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
@@ -53,6 +54,30 @@ impl Shared {
         let fresh = Arc::new(self.pool.get().await?);
         *slot = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Takes a connection that a read timed out on out of service: its slot is emptied,
+    /// so the next reader there gets a fresh connection, and it leaves the pool (closed)
+    /// when the last reader lets go of it, rather than going back to fill another slot.
+    /// A connection that stopped answering (its server's machine vanished in a
+    /// failover, and nothing closed the connection) still looks open, and would
+    /// otherwise serve read after read until the kernel gives up on it.
+    pub fn abandon(&self, client: Arc<Object>) {
+        for slot in &self.slots {
+            // A slot that is locked is being refilled or read from; if it still holds
+            // this connection, the next read on it times out and abandons it again.
+            if let Ok(mut slot) = slot.try_lock()
+                && slot.as_ref().is_some_and(|held| Arc::ptr_eq(held, &client))
+            {
+                *slot = None;
+            }
+        }
+        // The readers still waiting on it time out too, and the last one closes it. (If
+        // one of them is answered after all, the connection was only slow, and it goes
+        // back to the pool when that reader lets go.)
+        if let Ok(object) = Arc::try_unwrap(client) {
+            drop(Object::take(object));
+        }
     }
 
     /// Drops every held connection and closes the pool.

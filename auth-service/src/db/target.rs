@@ -464,6 +464,31 @@ mod tests {
     }
 
     #[test]
+    fn failover_urls_keep_every_host_and_ask_for_a_writable_server() {
+        use tokio_postgres::config::{Host, TargetSessionAttrs};
+        for url in [
+            "postgres://auth@db1.internal:5432,db2.internal:5433/auth?target_session_attrs=read-write&connect_timeout=2&sslmode=verify-full",
+            "host=db1.internal,db2.internal port=5432,5433 user=auth dbname=auth target_session_attrs=read-write connect_timeout=2 sslmode=verify-full",
+        ] {
+            let target = Target::parse(url).unwrap();
+            let hosts = ["db1.internal", "db2.internal"].map(|h| Host::Tcp(h.into()));
+            assert_eq!(target.config.get_hosts(), hosts, "{url}");
+            assert_eq!(target.config.get_ports(), [5432, 5433], "{url}");
+            assert_eq!(
+                target.config.get_target_session_attrs(),
+                TargetSessionAttrs::ReadWrite,
+                "{url}"
+            );
+            assert_eq!(
+                target.config.get_connect_timeout(),
+                Some(&std::time::Duration::from_secs(2)),
+                "{url}"
+            );
+            assert_eq!(target.mode, Mode::VerifyFull, "{url}");
+        }
+    }
+
+    #[test]
     fn modes_follow_libpq() {
         assert_eq!(Target::parse("postgres://h/db").unwrap().mode, Mode::Prefer);
         assert_eq!(

@@ -15,8 +15,20 @@ pub struct PgBinaries {
 }
 
 impl PgBinaries {
+    /// `name` from the bindir; for a program that is not there, from the directory
+    /// `pg_ctl` really lives in. A bindir found on `PATH` may be a directory of links to
+    /// the server programs only (`/usr/local/bin`), while a client program such as
+    /// `pg_basebackup` of the same installation sits next to the real `pg_ctl`.
     pub fn program(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        let here = self.bindir.join(name);
+        if here.is_file() {
+            return here;
+        }
+        std::fs::canonicalize(self.bindir.join("pg_ctl"))
+            .ok()
+            .and_then(|pg_ctl| Some(pg_ctl.parent()?.join(name)))
+            .filter(|there| there.is_file())
+            .unwrap_or(here)
     }
 
     /// In order: an explicit `--pg-bindir`, `PATH`, `pg_config --bindir`, and
@@ -89,5 +101,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--pg-bindir"), "{err}");
+    }
+
+    #[test]
+    fn a_program_missing_from_a_bindir_of_links_is_found_beside_the_real_pg_ctl() {
+        let root = std::env::temp_dir().join(format!("auth-bindir-{}", std::process::id()));
+        let (real, links) = (root.join("real"), root.join("links"));
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        for program in ["pg_ctl", "pg_basebackup"] {
+            std::fs::write(real.join(program), "").unwrap();
+        }
+        std::os::unix::fs::symlink(real.join("pg_ctl"), links.join("pg_ctl")).unwrap();
+        let bins = PgBinaries {
+            bindir: links.clone(),
+        };
+        assert_eq!(bins.program("pg_ctl"), links.join("pg_ctl"));
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(bins.program("pg_basebackup"), real.join("pg_basebackup"));
+        // Nowhere at all: the bindir's path, so the error names where it was expected.
+        assert_eq!(bins.program("psql"), links.join("psql"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

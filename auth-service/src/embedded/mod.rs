@@ -215,7 +215,11 @@ impl Cluster {
             .unwrap_or(false)
     }
 
-    fn command(&self, program: &str) -> Command {
+    /// A program of this PostgreSQL installation (a server program, or a client such
+    /// as `pg_basebackup`), run the way the cluster's own programs are: as the
+    /// cluster's user when we are root, from `/`, in the C locale. Tests use it to
+    /// work on a cluster (clone it into a standby, promote one).
+    pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bins.program(program));
         // The cluster user may not be able to enter our working directory.
         cmd.current_dir("/").env("LC_ALL", "C");

@@ -43,7 +43,7 @@ async fn replicas(n: usize, cache: CacheSettings) -> (tokio_postgres::Config, Ve
 
 /// Waits until the server's change listener is up and its cache answers: a lookup of an
 /// unknown token is a miss, then a hit once the cache is on.
-async fn wait_listening(server: &TestServer) {
+pub(crate) async fn wait_listening(server: &TestServer) {
     let mut client = server.client().await.unwrap();
     let probe = token::generate(&Default::default()).unwrap();
     for _ in 0..200 {
@@ -65,7 +65,7 @@ async fn hits(server: &TestServer) -> f64 {
 /// Validates `token` on every server until each answers it from memory. (The first
 /// lookup may not be kept: the notifications of the token's own creation can still be
 /// on their way, and a lookup that overlaps a change is never cached.)
-async fn warm(servers: &[TestServer], token: &str) {
+pub(crate) async fn warm(servers: &[TestServer], token: &str) {
     for s in servers {
         let mut client = s.client().await.unwrap();
         let mut cached = false;
@@ -85,7 +85,11 @@ async fn warm(servers: &[TestServer], token: &str) {
 
 /// Polls `servers` until each rejects `token` with `reason`; fails after 5 s. Returns
 /// the time it took.
-async fn rejected_everywhere(servers: &[TestServer], token: &str, reason_: &str) -> Duration {
+pub(crate) async fn rejected_everywhere(
+    servers: &[TestServer],
+    token: &str,
+    reason_: &str,
+) -> Duration {
     let started = Instant::now();
     for s in servers {
         let mut client = s.client().await.unwrap();

@@ -12,6 +12,7 @@ mod cli;
 mod concurrency;
 mod embedded;
 mod ext_authz;
+mod failover;
 mod forward_auth;
 mod outage;
 mod pgtls;
