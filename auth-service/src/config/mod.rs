@@ -34,7 +34,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the gRPC API (auth.v1.AuthService, health, reflection).
+    /// Serve the gRPC API (auth.v1.AuthService, Envoy's ext_authz, health, reflection).
     Serve(Box<ServeArgs>),
     /// Create, list and revoke tokens.
     #[command(subcommand)]

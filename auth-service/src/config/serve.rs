@@ -32,8 +32,8 @@ pub struct ServeArgs {
     /// How often the database is probed for the health service.
     #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
     pub db_check_interval: Duration,
-    /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz
-    /// [default: off].
+    /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz, and
+    /// /authz/forward-auth for nginx, Traefik and Caddy [default: off].
     #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Most token lookups kept in memory per replica; 0 turns the cache off.
