@@ -28,6 +28,7 @@ use tracing::instrument;
 use super::{Granted, Verdict};
 use crate::{
     error::{Error, Result},
+    metrics::{Adapter, Decision},
     service::{AuthSvc, credentials},
 };
 
@@ -54,8 +55,11 @@ impl Authorization for ExtAuthz {
         request: Request<CheckRequest>,
     ) -> std::result::Result<Response<CheckResponse>, Status> {
         let svc = &self.svc;
-        credentials::authorize_validate(&request, svc.validate_allow())
-            .map_err(|e| svc.status(e))?;
+        let count = |decision| svc.metrics().authz_decision(Adapter::ExtAuthz, decision);
+        if let Err(e) = credentials::authorize_validate(&request, svc.validate_allow()) {
+            count(Decision::CallerNotAllowed);
+            return Err(svc.status(e));
+        }
         let check = request.get_ref();
         let required = check
             .attributes
@@ -63,11 +67,16 @@ impl Authorization for ExtAuthz {
             .and_then(|a| a.context_extensions.get(REQUIRED_SCOPE))
             .map(String::as_str);
         let verdict = match authorization(check) {
-            Ok(value) => super::decide(svc, value, required.as_slice())
-                .await
-                .map_err(|e| svc.status(e))?,
+            Ok(value) => match super::decide(svc, value, required.as_slice()).await {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    count(Decision::Unavailable);
+                    return Err(svc.status(e));
+                }
+            },
             Err(e) => super::rejected(svc, e),
         };
+        count(verdict.decision());
         Ok(Response::new(match verdict {
             Verdict::Allow(granted) => allowed(&granted),
             Verdict::Unauthenticated(e) => unauthenticated(&e),
@@ -88,7 +97,14 @@ fn authorization(check: &CheckRequest) -> Result<Option<&[u8]>> {
     else {
         return Ok(None);
     };
-    if let Some(value) = http.headers.get("authorization") {
+    // Envoy lower-cases the keys; another client may not.
+    let named = http.headers.get("authorization").or_else(|| {
+        http.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v)
+    });
+    if let Some(value) = named {
         return Ok(Some(value.as_bytes()));
     }
     let mut raw = http

@@ -23,7 +23,11 @@ use axum::{
 };
 
 use super::Verdict;
-use crate::{error::Error, service::AuthSvc};
+use crate::{
+    error::Error,
+    metrics::{Adapter, Decision},
+    service::AuthSvc,
+};
 
 /// The request header that names the required scopes.
 pub const REQUIRED_SCOPE_HEADER: &str = "x-auth-required-scope";
@@ -62,6 +66,7 @@ pub struct ForwardAuth {
 
 pub async fn handle(State(state): State<ForwardAuth>, request: Request) -> Response {
     let svc = &state.svc;
+    let count = |decision| svc.metrics().authz_decision(Adapter::ForwardAuth, decision);
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -72,6 +77,7 @@ pub async fn handle(State(state): State<ForwardAuth>, request: Request) -> Respo
              the service's --forward-auth-allow may (or use ext_authz over mTLS)",
             peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string())
         ));
+        count(Decision::CallerNotAllowed);
         return refusal(
             StatusCode::FORBIDDEN,
             ErrorReason::CallerNotAllowed,
@@ -106,9 +112,13 @@ pub async fn handle(State(state): State<ForwardAuth>, request: Request) -> Respo
     } else {
         match super::decide(svc, first.map(HeaderValue::as_bytes), &required).await {
             Ok(verdict) => verdict,
-            Err(e) => return unavailable(svc, e),
+            Err(e) => {
+                count(Decision::Unavailable);
+                return unavailable(svc, e);
+            }
         }
     };
+    count(verdict.decision());
     match verdict {
         Verdict::Allow(granted) => {
             let mut out = HeaderMap::new();

@@ -12,6 +12,7 @@ use auth_api::ErrorReason;
 
 use crate::{
     error::{Error, Result, fmt_time},
+    metrics::Decision,
     service::{AuthSvc, credentials},
 };
 
@@ -62,6 +63,17 @@ pub enum Verdict {
     Unauthenticated(Error),
     /// A live token without these required scopes.
     Forbidden { missing: Vec<String> },
+}
+
+impl Verdict {
+    /// How the metrics count it.
+    pub fn decision(&self) -> Decision {
+        match self {
+            Verdict::Allow(_) => Decision::Allow,
+            Verdict::Unauthenticated(_) => Decision::Unauthenticated,
+            Verdict::Forbidden { .. } => Decision::Forbidden,
+        }
+    }
 }
 
 /// Decides on the raw `authorization` header value (absent: `None`) and the required

@@ -52,6 +52,35 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// `adapter` and `decision`, for `auth_authz_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub adapter: &'static str,
+    pub decision: &'static str,
+}
+
+/// Which proxy adapter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    ExtAuthz,
+    ForwardAuth,
+}
+
+/// What a proxy adapter answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The request may pass.
+    Allow,
+    /// A credential problem (401).
+    Unauthenticated,
+    /// A required scope is missing (403).
+    Forbidden,
+    /// The asking proxy is not allowed to ask.
+    CallerNotAllowed,
+    /// No answer: the database is unavailable (or a bug).
+    Unavailable,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -106,6 +135,7 @@ pub struct Metrics {
     grpc_seconds: HistogramFamily,
     rejections: Family<ReasonLabel, Counter>,
     renewals: Family<ResultLabel, Counter>,
+    authz_decisions: Family<DecisionLabels, Counter>,
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
@@ -132,6 +162,7 @@ impl Metrics {
             grpc_seconds: Family::new_with_constructor(handling_histogram),
             rejections: Family::default(),
             renewals: Family::default(),
+            authz_decisions: Family::default(),
             cache_requests: Family::default(),
             cache_entries: Gauge::default(),
             cache_evictions: Family::default(),
@@ -164,6 +195,11 @@ impl Metrics {
             "auth_token_renewals",
             "RenewCurrentToken calls that reached the database, by result",
             m.renewals.clone(),
+        );
+        registry.register(
+            "auth_authz_decisions",
+            "Answers of the proxy adapters (ext_authz Check, forward-auth), by decision",
+            m.authz_decisions.clone(),
         );
         registry.register(
             "auth_cache_requests",
@@ -261,6 +297,24 @@ impl Metrics {
             RenewalResult::LostRace => "lost_race",
         };
         self.renewals.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A proxy adapter answered.
+    pub fn authz_decision(&self, adapter: Adapter, decision: Decision) {
+        let adapter = match adapter {
+            Adapter::ExtAuthz => "ext_authz",
+            Adapter::ForwardAuth => "forward_auth",
+        };
+        let decision = match decision {
+            Decision::Allow => "allow",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Forbidden => "forbidden",
+            Decision::CallerNotAllowed => "caller_not_allowed",
+            Decision::Unavailable => "unavailable",
+        };
+        self.authz_decisions
+            .get_or_create(&DecisionLabels { adapter, decision })
+            .inc();
     }
 
     /// A cache lookup (`hit`: answered from memory).

@@ -49,19 +49,19 @@ pub fn parse_bearer(value: &[u8], prefix: &Prefix) -> Result<TokenDigest> {
         .ok()
         .filter(|v| v.bytes().all(printable))
         .ok_or_else(|| {
-            Error::TokenMalformed("the `authorization` metadata is not printable ASCII".into())
+            Error::TokenMalformed("the `authorization` value is not printable ASCII".into())
         })?;
     let value = value.trim_matches(blank);
     let (scheme, token) = value.split_once(blank).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Error::MissingCredentials(
-            "the `authorization` metadata must use the Bearer scheme: `authorization: Bearer <token>`".into(),
+            "the `authorization` value must use the Bearer scheme: `authorization: Bearer <token>`".into(),
         ));
     }
     let token = token.trim_matches(blank);
     if token.is_empty() {
         return Err(Error::MissingCredentials(
-            "the `authorization` metadata holds no token: send `authorization: Bearer <token>`"
+            "the `authorization` value holds no token: send `authorization: Bearer <token>`"
                 .into(),
         ));
     }
@@ -202,7 +202,7 @@ mod tests {
             assert_eq!(err.reason(), Some(Reason::TokenMalformed), "{bad:?}");
             assert_eq!(
                 err.to_string(),
-                "the `authorization` metadata is not printable ASCII"
+                "the `authorization` value is not printable ASCII"
             );
         }
         assert_eq!(

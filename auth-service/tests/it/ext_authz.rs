@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use auth_service::renewal::RenewalPolicy;
-use auth_test_support::{cluster, fixtures, grpc::envoy_check, server::TestServer};
+use auth_test_support::{cluster, fixtures, grpc::envoy_check, http::metric, server::TestServer};
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
     service::auth::v3::{
@@ -269,6 +269,14 @@ async fn a_missing_scope_is_a_403_naming_it() {
     .await
     .unwrap();
     assert_eq!(denial(&r).1, 401);
+
+    // Each answer is counted by its decision.
+    let (_, metrics) = server.http_get("/metrics").await.unwrap();
+    for (decision, n) in [("allow", 2.0), ("forbidden", 1.0), ("unauthenticated", 1.0)] {
+        let series =
+            format!(r#"auth_authz_decisions_total{{adapter="ext_authz",decision="{decision}"}}"#);
+        assert_eq!(metric(&metrics, &series), n, "{series}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

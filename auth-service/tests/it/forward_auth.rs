@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use auth_service::{db::Db, renewal::RenewalPolicy};
 use auth_test_support::{
     cluster, fixtures,
-    http::request,
+    http::{metric, request},
     nginx::{self, Nginx},
     server::TestServer,
 };
@@ -125,6 +125,15 @@ async fn forward_auth_answers_200_401_and_403_with_the_headers_proxies_pass_on()
             assert!(www.contains(r#"error="invalid_token""#), "{www}");
         }
         assert!(header(&got, "x-auth-user-id").is_none());
+    }
+
+    // Each answer is counted by its decision.
+    let (_, metrics) = server.http_get("/metrics").await.unwrap();
+    for (decision, n) in [("allow", 5.0), ("forbidden", 3.0), ("unauthenticated", 4.0)] {
+        let series = format!(
+            r#"auth_authz_decisions_total{{adapter="forward_auth",decision="{decision}"}}"#
+        );
+        assert_eq!(metric(&metrics, &series), n, "{series}");
     }
 }
 
