@@ -1,6 +1,6 @@
 //! `auth-service`: parse flags, start logging, run the command.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
-use std::{future::Future, io::Write, pin::Pin, process::ExitCode};
+use std::{future::Future, pin::Pin, process::ExitCode};
 
 use auth_service::{
     cmd,
@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    telemetry::init(if serving { "info" } else { "warn" });
+    telemetry::init(if serving { "info" } else { "warn" }, cli.log_format);
     // Only `serve` catches SIGTERM/Ctrl-C; a one-shot command dies on them as usual.
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = if serving {
         Box::pin(shutdown_signal())
@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     match cmd::execute(cli, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "auth-service: {e}");
+            telemetry::failed(&e);
             ExitCode::FAILURE
         }
     }

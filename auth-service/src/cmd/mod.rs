@@ -1,7 +1,5 @@
 //! The subcommands, one module each (`serve`, `token`, `migrate`, `healthcheck`), and
 //! [`execute`], which the binary runs. `database` opens what they share.
-use std::io::Write;
-
 use crate::{
     config::{Cli, Command},
     error::Result,
@@ -24,8 +22,8 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
     }
 }
 
-/// A line for the person at the terminal (stderr). Unlike `eprintln!`, it cannot
-/// panic when stderr is closed.
+/// A line for the person at the terminal (stderr), in the log format (`--log-format`).
+/// Unlike `eprintln!`, it cannot panic when stderr is closed.
 pub(crate) fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    crate::telemetry::say(line);
 }

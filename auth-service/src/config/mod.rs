@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     db::Target,
     error::{Error, Result},
+    telemetry::LogFormat,
     token::Prefix,
 };
 
@@ -27,6 +28,16 @@ pub const DEFAULT_DATA_DIR: &str = "./.auth-service";
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
+    /// Log lines on stderr: text, or one flat JSON object per line for log shippers
+    /// (the event's fields and its spans' fields side by side).
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

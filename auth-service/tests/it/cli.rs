@@ -19,6 +19,7 @@ pub(crate) fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("AUTH_SERVICE_LOG")
+        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }
