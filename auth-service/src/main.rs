@@ -1,4 +1,6 @@
-//! `auth-service`: parse flags, start logging, run the command.
+//! `auth-service`: parse flags, start logging, run the command. Exit codes: 0 ok, 1 a
+//! runtime failure (the database unreachable, a failed migration, unhealthy), 2 a
+//! configuration or usage error (clap's own usage errors exit 2 as well).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 use std::{future::Future, pin::Pin, process::ExitCode};
 
@@ -25,7 +27,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             telemetry::failed(&e);
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

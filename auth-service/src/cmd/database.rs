@@ -82,24 +82,41 @@ pub async fn open(settings: &DbSettings, role: Role) -> Result<Opened> {
     };
     let db = Db::connect_to(target, settings.pool_size, settings.timeout)?;
     let opened = Opened { db, cluster };
-    let migrated = opened.db.migrate().await;
+    let external = opened.cluster.is_none();
+    let migrated = opened
+        .db
+        .migrate()
+        .await
+        .map_err(|e| connecting(e, external));
     // Released once connected (the pool keeps the connection): a one-shot command
     // deciding whether to stop the cluster now counts this process as a client.
     drop(deciding);
     if let Err(e) = migrated {
-        let hint = match &opened.cluster {
-            None => " (check --database-url / --database-url-file and that the server is up)",
-            Some(_) => "",
-        };
         let _ = opened.close(role).await;
-        return Err(match e {
-            Error::Unavailable(cause) => {
-                Error::Config(format!("cannot reach the database{hint}: {cause}"))
-            }
-            other => other,
-        });
+        return Err(e);
     }
     Ok(opened)
+}
+
+/// A failure to reach the database at startup, with what to check. An unreachable
+/// database is a runtime failure (exit 1: systemd retries); a login it refuses or a
+/// database that does not exist is the configuration's (exit 2, see
+/// [`Error::connecting`]).
+fn connecting(e: Error, external: bool) -> Error {
+    match (e, external) {
+        (Error::Unavailable(cause), true) => Error::Unavailable(format!(
+            "cannot connect (check --database-url / --database-url-file and that the server \
+             is up): {cause}"
+        )),
+        (Error::Unavailable(cause), false) => Error::Unavailable(format!(
+            "cannot connect to the embedded PostgreSQL: {cause}"
+        )),
+        (Error::Config(cause), true) => Error::Config(format!(
+            "the database refused the connection (check the user, password and database \
+             name in --database-url / --database-url-file): {cause}"
+        )),
+        (other, _) => other,
+    }
 }
 
 /// Runs blocking cluster work (programs, file locks) off the async threads.

@@ -34,9 +34,10 @@ fn cli_caller() -> String {
     )
 }
 
+/// A flag's value that cannot be stored: a usage error (exit 2), like clap's own.
 fn check_label(flag: &str, value: &str) -> Result<()> {
     if value.trim().is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Config(format!(
             "{flag} must be 1-255 printable characters"
         )));
     }
@@ -71,7 +72,7 @@ async fn create(db: &Db, prefix: &Prefix, args: CreateArgs) -> Result<()> {
     if let Err(e) = writeln!(stdout, "{}", raw.expose()).and_then(|()| stdout.flush()) {
         // Nobody received the secret: a live token nobody holds is only a risk.
         db.revoke_by_id(created.id, &cli_caller()).await?;
-        return Err(Error::Config(format!(
+        return Err(Error::Runtime(format!(
             "could not print the new token ({e}); it was revoked, nothing usable was created"
         )));
     }

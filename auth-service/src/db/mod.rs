@@ -35,7 +35,14 @@ pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
         .await;
     client.simple_query(sql::MIGRATION_UNLOCK).await?;
     client.simple_query(sql::RESET_STATEMENT_TIMEOUT).await?;
-    let report = report.map_err(|e| Error::Internal(format!("schema migration failed: {e}")))?;
+    // refinery's own text stops at "db error": PostgreSQL's reason (e.g. "permission
+    // denied for schema public") is in its causes.
+    let report = report.map_err(|e| {
+        Error::Internal(format!(
+            "schema migration failed: {}",
+            crate::error::chain(&e)
+        ))
+    })?;
     for m in report.applied_migrations() {
         tracing::info!(version = m.version(), name = m.name(), "applied migration");
     }
@@ -219,7 +226,7 @@ impl Db {
 
     /// Applies pending migrations with a pooled connection.
     pub async fn migrate(&self) -> Result<()> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.pool.get().await.map_err(Error::connecting)?;
         migrate_client(&mut client).await
     }
 
