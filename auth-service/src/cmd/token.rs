@@ -4,7 +4,7 @@ use std::io::Write;
 use uuid::Uuid;
 
 use super::{
-    database::{self, Role},
+    database::{self, Role, Schema},
     say,
 };
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
 
 /// Opens the database, runs one token command, and closes it again.
 pub async fn token(db: &DbSettings, prefix: &Prefix, cmd: TokenCommand) -> Result<()> {
-    let opened = database::open(db, Role::OneShot).await?;
+    let opened = database::open(db, Role::OneShot, Schema::Migrate).await?;
     let result = match cmd {
         TokenCommand::Create(args) => create(&opened.db, prefix, args).await,
         TokenCommand::List { user } => list(&opened.db, user.as_deref()).await,

@@ -147,6 +147,15 @@ pub const OTHER_CLIENTS: &str = "
 SELECT count(*) FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
+/// Whether refinery's history table exists where refinery looks for it (unqualified,
+/// through the search path). A database that was never migrated has none.
+pub const SCHEMA_HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
+
+/// The migrations applied, as refinery recorded them (its checksum is stored as text),
+/// for `serve --no-migrate`'s check. Read-only: the runtime role can run it.
+pub const SCHEMA_HISTORY: &str = "
+SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY version";
+
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
 pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
