@@ -18,7 +18,7 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
         Command::Serve(args) => serve::serve(&db, args.settings(&cli.db)?, shutdown).await,
         Command::Migrate => migrate::migrate(&db).await,
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
-        Command::Token(cmd) => token::token(&db, &cli.db.prefix()?, cmd).await,
+        Command::Token(args) => token::token(&db, &cli.db.prefix()?, args).await,
     }
 }
 

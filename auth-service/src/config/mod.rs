@@ -47,8 +47,7 @@ pub enum Command {
     /// Serve the gRPC API (auth.v1.AuthService, health, reflection).
     Serve(Box<ServeArgs>),
     /// Create, list and revoke tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
+    Token(TokenArgs),
     /// Apply pending schema migrations and exit.
     Migrate,
     /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
@@ -170,6 +169,31 @@ pub struct DbArgs {
         default_value = "pat_"
     )]
     pub token_prefix: String,
+}
+
+/// `token` and the flags all its subcommands take.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// What the command prints on stdout: text for people, or JSON for scripts.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_OUTPUT",
+        value_enum,
+        default_value_t = Output::Text
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The shape of a token command's result on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// What people read: the token alone (`create`), a tab-separated table (`list`).
+    Text,
+    /// One JSON document: an object (`create`, `revoke`) or an array (`list`).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -520,5 +544,38 @@ mod tests {
             .to_string();
         assert!(err.contains("token list"), "{err}");
         assert!(parse(&["token", "revoke", "3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c"]).is_ok());
+    }
+
+    #[test]
+    fn output_and_log_format_go_before_or_after_the_subcommand() {
+        let cli = parse(&["--log-format", "json", "token", "--output", "json", "list"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Token(token) = &cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(token.output, Output::Json);
+        let cli = parse(&["token", "list", "--output", "json"]).unwrap();
+        let Command::Token(token) = &cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(token.output, Output::Json);
+        let cli = parse(&["serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(parse(&["token", "list", "--output", "yaml"]).is_err());
+        assert!(parse(&["--log-format", "xml", "migrate"]).is_err());
+    }
+
+    #[test]
+    fn no_migrate_reaches_the_serve_settings() {
+        let cli = parse(&["serve", "--no-migrate"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(serve.settings(&cli.db).unwrap().no_migrate);
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(!serve.settings(&cli.db).unwrap().no_migrate);
     }
 }
