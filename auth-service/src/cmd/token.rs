@@ -1,6 +1,6 @@
-//! `auth-service token create|list|revoke`, printing for people (`--output text`) or
-//! for scripts (`--output json`).
-use std::io::Write;
+//! `auth-service token create|list|revoke|prune`, printing for people (`--output text`)
+//! or for scripts (`--output json`).
+use std::{io::Write, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,6 +17,10 @@ use crate::{
     token::{self, Prefix},
 };
 
+/// Tokens deleted per `token prune` statement: small enough that each batch finishes
+/// well inside the statement timeout and holds few row locks.
+const PRUNE_BATCH: u32 = 1000;
+
 /// Opens the database, runs one token command, and closes it again.
 pub async fn token(db: &DbSettings, prefix: &Prefix, args: TokenArgs) -> Result<()> {
     let opened = database::open(db, Role::OneShot, Schema::Migrate).await?;
@@ -25,6 +29,7 @@ pub async fn token(db: &DbSettings, prefix: &Prefix, args: TokenArgs) -> Result<
         TokenCommand::Create(create_args) => create(&opened.db, prefix, create_args, output).await,
         TokenCommand::List { user } => list(&opened.db, user.as_deref(), output).await,
         TokenCommand::Revoke { id } => revoke(&opened.db, id, output).await,
+        TokenCommand::Prune { older_than } => prune(&opened.db, older_than, output).await,
     };
     opened.close(Role::OneShot).await?;
     result
@@ -215,5 +220,25 @@ async fn revoke(db: &Db, id: Uuid, output: Output) -> Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+/// What `token prune --output json` prints.
+#[derive(Serialize)]
+struct PrunedJson {
+    pruned: u64,
+}
+
+async fn prune(db: &Db, older_than: Duration, output: Output) -> Result<()> {
+    let pruned = db.prune(older_than, PRUNE_BATCH).await?;
+    tracing::info!(
+        pruned,
+        older_than = %humantime::format_duration(older_than),
+        "pruned tokens"
+    );
+    let _ = match output {
+        Output::Text => print(&format!("pruned {pruned} tokens\n")),
+        Output::Json => print_json(&PrunedJson { pruned }),
+    };
     Ok(())
 }

@@ -46,7 +46,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API (auth.v1.AuthService, health, reflection).
     Serve(Box<ServeArgs>),
-    /// Create, list and revoke tokens.
+    /// Create, list, revoke and prune tokens.
     Token(TokenArgs),
     /// Apply pending schema migrations and exit.
     Migrate,
@@ -192,7 +192,7 @@ pub struct TokenArgs {
 pub enum Output {
     /// What people read: the token alone (`create`), a tab-separated table (`list`).
     Text,
-    /// One JSON document: an object (`create`, `revoke`) or an array (`list`).
+    /// One JSON document: an object (`create`, `revoke`, `prune`) or an array (`list`).
     Json,
 }
 
@@ -211,6 +211,15 @@ pub enum TokenCommand {
         /// The token id (a UUID, as `token list` shows it).
         #[arg(value_parser = parse_token_id)]
         id: uuid::Uuid,
+    },
+    /// Delete tokens that expired or were revoked longer ago than --older-than (by the
+    /// database clock), with their audit rows, and print how many. Live tokens and
+    /// tokens that never expire (unless revoked) are kept. Safe to run on every replica
+    /// at once.
+    Prune {
+        /// How long a token must have been expired or revoked, e.g. 90d.
+        #[arg(long, env = "AUTH_SERVICE_PRUNE_OLDER_THAN", value_parser = parse_lifetime)]
+        older_than: Duration,
     },
 }
 
@@ -554,15 +563,33 @@ mod tests {
             panic!("not token")
         };
         assert_eq!(token.output, Output::Json);
-        let cli = parse(&["token", "list", "--output", "json"]).unwrap();
+        let cli = parse(&["token", "prune", "--older-than", "90d", "--output", "json"]).unwrap();
         let Command::Token(token) = &cli.command else {
             panic!("not token")
         };
         assert_eq!(token.output, Output::Json);
+        assert!(matches!(
+            token.command,
+            TokenCommand::Prune { older_than } if older_than == Duration::from_secs(90 * 86400)
+        ));
         let cli = parse(&["serve", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(parse(&["token", "list", "--output", "yaml"]).is_err());
         assert!(parse(&["--log-format", "xml", "migrate"]).is_err());
+    }
+
+    #[test]
+    fn prune_needs_a_bounded_horizon() {
+        assert!(
+            parse(&["token", "prune"]).is_err(),
+            "no default: say how old"
+        );
+        for bad in ["0s", "soon", "36501d"] {
+            assert!(
+                parse(&["token", "prune", "--older-than", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
