@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod embedded;
+mod ops;
 mod outage;
 mod pgtls;
 mod renew;
