@@ -23,6 +23,7 @@ use crate::{
     server_url::SERVER_ENV,
     source::{TOKEN_ENV, TokenSource},
     state::{self, STATE_ENV},
+    telemetry::LogFormat,
     token::Token,
 };
 
@@ -58,11 +59,6 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
 /// went away is not an error of ours.
 pub fn print(report: impl Display) {
     let _ = writeln!(io::stdout(), "{report}");
-}
-
-/// A line on stderr, which cannot panic when stderr is closed (see [`print`]).
-pub fn say(line: impl Display) {
-    let _ = writeln!(io::stderr(), "{line}");
 }
 
 /// `auth-agent`: keeps a personal access token renewed against `auth.v1.AuthService`.
@@ -143,6 +139,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "AUTH_AGENT_REQUEST_TIMEOUT", value_name = "DURATION",
           default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Log lines on stderr: text, or one flat JSON object per line for log shippers
+    #[arg(long, global = true, env = "AUTH_AGENT_LOG_FORMAT", value_enum,
+          default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Flags of `auth-agent run`.

@@ -20,11 +20,11 @@ async fn main() -> ExitCode {
         Command::Run(_) => telemetry::DAEMON_FILTER,
         _ => telemetry::COMMAND_FILTER,
     };
-    telemetry::init(filter);
+    telemetry::init(filter, cli.global.log_format);
     match cli::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            cli::say(format_args!("auth-agent: {err}"));
+            telemetry::failed(&err);
             ExitCode::from(err.exit_code())
         }
     }

@@ -1,8 +1,9 @@
 //! Logging: `tracing` to stderr, filtered by `AUTH_AGENT_LOG` (or `RUST_LOG`), with a
-//! default that keeps tonic, hyper and h2 quiet.
-use std::io::IsTerminal;
-
+//! default that keeps tonic, hyper and h2 quiet; as text or as one flat JSON object per
+//! line (`--log-format`, see `auth_telemetry`).
 use tracing_subscriber::EnvFilter;
+
+pub use auth_telemetry::LogFormat;
 
 /// Environment variable with an `EnvFilter` directive, e.g. `auth_agent=debug`.
 pub const LOG_ENV: &str = "AUTH_AGENT_LOG";
@@ -13,21 +14,17 @@ pub const COMMAND_FILTER: &str = "warn";
 
 /// The filter from `AUTH_AGENT_LOG`, else `RUST_LOG`, else `default`.
 pub fn filter(default: &str) -> EnvFilter {
-    EnvFilter::try_from_env(LOG_ENV)
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default))
+    auth_telemetry::filter(&[LOG_ENV, "RUST_LOG"], default)
 }
 
-/// Installs the global subscriber. Colours only on a terminal: journald and log
-/// collectors would store the escape codes.
-pub fn init(default: &str) {
-    let stderr_is_terminal = std::io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(default))
-        .with_writer(std::io::stderr)
-        .with_ansi(stderr_is_terminal)
-        // Its fallback report uses `eprintln!`, which panics when stderr is gone
-        // (a closed pipe): a lost log line must never take the daemon down.
-        .log_internal_errors(false)
-        .try_init();
+/// Installs the global subscriber (colours only on a terminal in text mode: journald
+/// and log collectors would store the escape codes).
+pub fn init(default: &str, format: LogFormat) {
+    auth_telemetry::init(format, filter(default));
+}
+
+/// The last line of a command that failed (stderr), in the log format: `auth-agent:
+/// ERROR` as text, an ERROR object in JSON. It cannot panic when stderr is closed.
+pub fn failed(error: &dyn std::fmt::Display) {
+    auth_telemetry::failed("auth-agent", "auth_agent", error);
 }

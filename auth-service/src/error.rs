@@ -2,7 +2,9 @@
 //!
 //! The variants say what the caller should do: credential problems mean "get a new
 //! token / log in again" (`UNAUTHENTICATED`); database trouble means "retry later and
-//! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent.
+//! keep your token" (`UNAVAILABLE`). Database error text is logged, never sent. For the
+//! command line, [`Error::exit_code`] tells a configuration error (2: fix it, restarting
+//! cannot help) from a runtime failure (1).
 
 use auth_api::{ERROR_DOMAIN, ErrorReason};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -55,7 +57,13 @@ pub enum Error {
     /// A bug or a broken invariant; details are in the server log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A command could not finish for a reason that is neither the database, nor this
+    /// service's configuration, nor a bug (the server `healthcheck` asks is not serving;
+    /// stdout is closed): running it again may work. Exit 1.
+    #[error("{0}")]
+    Runtime(String),
     /// A startup or configuration problem, with the flag or command that fixes it.
+    /// Exit 2: restarting cannot fix it.
     #[error("{0}")]
     Config(String),
 }
@@ -78,6 +86,34 @@ impl Error {
             Error::TokenRevoked(_) => ErrorReason::TokenRevoked,
             _ => return None,
         })
+    }
+
+    /// The process exit status of a command that failed with this error: 2 for a
+    /// configuration or usage problem, which a restart cannot fix (systemd's
+    /// `RestartPreventExitStatus=2`; clap exits 2 on a usage error too), 1 for anything
+    /// that may go away (the database unreachable, a failed migration, a bug).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// A failed attempt to connect when a command starts. A login the server refuses
+    /// (SQLSTATE class 28: a wrong password, no `pg_hba.conf` entry) or a database that
+    /// does not exist (3D000) will not fix itself: the configuration must change, so it
+    /// is [`Error::Config`]. Anything else (no answer, connection refused, too many
+    /// connections) is the database being unavailable. Once serving, every connection
+    /// failure stays `Unavailable`: the caller should keep its token and retry.
+    pub fn connecting(e: deadpool_postgres::PoolError) -> Error {
+        use tokio_postgres::error::SqlState;
+        if let deadpool_postgres::PoolError::Backend(pg) = &e
+            && let Some(code) = pg.code()
+            && (code.code().starts_with("28") || *code == SqlState::INVALID_CATALOG_NAME)
+        {
+            return Error::Config(explained(pg));
+        }
+        Error::from(e)
     }
 }
 
@@ -288,6 +324,36 @@ mod tests {
         let internal = Status::from(Error::Internal("secret detail".into()));
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("secret detail"));
+    }
+
+    #[test]
+    fn only_configuration_errors_exit_2() {
+        assert_eq!(
+            Error::Config("--db-pool-size must be at least 1".into()).exit_code(),
+            2
+        );
+        for runtime in [
+            Error::Unavailable("connection refused".into()),
+            Error::Internal("schema migration failed".into()),
+            Error::Runtime("unhealthy".into()),
+            Error::NotFound("no token".into()),
+            Error::InvalidArgument("already revoked".into()),
+        ] {
+            assert_eq!(runtime.exit_code(), 1, "{runtime:?}");
+        }
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_reached_at_startup_is_unavailable() {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        assert!(matches!(
+            Error::connecting(PoolError::Timeout(TimeoutType::Create)),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::connecting(PoolError::Closed),
+            Error::Unavailable(_)
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `auth-service`: parse flags, start logging, run the command.
+//! `auth-service`: parse flags, start logging, run the command. Exit codes: 0 ok, 1 a
+//! runtime failure (the database unreachable, a failed migration, unhealthy), 2 a
+//! configuration or usage error (clap's own usage errors exit 2 as well).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
-use std::{future::Future, io::Write, pin::Pin, process::ExitCode};
+use std::{future::Future, pin::Pin, process::ExitCode};
 
 use auth_service::{
     cmd,
@@ -14,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    telemetry::init(if serving { "info" } else { "warn" });
+    telemetry::init(if serving { "info" } else { "warn" }, cli.log_format);
     // Only `serve` catches SIGTERM/Ctrl-C; a one-shot command dies on them as usual.
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = if serving {
         Box::pin(shutdown_signal())
@@ -24,8 +26,8 @@ async fn main() -> ExitCode {
     match cmd::execute(cli, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "auth-service: {e}");
-            ExitCode::FAILURE
+            telemetry::failed(&e);
+            ExitCode::from(e.exit_code())
         }
     }
 }

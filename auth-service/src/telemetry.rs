@@ -1,31 +1,34 @@
-//! Logging setup: `RUST_LOG`-style filtering from `AUTH_SERVICE_LOG`, with a default
-//! that keeps dependency noise down. Logs go to stderr so stdout stays clean for
-//! `token create`.
+//! Logging setup: an `EnvFilter` from `AUTH_SERVICE_LOG`, else `RUST_LOG`, else a default
+//! that keeps dependency noise down; text or flat JSON lines (`--log-format`, see
+//! `auth_telemetry`). Logs go to stderr so stdout stays clean for `token create`.
 use std::{
-    io::IsTerminal,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime},
 };
 
-use tracing_subscriber::EnvFilter;
+pub use auth_telemetry::LogFormat;
+
+/// The service's own log filter variable, read before `RUST_LOG`.
+pub const LOG_ENV: &str = "AUTH_SERVICE_LOG";
 
 /// `level` is the default for our own crate (`info` for `serve`, `warn` for the
 /// one-shot commands, whose output is for a person).
-pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_env("AUTH_SERVICE_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{level},h2=warn,hyper=warn,tower=warn,tokio_postgres=warn,refinery_core=warn"
-        ))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log collectors would store the codes.
-        .with_ansi(std::io::stderr().is_terminal())
-        // Its fallback report uses `eprintln!`, which panics when stderr is gone
-        // (a closed pipe): a lost log line must never take the service down.
-        .log_internal_errors(false)
-        .try_init();
+pub fn init(level: &str, format: LogFormat) {
+    let filter = auth_telemetry::filter(
+        &[LOG_ENV, "RUST_LOG"],
+        &format!("{level},h2=warn,hyper=warn,tower=warn,tokio_postgres=warn,refinery_core=warn"),
+    );
+    auth_telemetry::init(format, filter);
+}
+
+/// A line for the person running a command, on stderr, in the log format.
+pub fn say(line: &str) {
+    auth_telemetry::say(tracing::Level::INFO, "auth_service", line);
+}
+
+/// The last line of a command that failed, in the log format.
+pub fn failed(error: &dyn std::fmt::Display) {
+    auth_telemetry::failed("auth-service", "auth_service", error);
 }
 
 /// Lets one log line through per period, and counts the ones it held back, so that a

@@ -135,6 +135,24 @@ pub async fn fresh_database() -> Result<tokio_postgres::Config> {
     Ok(shared.cluster.client_config(&name))
 }
 
+/// A connection config for a brand-new database of the shared cluster with no schema at
+/// all: what `auth-service migrate` has never run on.
+pub async fn empty_database() -> Result<tokio_postgres::Config> {
+    let shared = shared()?;
+    let name = format!(
+        "empty_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let (admin, task) = connect(&shared.cluster.client_config("postgres")).await?;
+    admin
+        .simple_query(&format!("CREATE DATABASE {name}"))
+        .await?;
+    drop(admin);
+    let _ = task.await;
+    Ok(shared.cluster.client_config(&name))
+}
+
 /// A pooled handle on a fresh test database.
 pub async fn test_db() -> Result<Db> {
     Ok(Db::new(

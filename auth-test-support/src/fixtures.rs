@@ -1,7 +1,10 @@
 //! Tokens made and altered directly in the database, and what tests read back. The
 //! test-only SQL lives here, never in the service (one statement of it sets any token's
 //! expiry).
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use auth_service::{
     db::Db,
@@ -13,6 +16,17 @@ use uuid::Uuid;
 
 use crate::{Result, cluster};
 
+/// Makes names and salts unique within this test process (with its pid, across them).
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+fn unique() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A time as the database stores it.
 pub type Time = DateTime<Utc>;
 
@@ -22,6 +36,39 @@ const SET_EXPIRY: &str =
 /// Moves a token's creation time $2 seconds into the past. $1 id.
 const SET_CREATED_AGO: &str =
     "UPDATE tokens SET created_at = now() - make_interval(secs => $2::float8) WHERE id = $1";
+/// Marks a token revoked $2 seconds ago. $1 id.
+const SET_REVOKED_AGO: &str =
+    "UPDATE tokens SET revoked_at = now() - make_interval(secs => $2::float8) WHERE id = $1";
+/// Every token's id.
+const TOKEN_IDS: &str = "SELECT id FROM tokens ORDER BY id";
+/// How many audit rows there are, of every token.
+const EVENT_COUNT: &str = "SELECT count(*) FROM token_events";
+/// $1 tokens of user `bulk` that expired $2 seconds ago, each with its `create` audit
+/// row; $3 makes their hashes differ from any other call's.
+const INSERT_DEAD: &str = "
+WITH ins AS (
+    INSERT INTO tokens (user_id, name, token_hash, display_prefix, expires_at)
+    SELECT 'bulk', 'dead', sha256(convert_to($3 || ':' || g, 'UTF8')), 'pat_dead',
+           now() - make_interval(secs => $2::float8)
+    FROM generate_series(1, $1::int) g
+    RETURNING id, expires_at
+)
+INSERT INTO token_events (token_id, kind, caller, expires_at_after)
+SELECT id, 'create', 'test', expires_at FROM ins";
+/// Records a migration as applied, as refinery does, without running anything: a schema
+/// a newer release migrated. $1 version, $2 name.
+const RECORD_MIGRATION: &str = "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+     VALUES ($1, $2, now()::text, '0')";
+/// Holds off every writer of the audit table (inside a transaction the caller opened):
+/// a statement that deletes from it waits at its start.
+const LOCK_EVENTS: &str = "LOCK TABLE token_events IN EXCLUSIVE MODE";
+/// A login role with the rights a runtime role has (DML on the tables, no DDL), and a
+/// schema where nobody else may create tables either. $name is substituted: DDL takes no
+/// parameters.
+const RUNTIME_ROLE: &str = "
+CREATE ROLE $name LOGIN;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO $name;";
 /// A token's audit trail with the expiry before and after each event. $1 id.
 const EVENT_EXPIRIES: &str = "SELECT kind, expires_at_before, expires_at_after FROM token_events WHERE token_id = $1 ORDER BY id";
 /// A token's stored expiry and the database clock. $1 id.
@@ -114,6 +161,64 @@ pub async fn set_created_ago(db: &Db, id: Uuid, secs: f64) -> Result<()> {
     Ok(())
 }
 
+/// Marks a token revoked `secs` ago (negative: in the future, which no real revocation is).
+pub async fn set_revoked_ago(db: &Db, id: Uuid, secs: f64) -> Result<()> {
+    db.pool()
+        .get()
+        .await?
+        .execute(SET_REVOKED_AGO, &[&id, &secs])
+        .await?;
+    Ok(())
+}
+
+/// Stores `n` tokens that expired `ago` seconds ago (user `bulk`), with their audit rows.
+pub async fn insert_dead_tokens(db: &Db, n: i32, ago: f64) -> Result<()> {
+    let salt = unique();
+    db.pool()
+        .get()
+        .await?
+        .execute(INSERT_DEAD, &[&n, &ago, &salt])
+        .await?;
+    Ok(())
+}
+
+/// A login role on `config`'s database that may read and write the tables but create
+/// nothing (what a production runtime role is); returns `config` as that role.
+pub async fn runtime_role(config: &tokio_postgres::Config) -> Result<tokio_postgres::Config> {
+    let name = format!("runtime_{}", unique());
+    let (admin, task) = cluster::connect(config).await?;
+    admin
+        .batch_execute(&RUNTIME_ROLE.replace("$name", &name))
+        .await?;
+    drop(admin);
+    let _ = task.await;
+    let mut runtime = config.clone();
+    runtime.user(&name);
+    Ok(runtime)
+}
+
+/// Records migration `version` as applied (a later release's, which this binary lacks).
+pub async fn record_migration(db: &Db, version: i32, name: &str) -> Result<()> {
+    db.pool()
+        .get()
+        .await?
+        .execute(RECORD_MIGRATION, &[&version, &name])
+        .await?;
+    Ok(())
+}
+
+/// The ids of every token stored, sorted.
+pub async fn token_ids(db: &Db) -> Result<Vec<Uuid>> {
+    let rows = db.pool().get().await?.query(TOKEN_IDS, &[]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// How many audit rows are stored, of every token.
+pub async fn event_count(db: &Db) -> Result<i64> {
+    let row = db.pool().get().await?.query_one(EVENT_COUNT, &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
 /// Expiry before and after each audit event: (kind, before, after).
 pub type EventExpiry = (String, Option<Time>, Option<Time>);
 
@@ -183,6 +288,30 @@ impl RowLock {
         client.simple_query("BEGIN").await?;
         client.query(LOCK_ROW, &[&id]).await?;
         Ok(RowLock { client, task })
+    }
+
+    /// Commits (changing nothing) and lets the waiters go.
+    pub async fn release(self) -> Result<()> {
+        self.client.simple_query("COMMIT").await?;
+        drop(self.client);
+        let _ = self.task.await;
+        Ok(())
+    }
+}
+
+/// A transaction that keeps every writer out of the audit table, so that statements
+/// that delete from it (two `token prune`s) pile up behind it and start together.
+pub struct AuditLock {
+    client: tokio_postgres::Client,
+    task: JoinHandle<()>,
+}
+
+impl AuditLock {
+    pub async fn take(config: &tokio_postgres::Config) -> Result<AuditLock> {
+        let (client, task) = cluster::connect(config).await?;
+        client.simple_query("BEGIN").await?;
+        client.simple_query(LOCK_EVENTS).await?;
+        Ok(AuditLock { client, task })
     }
 
     /// Commits (changing nothing) and lets the waiters go.

@@ -603,3 +603,106 @@ async fn a_closed_stdout_or_stderr_is_not_a_panic() {
     .await;
     assert_eq!(failed.status.code(), Some(1), "{:?}", failed.status);
 }
+
+/// Each line as a JSON object; a line that is not one fails the test.
+fn json_lines(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    text.lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => panic!("not a JSON object: {line:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_never_show_the_token() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fake = Fake::new();
+    let url = fake.serve_tcp().await;
+    let dir = TempDir::new();
+    let file = dir.join("token");
+    let raw = token("jsonlogs");
+    std::fs::write(&file, &raw).unwrap();
+    let state = dir.join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-agent"))
+        .args([
+            "run",
+            "--server",
+            &url,
+            "--state-file",
+            state.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .env_clear()
+        .env("AUTH_AGENT_TOKEN_FILE", &file)
+        // Every line of every crate, h2's and hyper's included, to look for the token.
+        .env("AUTH_AGENT_LOG", "trace")
+        .env("HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    read_until(&mut stderr, &mut log, "authenticated as alice").await;
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    let lines = json_lines(&log);
+    for line in &lines {
+        for key in ["timestamp", "level", "target"] {
+            assert!(line.contains_key(key), "{key} in {line:?}");
+        }
+    }
+    let identity = lines
+        .iter()
+        .find(|l| {
+            l.get("message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.starts_with("authenticated as alice, token laptop"))
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(identity["level"], "INFO");
+    assert!(
+        lines.iter().any(|l| l["level"] == "TRACE"
+            && l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("h2") || t.starts_with("hyper"))),
+        "the capture saw h2/hyper trace events too"
+    );
+    assert!(!log.contains(&raw[4..]), "the token reached the log");
+}
+
+#[tokio::test]
+async fn a_failed_command_says_why_in_json_too() {
+    let dir = TempDir::new();
+    let cfg = dir.join("config");
+    let out = agent(
+        &["status", "--config", cfg.to_str().unwrap()],
+        "",
+        &[("AUTH_AGENT_LOG_FORMAT", "json")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let lines = json_lines(&text(&out.stderr));
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["target"], "auth_agent");
+    assert!(
+        last["message"].as_str().unwrap().contains("--server"),
+        "{last:?}"
+    );
+}

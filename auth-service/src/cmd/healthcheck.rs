@@ -4,6 +4,10 @@
 //! `--ca-file` if given, else exactly the certificate the server is configured with
 //! (the check runs next to the server and reads the same files), and where the server
 //! requires client certificates it presents the server's own certificate and key.
+//!
+//! Every failure exits 1 ("unhealthy"), an unreadable certificate file included: Docker
+//! reserves a `HEALTHCHECK` exit status of 2, and to a probe a server it cannot check is
+//! unhealthy. (A usage error is still clap's exit 2.)
 use std::{io::Write, sync::Arc, time::Duration};
 
 use hyper_util::rt::TokioIo;
@@ -90,8 +94,8 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-fn config_error(e: impl std::fmt::Display) -> Error {
-    Error::Config(format!("unhealthy: {e}"))
+fn unhealthy(e: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("unhealthy: {e}"))
 }
 
 /// The TLS client settings and the name to check, when the server speaks TLS.
@@ -102,13 +106,13 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     let provider = pem::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(config_error)?;
+        .map_err(unhealthy)?;
     let server_cert = match &args.tls_cert {
-        Some(path) => Some(pem::read_certs(path).map_err(config_error)?),
+        Some(path) => Some(pem::read_certs(path).map_err(unhealthy)?),
         None => None,
     };
     let builder = match (&args.ca_file, &server_cert) {
-        (Some(ca), _) => builder.with_root_certificates(pem::read_roots(ca).map_err(config_error)?),
+        (Some(ca), _) => builder.with_root_certificates(pem::read_roots(ca).map_err(unhealthy)?),
         (None, Some(chain)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
@@ -119,8 +123,8 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     };
     let mut config = match (&args.tls_client_ca, &server_cert, &args.tls_key) {
         (Some(_), Some(chain), Some(key)) => builder
-            .with_client_auth_cert(chain.clone(), pem::read_key(key).map_err(config_error)?)
-            .map_err(config_error)?,
+            .with_client_auth_cert(chain.clone(), pem::read_key(key).map_err(unhealthy)?)
+            .map_err(unhealthy)?,
         _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -135,14 +139,13 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
                 .next()
         })
         .unwrap_or_else(|| "localhost".to_owned());
-    let name = ServerName::try_from(name).map_err(config_error)?;
+    let name = ServerName::try_from(name).map_err(unhealthy)?;
     Ok(Some((config, name)))
 }
 
 pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
     let addr = args.target();
-    let unreachable =
-        |e: &dyn std::fmt::Display| Error::Config(format!("unhealthy: cannot ask {addr}: {e}"));
+    let unreachable = |e: &dyn std::fmt::Display| unhealthy(format_args!("cannot ask {addr}: {e}"));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| unreachable(&e))?
         .connect_timeout(TIMEOUT)
@@ -176,8 +179,8 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
     if status == ServingStatus::Serving {
         Ok(())
     } else {
-        Err(Error::Config(format!(
-            "unhealthy: {addr} reports {} for {:?}",
+        Err(unhealthy(format_args!(
+            "{addr} reports {} for {:?}",
             status.as_str_name(),
             args.service
         )))

@@ -1,12 +1,12 @@
 //! `auth-service migrate`: apply pending migrations and exit.
 use super::{
-    database::{self, Role},
+    database::{self, Role, Schema},
     say,
 };
 use crate::{config::DbSettings, error::Result};
 
 pub async fn migrate(db: &DbSettings) -> Result<()> {
-    let opened = database::open(db, Role::OneShot).await?;
+    let opened = database::open(db, Role::OneShot, Schema::Migrate).await?;
     say("migrations applied");
     opened.close(Role::OneShot).await
 }

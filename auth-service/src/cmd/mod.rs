@@ -1,7 +1,5 @@
 //! The subcommands, one module each (`serve`, `token`, `migrate`, `healthcheck`), and
 //! [`execute`], which the binary runs. `database` opens what they share.
-use std::io::Write;
-
 use crate::{
     config::{Cli, Command},
     error::Result,
@@ -20,12 +18,12 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()>
         Command::Serve(args) => serve::serve(&db, args.settings(&cli.db)?, shutdown).await,
         Command::Migrate => migrate::migrate(&db).await,
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
-        Command::Token(cmd) => token::token(&db, &cli.db.prefix()?, cmd).await,
+        Command::Token(args) => token::token(&db, &cli.db.prefix()?, args).await,
     }
 }
 
-/// A line for the person at the terminal (stderr). Unlike `eprintln!`, it cannot
-/// panic when stderr is closed.
+/// A line for the person at the terminal (stderr), in the log format (`--log-format`).
+/// Unlike `eprintln!`, it cannot panic when stderr is closed.
 pub(crate) fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    crate::telemetry::say(line);
 }

@@ -1,6 +1,6 @@
 //! `auth-service serve`: bind, open the database, run the server until shutdown, then
 //! close the pool and stop the embedded cluster last.
-use super::database::{self, Role};
+use super::database::{self, Role, Schema};
 use crate::{
     config::{DbSettings, ServeSettings},
     error::{Error, Result},
@@ -33,7 +33,14 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::Config(format!("--listen {}: {e}", settings.listen)))?;
     let http = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
-    let opened = database::open(db, Role::Server).await?;
+    // With --no-migrate a separate `auth-service migrate` (a role with DDL rights) owns
+    // the schema; serve only checks that it is the one this binary needs.
+    let schema = if settings.no_migrate {
+        Schema::Check
+    } else {
+        Schema::Migrate
+    };
+    let opened = database::open(db, Role::Server, schema).await?;
     if let Some(http) = http {
         tracing::info!(%http, "HTTP port listening (/metrics, /healthz, /readyz)");
     }

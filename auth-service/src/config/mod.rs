@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     db::Target,
     error::{Error, Result},
+    telemetry::LogFormat,
     token::Prefix,
 };
 
@@ -28,6 +29,16 @@ pub const DEFAULT_DATA_DIR: &str = "./.auth-service";
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
+    /// Log lines on stderr: text, or one flat JSON object per line for log shippers
+    /// (the event's fields and its spans' fields side by side).
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,9 +47,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API (auth.v1.AuthService, Envoy's ext_authz, health, reflection).
     Serve(Box<ServeArgs>),
-    /// Create, list and revoke tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
+    /// Create, list, revoke and prune tokens.
+    Token(TokenArgs),
     /// Apply pending schema migrations and exit.
     Migrate,
     /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
@@ -162,6 +172,31 @@ pub struct DbArgs {
     pub token_prefix: String,
 }
 
+/// `token` and the flags all its subcommands take.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// What the command prints on stdout: text for people, or JSON for scripts.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_OUTPUT",
+        value_enum,
+        default_value_t = Output::Text
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The shape of a token command's result on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// What people read: the token alone (`create`), a tab-separated table (`list`).
+    Text,
+    /// One JSON document: an object (`create`, `revoke`, `prune`) or an array (`list`).
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print it (the only time it is shown) as the only line on stdout.
@@ -177,6 +212,15 @@ pub enum TokenCommand {
         /// The token id (a UUID, as `token list` shows it).
         #[arg(value_parser = parse_token_id)]
         id: uuid::Uuid,
+    },
+    /// Delete tokens that expired or were revoked longer ago than --older-than (by the
+    /// database clock), with their audit rows, and print how many. Live tokens and
+    /// tokens that never expire (unless revoked) are kept. Safe to run on every replica
+    /// at once.
+    Prune {
+        /// How long a token must have been expired or revoked, e.g. 90d.
+        #[arg(long, env = "AUTH_SERVICE_PRUNE_OLDER_THAN", value_parser = parse_lifetime)]
+        older_than: Duration,
     },
 }
 
@@ -510,5 +554,56 @@ mod tests {
             .to_string();
         assert!(err.contains("token list"), "{err}");
         assert!(parse(&["token", "revoke", "3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c"]).is_ok());
+    }
+
+    #[test]
+    fn output_and_log_format_go_before_or_after_the_subcommand() {
+        let cli = parse(&["--log-format", "json", "token", "--output", "json", "list"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Token(token) = &cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(token.output, Output::Json);
+        let cli = parse(&["token", "prune", "--older-than", "90d", "--output", "json"]).unwrap();
+        let Command::Token(token) = &cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(token.output, Output::Json);
+        assert!(matches!(
+            token.command,
+            TokenCommand::Prune { older_than } if older_than == Duration::from_secs(90 * 86400)
+        ));
+        let cli = parse(&["serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(parse(&["token", "list", "--output", "yaml"]).is_err());
+        assert!(parse(&["--log-format", "xml", "migrate"]).is_err());
+    }
+
+    #[test]
+    fn prune_needs_a_bounded_horizon() {
+        assert!(
+            parse(&["token", "prune"]).is_err(),
+            "no default: say how old"
+        );
+        for bad in ["0s", "soon", "36501d"] {
+            assert!(
+                parse(&["token", "prune", "--older-than", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_migrate_reaches_the_serve_settings() {
+        let cli = parse(&["serve", "--no-migrate"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(serve.settings(&cli.db).unwrap().no_migrate);
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(!serve.settings(&cli.db).unwrap().no_migrate);
     }
 }

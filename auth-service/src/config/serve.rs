@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// with UNAVAILABLE and a retry delay [default: 4 x --db-pool-size].
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_WAITING")]
     pub db_max_waiting: Option<usize>,
+    /// Do not apply migrations (a separate `auth-service migrate` does, with a role that
+    /// may change the schema); only check at startup that the schema is current.
+    #[arg(long, env = "AUTH_SERVICE_NO_MIGRATE")]
+    pub no_migrate: bool,
 }
 
 /// Validated settings of `serve`.
@@ -154,6 +158,8 @@ pub struct ServeSettings {
     pub auth_failure_limit: u32,
     pub db_max_per_token: usize,
     pub db_max_waiting: usize,
+    /// Check the schema at startup instead of migrating it.
+    pub no_migrate: bool,
 }
 
 impl ServeSettings {
@@ -173,6 +179,7 @@ impl ServeSettings {
             auth_failure_limit: 60,
             db_max_per_token: 4,
             db_max_waiting: 64,
+            no_migrate: false,
         }
     }
 }
@@ -258,6 +265,7 @@ impl ServeArgs {
             auth_failure_limit: self.auth_failure_limit,
             db_max_per_token: self.db_max_per_token,
             db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_pool_size),
+            no_migrate: self.no_migrate,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The connection pool, migrations, and a time limit on every database operation.
 //!
 //! All SQL lives in `sql`; `tokens` turns rows into domain values.
-use std::time::Duration;
+use std::{fmt, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -12,8 +12,6 @@ mod shared;
 pub mod sql;
 pub mod target;
 pub mod tokens;
-
-use std::sync::Arc;
 
 pub use crate::renewal::TokenRecord;
 pub use target::Target;
@@ -35,11 +33,49 @@ pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
         .await;
     client.simple_query(sql::MIGRATION_UNLOCK).await?;
     client.simple_query(sql::RESET_STATEMENT_TIMEOUT).await?;
-    let report = report.map_err(|e| Error::Internal(format!("schema migration failed: {e}")))?;
+    // refinery's own text stops at "db error": PostgreSQL's reason (e.g. "permission
+    // denied for schema public") is in its causes.
+    let report = report.map_err(|e| {
+        Error::Internal(format!(
+            "schema migration failed: {}",
+            crate::error::chain(&e)
+        ))
+    })?;
     for m in report.applied_migrations() {
         tracing::info!(version = m.version(), name = m.name(), "applied migration");
     }
     Ok(())
+}
+
+/// A schema migration, as far as `serve --no-migrate` compares them: the database's
+/// history against the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i64,
+    pub name: String,
+    /// refinery's checksum of the name, version and SQL, in decimal.
+    pub checksum: String,
+}
+
+impl fmt::Display for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "V{}__{}", self.version, self.name)
+    }
+}
+
+/// The migrations this binary carries (and `migrate` applies), oldest first.
+pub fn known_migrations() -> Vec<Migration> {
+    let mut known: Vec<Migration> = embedded_migrations::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| Migration {
+            version: i64::from(m.version()),
+            name: m.name().to_owned(),
+            checksum: m.checksum().to_string(),
+        })
+        .collect();
+    known.sort_by_key(|m| m.version);
+    known
 }
 
 /// A pooled database handle whose every operation fails with `UNAVAILABLE` after
@@ -231,8 +267,33 @@ impl Db {
 
     /// Applies pending migrations with a pooled connection.
     pub async fn migrate(&self) -> Result<()> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.pool.get().await.map_err(Error::connecting)?;
         migrate_client(&mut client).await
+    }
+
+    /// The migrations applied to this database, oldest first; `None` when it was never
+    /// migrated (no history table). Needs only read access.
+    pub async fn applied_migrations(&self) -> Result<Option<Vec<Migration>>> {
+        let client = self.pool.get().await.map_err(Error::connecting)?;
+        let exists: bool = client
+            .query_one(sql::SCHEMA_HISTORY_EXISTS, &[])
+            .await?
+            .try_get(0)?;
+        if !exists {
+            return Ok(None);
+        }
+        let rows = client.query(sql::SCHEMA_HISTORY, &[]).await?;
+        let applied = rows
+            .iter()
+            .map(|r| {
+                Ok(Migration {
+                    version: r.try_get(0)?,
+                    name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(applied))
     }
 
     /// Closes the pools: later calls fail, idle connections are dropped.

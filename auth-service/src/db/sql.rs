@@ -125,6 +125,37 @@ FROM tokens
 WHERE $1::text IS NULL OR user_id = $1
 ORDER BY created_at, id";
 
+/// `token prune`: deletes up to $2 tokens that have been dead for longer than $1
+/// seconds by the database clock (expired, or revoked, that long ago), together with
+/// their audit rows, in one statement; its row count is the number of tokens deleted.
+/// The caller repeats it until a batch comes back short.
+///
+/// The invariants:
+/// - Only dead tokens. A live token has neither a past expiry nor a revocation; a token
+///   that never expires (NULL `expires_at`) qualifies only through `revoked_at`.
+/// - Concurrent prunes (a CronJob on every replica) neither fail nor count a token
+///   twice. `FOR UPDATE SKIP LOCKED` gives each statement rows that no other one holds;
+///   a row that another prune deleted after this statement's snapshot was taken is
+///   dropped when its lock is taken (READ COMMITTED re-checks the row and finds it
+///   gone). A row locked by anything else (a revoke, a renewal) waits for the next run.
+/// - The audit rows, which reference the tokens, go in the same statement: the foreign
+///   key is checked when the statement ends, after both deletes. `MATERIALIZED`: both
+///   deletes see the same ids.
+///
+/// The trigger of migration V2 notifies every cache of each deleted token.
+pub const PRUNE: &str = "
+WITH doomed AS MATERIALIZED (
+    SELECT id FROM tokens
+    WHERE revoked_at < now() - make_interval(secs => $1::float8)
+       OR expires_at < now() - make_interval(secs => $1::float8)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+events AS (
+    DELETE FROM token_events WHERE token_id IN (SELECT id FROM doomed)
+)
+DELETE FROM tokens WHERE id IN (SELECT id FROM doomed)";
+
 /// Batched last-used stamp, written off the request path. $1 token ids, sorted by
 /// the caller so that replicas lock rows in one order and cannot deadlock.
 pub const TOUCH: &str = "
@@ -146,6 +177,15 @@ pub const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
 pub const OTHER_CLIENTS: &str = "
 SELECT count(*) FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+
+/// Whether refinery's history table exists where refinery looks for it (unqualified,
+/// through the search path). A database that was never migrated has none.
+pub const SCHEMA_HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
+
+/// The migrations applied, as refinery recorded them (its checksum is stored as text),
+/// for `serve --no-migrate`'s check. Read-only: the runtime role can run it.
+pub const SCHEMA_HISTORY: &str = "
+SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY version";
 
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";

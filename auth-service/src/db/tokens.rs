@@ -245,6 +245,28 @@ impl Db {
             .collect()
     }
 
+    /// `token prune`: deletes tokens dead for longer than `older_than` (by the database
+    /// clock) and their audit rows, `batch` at a time, and returns how many tokens it
+    /// deleted. Each batch is a statement of its own, within the operation timeout, so
+    /// a large backlog is worked off in steps that each commit. A short batch means
+    /// nothing is left but rows a concurrent prune holds, which that prune deletes.
+    pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64> {
+        let limit = i64::from(batch.max(1));
+        let mut pruned = 0;
+        loop {
+            let deleted = self
+                .run(async |c| {
+                    let stmt = c.prepare_cached(sql::PRUNE).await?;
+                    Ok(c.execute(&stmt, &[&secs(older_than), &limit]).await?)
+                })
+                .await?;
+            pruned += deleted;
+            if deleted < limit.unsigned_abs() {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// Stamps `last_used_at = now()` on a batch of tokens.
     pub async fn touch(&self, ids: &[Uuid]) -> Result<()> {
         self.run(async |c| {

@@ -55,14 +55,14 @@ pub fn parse_bearer(value: &[u8], prefix: &Prefix) -> Result<TokenDigest> {
     let (scheme, token) = value.split_once(blank).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Error::MissingCredentials(
-            "the `authorization` value must use the Bearer scheme: `authorization: Bearer <token>`".into(),
+            "the `authorization` value must use the Bearer scheme: `authorization: Bearer <token>`"
+                .into(),
         ));
     }
     let token = token.trim_matches(blank);
     if token.is_empty() {
         return Err(Error::MissingCredentials(
-            "the `authorization` value holds no token: send `authorization: Bearer <token>`"
-                .into(),
+            "the `authorization` value holds no token: send `authorization: Bearer <token>`".into(),
         ));
     }
     token::parse(prefix, token)

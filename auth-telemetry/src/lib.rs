@@ -1,0 +1,111 @@
+//! Logging shared by auth-service and auth-agent: the filter from the environment, and
+//! log lines on stderr, as text or as one flat JSON object per line (`--log-format`).
+//!
+//! Modules and items, top-down:
+//! - [`LogFormat`], [`filter`], [`init`]: choosing and installing the global subscriber;
+//! - [`say`], [`failed`]: a command's lines for the person running it, in the same
+//!   format as the logs, so that a log shipper reading stderr sees one format;
+//! - [`json`]: the flat JSON event format and the line [`say`] writes in JSON mode.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fmt::Display,
+    io::{IsTerminal, Write},
+    sync::OnceLock,
+};
+
+use tracing::Level;
+use tracing_subscriber::{EnvFilter, fmt::format::JsonFields};
+
+pub mod json;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `span`, `message`, then
+    /// the event's fields and those of the spans it happened in, flat.
+    Json,
+}
+
+/// The format [`init`] installed, for [`say`] and [`failed`].
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The filter from the first of `vars` that holds a valid `EnvFilter` directive (e.g.
+/// `AUTH_SERVICE_LOG`, then `RUST_LOG`), else `default`.
+pub fn filter(vars: &[&str], default: &str) -> EnvFilter {
+    vars.iter()
+        .find_map(|var| EnvFilter::try_from_env(var).ok())
+        .unwrap_or_else(|| EnvFilter::new(default))
+}
+
+/// Installs the global subscriber: `filter`, to stderr, in `format`. A second call
+/// changes nothing.
+pub fn init(format: LogFormat, filter: EnvFilter) {
+    let _ = FORMAT.set(format);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Its fallback report uses `eprintln!`, which panics when stderr is gone (a
+        // closed pipe): a lost log line must never take the process down.
+        .log_internal_errors(false);
+    let _ = match format {
+        // Colours only on a terminal: journald and log collectors would store the codes.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // Span fields are recorded as JSON objects, so that `FlatJson` can merge them.
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(json::FlatJson)
+            .try_init(),
+    };
+}
+
+/// A line for the person running a command (stderr), written whatever the log filter:
+/// as it is in text mode, as a JSON object like a log line's in JSON mode. Unlike
+/// `eprintln!`, it cannot panic when stderr is closed.
+pub fn say(level: Level, target: &str, text: &str) {
+    let line = match FORMAT.get() {
+        Some(LogFormat::Json) => json::line(level, target, text),
+        _ => text.to_owned(),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The last line of a command that failed: `program: error` in text mode; in JSON mode
+/// an ERROR object whose message is the error (its `target` names the program).
+pub fn failed(program: &str, target: &str, error: &dyn Display) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => say(Level::ERROR, target, &error.to_string()),
+        _ => say(Level::ERROR, target, &format!("{program}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_first_variable_that_holds_a_filter_wins() {
+        // Variable names of this test's own, so that no other test sees them.
+        let (first, second) = ("AUTH_TELEMETRY_TEST_FIRST", "AUTH_TELEMETRY_TEST_SECOND");
+        // SAFETY: set before any thread of this test reads them, and read only here.
+        unsafe {
+            std::env::remove_var(first);
+            std::env::set_var(second, "debug");
+        }
+        assert_eq!(filter(&[first, second], "warn").to_string(), "debug");
+        unsafe { std::env::set_var(first, "trace") };
+        assert_eq!(filter(&[first, second], "warn").to_string(), "trace");
+        unsafe {
+            std::env::remove_var(first);
+            std::env::remove_var(second);
+        }
+        assert_eq!(filter(&[first, second], "warn").to_string(), "warn");
+    }
+}
