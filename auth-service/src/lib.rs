@@ -8,7 +8,8 @@
 //! - [`authz`]: the proxy adapters (Envoy ext_authz, HTTP forward-auth), over `service`;
 //! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
 //! - [`admission`]: what is refused at once (failed-credential throttle, shed DB work);
-//! - [`health`], [`last_used`]: the background tasks (database probe, `last_used_at`);
+//! - [`health`], [`last_used`], [`notify`]: the background tasks (database probe,
+//!   `last_used_at`, expiry webhooks);
 //! - [`cache`]: the in-process token cache and the listener that invalidates it;
 //! - [`metrics`]: the Prometheus metrics and the gRPC layer that counts every call;
 //! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
@@ -32,6 +33,7 @@ pub mod transport;
 pub mod admission;
 pub mod health;
 pub mod last_used;
+pub mod notify;
 
 pub mod cache;
 pub mod metrics;

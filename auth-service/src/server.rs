@@ -20,6 +20,7 @@ use crate::{
     http::{self, HttpState},
     last_used,
     metrics::{Metrics, grpc::GrpcMetricsLayer},
+    notify,
     service::{AuthSvc, Shared},
     transport::{self, tls},
 };
@@ -120,6 +121,15 @@ pub async fn run(
     let ext_authz = AuthorizationServer::new(ExtAuthz::new(svc.clone()))
         .max_decoding_message_size(MAX_CHECK_BYTES);
 
+    let notifier = match settings.notify.clone() {
+        Some(notify) => Some(notify::spawn(
+            db.clone(),
+            notify,
+            metrics.clone(),
+            stop_rx.clone(),
+        )?),
+        None => None,
+    };
     let monitor = tokio::spawn(health::monitor(
         db.dedicated()?,
         health.clone(),
@@ -203,6 +213,9 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = throttle_clean_up.await;
+    if let Some(task) = notifier {
+        let _ = task.await;
+    }
     if let Some(task) = tls_watch {
         let _ = task.await;
     }

@@ -85,6 +85,12 @@ const LOCK_ROW: &str = "SELECT 1 FROM tokens WHERE id = $1 FOR UPDATE";
 /// How many sessions of this database are waiting on a lock.
 const LOCK_WAITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
 
+/// A token's expiry notices: threshold, attempts, sent, given up, delivery id. $1 id.
+const NOTICES: &str = "SELECT threshold_secs, attempts, sent_at IS NOT NULL, failed_at IS NOT NULL, delivery_id FROM token_notices WHERE token_id = $1 ORDER BY claimed_at";
+/// A claim a dead replica left behind: claimed `$3` seconds ago, never finished.
+/// $1 id, $2 threshold seconds.
+const STALE_CLAIM: &str = "INSERT INTO token_notices (token_id, threshold_secs, expires_at, claimed_at, attempts) SELECT id, $2, expires_at, now() - make_interval(secs => $3), 1 FROM tokens WHERE id = $1 RETURNING delivery_id";
+
 /// Creates a token directly (as `token create` does), user `user`, name `test`, scope
 /// `read`; returns (id, raw token).
 pub async fn create_token(
@@ -326,4 +332,42 @@ impl AuditLock {
 /// |a - b| in seconds.
 pub fn gap(a: Time, b: Time) -> f64 {
     (a - b).abs().as_seconds_f64()
+}
+
+/// One row of `token_notices`, as the notifier left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeRow {
+    pub threshold_secs: i64,
+    pub attempts: i32,
+    pub sent: bool,
+    pub failed: bool,
+    pub delivery_id: Uuid,
+}
+
+/// A token's expiry notices, oldest claim first.
+pub async fn notices(db: &Db, id: Uuid) -> Result<Vec<NoticeRow>> {
+    let rows = db.pool().get().await?.query(NOTICES, &[&id]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(NoticeRow {
+                threshold_secs: r.try_get(0)?,
+                attempts: r.try_get(1)?,
+                sent: r.try_get(2)?,
+                failed: r.try_get(3)?,
+                delivery_id: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Leaves a claim for the token's current expiry as a replica that died would: claimed
+/// `ago` seconds ago, one attempt made, never finished. Returns its delivery id.
+pub async fn stale_claim(db: &Db, id: Uuid, threshold_secs: i64, ago: f64) -> Result<Uuid> {
+    let row = db
+        .pool()
+        .get()
+        .await?
+        .query_one(STALE_CLAIM, &[&id, &threshold_secs, &ago])
+        .await?;
+    Ok(row.try_get(0)?)
 }

@@ -7,6 +7,7 @@
 //! - [`agent`]: the real agent daemon started through `auth_agent::run`, and stopped;
 //! - [`grpc`]: client-side helpers (bearer metadata, the ErrorInfo reason, calls);
 //! - [`http`]: a minimal HTTP/1.1 client for the side ports;
+//! - [`webhook`]: a real HTTP receiver for the expiry webhooks, recording what arrives;
 //! - [`nginx`]: a real nginx on loopback from a generated configuration, and an echo
 //!   upstream;
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod http;
 pub mod nginx;
 pub mod server;
+pub mod webhook;
 
 pub mod fixtures;
 

@@ -9,6 +9,7 @@ use crate::{
     authz::forward::Access,
     cache::CacheSettings,
     error::{Error, Result},
+    notify::{NotifySettings, webhook::Secret},
     renewal::RenewalPolicy,
     token::Prefix,
     transport::{TlsSettings, TransportSettings},
@@ -138,6 +139,60 @@ pub struct ServeArgs {
     /// may change the schema); only check at startup that the schema is current.
     #[arg(long, env = "AUTH_SERVICE_NO_MIGRATE")]
     pub no_migrate: bool,
+
+    /// POST a signed JSON notice to this URL when a token is about to expire (once per
+    /// token and threshold, across every replica). Treated as a secret: logs show only
+    /// its scheme and host [default: off, nothing is scanned].
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_NOTIFY_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true,
+        value_parser = parse_webhook
+    )]
+    pub notify_webhook: Option<http::Uri>,
+    /// When to notify: how long before expiry, a comma-separated list; a token crossing
+    /// several at once is notified for the nearest only.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_NOTIFY_BEFORE",
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "7d,1d",
+        value_parser = parse_lifetime,
+        requires = "notify_webhook"
+    )]
+    pub notify_before: Vec<Duration>,
+    /// How often due tokens are looked for.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_NOTIFY_INTERVAL",
+        default_value = "1m",
+        value_parser = parse_db_wait,
+        requires = "notify_webhook"
+    )]
+    pub notify_interval: Duration,
+    /// A file holding the key that signs each notice: `X-Auth-Signature: sha256=<hex
+    /// HMAC-SHA256 of the body>`, as GitHub signs its webhooks [default: unsigned].
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_NOTIFY_SECRET_FILE",
+        value_name = "FILE",
+        requires = "notify_webhook"
+    )]
+    pub notify_secret_file: Option<PathBuf>,
+}
+
+/// `--notify-webhook`: an absolute http:// or https:// URL.
+fn parse_webhook(s: &str) -> std::result::Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a URL: give an http:// or https:// URL".to_string())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(uri),
+        _ => Err("give an absolute http:// or https:// URL".into()),
+    }
 }
 
 /// Validated settings of `serve`.
@@ -160,6 +215,8 @@ pub struct ServeSettings {
     pub db_max_waiting: usize,
     /// Check the schema at startup instead of migrating it.
     pub no_migrate: bool,
+    /// Expiry notifications; `None`: off.
+    pub notify: Option<NotifySettings>,
 }
 
 impl ServeSettings {
@@ -180,11 +237,56 @@ impl ServeSettings {
             db_max_per_token: 4,
             db_max_waiting: 64,
             no_migrate: false,
+            notify: None,
         }
     }
 }
 
 impl ServeArgs {
+    /// The notifier's settings, with the secret read from its file.
+    fn notify_settings(&self) -> Result<Option<NotifySettings>> {
+        let Some(webhook) = &self.notify_webhook else {
+            return Ok(None);
+        };
+        let secret = match &self.notify_secret_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    Error::Config(format!(
+                        "--notify-secret-file {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                // A trailing newline is the editor's, not the key's.
+                let key = text.trim_ascii_end().to_vec();
+                if key.is_empty() {
+                    return Err(Error::Config(format!(
+                        "--notify-secret-file {}: the file is empty",
+                        path.display()
+                    )));
+                }
+                Some(Secret::new(key))
+            }
+        };
+        let mut before = self.notify_before.clone();
+        before.sort();
+        before.dedup();
+        if webhook.scheme_str() == Some("http")
+            && !matches!(webhook.host(), Some("localhost" | "127.0.0.1" | "[::1]"))
+        {
+            tracing::warn!(
+                webhook = %crate::notify::webhook::describe(webhook),
+                "--notify-webhook is plain http: notices cross the network unencrypted"
+            );
+        }
+        Ok(Some(NotifySettings {
+            before,
+            interval: self.notify_interval,
+            secret,
+            ..NotifySettings::new(webhook.clone())
+        }))
+    }
+
     pub fn settings(&self, db: &DbArgs) -> Result<ServeSettings> {
         if self.renew_threshold >= self.renew_extension {
             return Err(Error::Config(format!(
@@ -266,6 +368,7 @@ impl ServeArgs {
             db_max_per_token: self.db_max_per_token,
             db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_pool_size),
             no_migrate: self.no_migrate,
+            notify: self.notify_settings()?,
         })
     }
 }

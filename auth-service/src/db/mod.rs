@@ -8,6 +8,7 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 
+pub mod notices;
 mod shared;
 pub mod sql;
 pub mod target;

@@ -190,3 +190,81 @@ SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY versi
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
 pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
+
+/// Claims the expiry notices that are due, in one statement (one transaction).
+///
+/// A live token is due when its expiry is within one of the thresholds; it is due for
+/// the *nearest* one (the smallest threshold not below the time left), so a token that
+/// crosses several at once (created with 20 h left, thresholds 7d and 1d) gets only the
+/// 1d notice, and the 7d one is never owed. The token rows are locked `SKIP LOCKED`, so
+/// replicas scanning together split the work instead of queueing on each other, and
+/// the INSERT's primary key settles any overlap: a notice already claimed, by anyone,
+/// is not claimed again. `FOR NO KEY UPDATE` is the weakest lock that excludes another
+/// scan; it does not fire the change trigger.
+///
+/// $1 thresholds in seconds (bigint[]), $2 the largest of them, $3 most rows per scan.
+/// Returns each claimed notice with what its body needs.
+pub const CLAIM_DUE_NOTICES: &str = "
+WITH due AS (
+    SELECT t.id, t.user_id, t.name, t.expires_at, th.secs AS threshold_secs
+    FROM tokens t
+    CROSS JOIN LATERAL (
+        SELECT min(s) AS secs FROM unnest($1::bigint[]) s
+        WHERE t.expires_at <= now() + make_interval(secs => s::float8)
+    ) th
+    WHERE t.revoked_at IS NULL
+      AND t.expires_at > now()
+      AND t.expires_at <= now() + make_interval(secs => $2::bigint::float8)
+      AND NOT EXISTS (
+          SELECT 1 FROM token_notices n
+          WHERE n.token_id = t.id AND n.threshold_secs = th.secs AND n.expires_at = t.expires_at
+      )
+    ORDER BY t.expires_at
+    LIMIT $3
+    FOR NO KEY UPDATE OF t SKIP LOCKED
+),
+claimed AS (
+    INSERT INTO token_notices (token_id, threshold_secs, expires_at)
+    SELECT id, threshold_secs, expires_at FROM due
+    ON CONFLICT DO NOTHING
+    RETURNING token_id, threshold_secs, expires_at, delivery_id, attempts
+)
+SELECT c.token_id, d.user_id, d.name, c.expires_at, c.threshold_secs, c.delivery_id, c.attempts
+FROM claimed c JOIN due d ON d.id = c.token_id";
+
+/// Takes over notices whose replica died between claiming and finishing: unsent, not
+/// given up, claimed longer ago than the lease, and still owed (the token is live and
+/// its expiry unchanged). Replicas racing for one row serialise on its lock, and the
+/// loser's re-checked `claimed_at` no longer matches.
+///
+/// $1 lease in seconds. Returns the same columns as `CLAIM_DUE_NOTICES`.
+pub const RECLAIM_STALE_NOTICES: &str = "
+UPDATE token_notices n
+SET claimed_at = now()
+FROM tokens t
+WHERE n.token_id = t.id
+  AND n.sent_at IS NULL
+  AND n.failed_at IS NULL
+  AND n.claimed_at < now() - make_interval(secs => $1::float8)
+  AND t.revoked_at IS NULL
+  AND t.expires_at = n.expires_at
+  AND t.expires_at > now()
+RETURNING n.token_id, t.user_id, t.name, n.expires_at, n.threshold_secs, n.delivery_id, n.attempts";
+
+/// A notice was delivered: mark it and audit it, in one statement.
+/// $1 token id, $2 threshold seconds, $3 expiry, $4 attempts made, $5 caller (the
+/// webhook's host).
+pub const NOTICE_SENT: &str = "
+WITH upd AS (
+    UPDATE token_notices SET sent_at = now(), attempts = $4
+    WHERE token_id = $1 AND threshold_secs = $2 AND expires_at = $3 AND sent_at IS NULL
+    RETURNING token_id, expires_at
+)
+INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
+SELECT token_id, 'notify', $5, expires_at, expires_at FROM upd";
+
+/// A notice's retries ran out: it is not tried again. $1 token id, $2 threshold
+/// seconds, $3 expiry, $4 attempts made.
+pub const NOTICE_FAILED: &str = "
+UPDATE token_notices SET failed_at = now(), attempts = $4
+WHERE token_id = $1 AND threshold_secs = $2 AND expires_at = $3 AND sent_at IS NULL";

@@ -59,6 +59,16 @@ pub struct DecisionLabels {
     pub decision: &'static str,
 }
 
+/// How one expiry-notice delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeResult {
+    Sent,
+    /// Failed; it will be tried again.
+    Retried,
+    /// Failed for the last time: given up.
+    Failed,
+}
+
 /// Which proxy adapter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adapter {
@@ -136,6 +146,7 @@ pub struct Metrics {
     rejections: Family<ReasonLabel, Counter>,
     renewals: Family<ResultLabel, Counter>,
     authz_decisions: Family<DecisionLabels, Counter>,
+    notices: Family<ResultLabel, Counter>,
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
@@ -163,6 +174,7 @@ impl Metrics {
             rejections: Family::default(),
             renewals: Family::default(),
             authz_decisions: Family::default(),
+            notices: Family::default(),
             cache_requests: Family::default(),
             cache_entries: Gauge::default(),
             cache_evictions: Family::default(),
@@ -200,6 +212,11 @@ impl Metrics {
             "auth_authz_decisions",
             "Answers of the proxy adapters (ext_authz Check, forward-auth), by decision",
             m.authz_decisions.clone(),
+        );
+        registry.register(
+            "auth_notify_deliveries",
+            "Expiry-notice webhook attempts, by result (sent, retried, failed: given up)",
+            m.notices.clone(),
         );
         registry.register(
             "auth_cache_requests",
@@ -315,6 +332,16 @@ impl Metrics {
         self.authz_decisions
             .get_or_create(&DecisionLabels { adapter, decision })
             .inc();
+    }
+
+    /// An expiry-notice delivery attempt ended.
+    pub fn notice(&self, result: NoticeResult) {
+        let result = match result {
+            NoticeResult::Sent => "sent",
+            NoticeResult::Retried => "retried",
+            NoticeResult::Failed => "failed",
+        };
+        self.notices.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// A cache lookup (`hit`: answered from memory).

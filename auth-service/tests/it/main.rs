@@ -14,6 +14,7 @@ mod embedded;
 mod ext_authz;
 mod failover;
 mod forward_auth;
+mod notify;
 mod ops;
 mod outage;
 mod pgtls;

@@ -1,0 +1,94 @@
+//! Expiry notices: claiming the due ones, taking over abandoned claims, and recording
+//! how each ended. The rules are in the statements (`sql::CLAIM_DUE_NOTICES`).
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Db, sql};
+use crate::error::Result;
+
+/// A notice this replica has claimed and must now deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub token_id: Uuid,
+    pub user_id: String,
+    pub name: String,
+    pub expires_at: DateTime<Utc>,
+    /// The threshold crossed, in seconds.
+    pub threshold_secs: i64,
+    /// The same on every attempt (`X-Auth-Delivery`).
+    pub delivery_id: Uuid,
+    /// Attempts made before this claim (a takeover continues the count).
+    pub attempts: i32,
+}
+
+fn notice(row: &tokio_postgres::Row) -> Result<Notice> {
+    Ok(Notice {
+        token_id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        expires_at: row.try_get(3)?,
+        threshold_secs: row.try_get(4)?,
+        delivery_id: row.try_get(5)?,
+        attempts: row.try_get(6)?,
+    })
+}
+
+impl Db {
+    /// Claims up to `limit` due notices for `thresholds` (seconds, ascending), and takes
+    /// over claims older than `lease` that were never finished.
+    pub async fn claim_notices(
+        &self,
+        thresholds: &[i64],
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Notice>> {
+        let largest = thresholds.iter().copied().max().unwrap_or(0);
+        let lease = lease.as_secs_f64();
+        let rows = self
+            .run(async |c| {
+                let stale = c.prepare_cached(sql::RECLAIM_STALE_NOTICES).await?;
+                let mut rows = c.query(&stale, &[&lease]).await?;
+                let due = c.prepare_cached(sql::CLAIM_DUE_NOTICES).await?;
+                rows.extend(c.query(&due, &[&thresholds, &largest, &limit]).await?);
+                Ok(rows)
+            })
+            .await?;
+        rows.iter().map(notice).collect()
+    }
+
+    /// Records a delivered notice, with its audit event (`kind = 'notify'`).
+    pub async fn notice_sent(&self, n: &Notice, attempts: i32, caller: &str) -> Result<()> {
+        self.run(async |c| {
+            let stmt = c.prepare_cached(sql::NOTICE_SENT).await?;
+            c.execute(
+                &stmt,
+                &[
+                    &n.token_id,
+                    &n.threshold_secs,
+                    &n.expires_at,
+                    &attempts,
+                    &caller,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a notice whose retries ran out.
+    pub async fn notice_failed(&self, n: &Notice, attempts: i32) -> Result<()> {
+        self.run(async |c| {
+            let stmt = c.prepare_cached(sql::NOTICE_FAILED).await?;
+            c.execute(
+                &stmt,
+                &[&n.token_id, &n.threshold_secs, &n.expires_at, &attempts],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,202 @@
+//! Expiry notifications (`serve --notify-webhook`): a background task that looks for
+//! tokens about to expire every `--notify-interval`, claims their notices in the
+//! database, and delivers each as a signed webhook ([`webhook`]).
+//!
+//! - **Once.** A notice is one row of `token_notices` keyed by (token, threshold,
+//!   expiry), claimed by whichever replica inserts it first (`sql::CLAIM_DUE_NOTICES`),
+//!   so it goes out once however many replicas scan. A renewal changes the expiry, so
+//!   a token that comes back inside a threshold later is owed a new notice.
+//! - **The nearest threshold only.** A token that crosses several at once gets the
+//!   closest one. Revoked and expired tokens get none.
+//! - **Failures.** A non-2xx answer or a timeout is retried with backoff, up to
+//!   `attempts`; then logged, counted and marked failed. A replica that dies with a
+//!   claim unfinished leaves it to another after the lease.
+//! - **Off the request path.** Nothing here runs inside a call.
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{
+    db::{Db, notices::Notice},
+    metrics::{Metrics, NoticeResult},
+    telemetry::Every,
+};
+
+pub mod webhook;
+
+/// The settings of `serve --notify-*`.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub webhook: http::Uri,
+    /// Thresholds, ascending, without duplicates.
+    pub before: Vec<Duration>,
+    pub interval: Duration,
+    pub secret: Option<webhook::Secret>,
+    /// Deliveries tried per notice before it is given up.
+    pub attempts: u32,
+    /// The wait after the first failure; it doubles after each, up to a minute.
+    pub retry_base: Duration,
+    /// One delivery attempt's time limit.
+    pub timeout: Duration,
+    /// How long a claim may stay unfinished before another replica takes it over.
+    pub lease: Duration,
+    /// Most notices claimed per scan.
+    pub batch: i64,
+}
+
+impl NotifySettings {
+    /// The settings for `webhook` with every default.
+    pub fn new(webhook: http::Uri) -> NotifySettings {
+        NotifySettings {
+            webhook,
+            before: vec![Duration::from_secs(86400), Duration::from_secs(7 * 86400)],
+            interval: Duration::from_secs(60),
+            secret: None,
+            attempts: 5,
+            retry_base: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(600),
+            batch: 100,
+        }
+    }
+
+    /// The wait before attempt `n + 1`, after `n` failures (n >= 1).
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.retry_base
+            .saturating_mul(factor)
+            .min(Duration::from_secs(60))
+    }
+}
+
+/// Deliveries in flight at once, per replica.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Scan failures (a database outage) are logged once a minute, not every scan.
+static SCAN_LOG: Every = Every::new(Duration::from_secs(60));
+
+/// Starts the notifier; it stops when `stop` turns true (deliveries in flight are
+/// abandoned: their claims are taken over after the lease).
+pub fn spawn(
+    db: Db,
+    settings: NotifySettings,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> crate::error::Result<tokio::task::JoinHandle<()>> {
+    let client = Arc::new(webhook::Client::new(&settings)?);
+    tracing::info!(
+        webhook = %webhook::describe(&settings.webhook),
+        before = ?settings.before.iter().map(|d| webhook::fmt_threshold(*d)).collect::<Vec<_>>(),
+        interval = ?settings.interval,
+        signed = settings.secret.is_some(),
+        "expiry notifications on"
+    );
+    Ok(tokio::spawn(run(
+        db,
+        Arc::new(settings),
+        client,
+        metrics,
+        stop,
+    )))
+}
+
+async fn run(
+    db: Db,
+    settings: Arc<NotifySettings>,
+    client: Arc<webhook::Client>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let thresholds: Vec<i64> = settings
+        .before
+        .iter()
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .collect();
+    let mut deliveries = JoinSet::new();
+    loop {
+        while deliveries.try_join_next().is_some() {}
+        let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
+        if room > 0 {
+            let limit = settings.batch.min(i64::try_from(room).unwrap_or(i64::MAX));
+            match db.claim_notices(&thresholds, limit, settings.lease).await {
+                Ok(claimed) => {
+                    for notice in claimed {
+                        deliveries.spawn(deliver(
+                            db.clone(),
+                            settings.clone(),
+                            client.clone(),
+                            metrics.clone(),
+                            notice,
+                        ));
+                    }
+                }
+                Err(error) => {
+                    if let Some(folded) = SCAN_LOG.ready() {
+                        tracing::warn!(%error, similar_since_last = folded, "expiry notices: cannot look for due tokens");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.interval) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Delivers one claimed notice, retrying with backoff, and records how it ended.
+async fn deliver(
+    db: Db,
+    settings: Arc<NotifySettings>,
+    client: Arc<webhook::Client>,
+    metrics: Arc<Metrics>,
+    notice: Notice,
+) {
+    let threshold = webhook::fmt_threshold(Duration::from_secs(
+        u64::try_from(notice.threshold_secs).unwrap_or(0),
+    ));
+    let mut attempts = u32::try_from(notice.attempts).unwrap_or(0);
+    loop {
+        attempts += 1;
+        let made = i32::try_from(attempts).unwrap_or(i32::MAX);
+        match client.send(&notice).await {
+            Ok(()) => {
+                metrics.notice(NoticeResult::Sent);
+                tracing::info!(token_id = %notice.token_id, %threshold, attempts, "expiry notice sent");
+                if let Err(error) = db.notice_sent(&notice, made, client.caller()).await {
+                    // Delivered but not recorded: after the lease another replica may
+                    // send it again, which X-Auth-Delivery lets the receiver spot.
+                    tracing::warn!(token_id = %notice.token_id, %error, "expiry notice sent but not recorded");
+                }
+                return;
+            }
+            Err(why) if attempts < settings.attempts => {
+                metrics.notice(NoticeResult::Retried);
+                let wait = settings.backoff(attempts);
+                tracing::info!(token_id = %notice.token_id, %threshold, attempts, error = %why, retry_in = ?wait, "expiry notice not delivered; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(why) => {
+                metrics.notice(NoticeResult::Failed);
+                tracing::warn!(token_id = %notice.token_id, %threshold, attempts, error = %why, "expiry notice not delivered; giving up");
+                if let Err(error) = db.notice_failed(&notice, made).await {
+                    tracing::warn!(token_id = %notice.token_id, %error, "expiry notice failure not recorded");
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let s = NotifySettings::new("http://x/".parse().unwrap());
+        let waits: Vec<u64> = (1..=8).map(|n| s.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+}
