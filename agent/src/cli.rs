@@ -97,7 +97,7 @@ pub struct GlobalArgs {
     /// [default: $XDG_CONFIG_HOME/auth-agent/config, else ~/.config/auth-agent/config]
     #[arg(long, global = true, env = CONFIG_ENV, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Server URL, http://HOST:PORT [default: the one saved by `login`]
+    /// Server URL, http://HOST:PORT or https://HOST:PORT [default: the one saved by `login`]
     #[arg(long, global = true, env = SERVER_ENV, value_name = "URL")]
     pub server: Option<String>,
     /// Read the token from this file, re-read on every attempt (e.g. a Kubernetes Secret
