@@ -4,14 +4,16 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use auth_api::v1::auth_service_server::AuthServiceServer;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
     admission::{DbAdmission, FailureThrottle},
-    authz::{envoy::ExtAuthz, forward::ForwardAuth},
+    authz::{
+        envoy::{AuthorizationServer, ExtAuthz},
+        forward::ForwardAuth,
+    },
     cache::{self, TokenCache},
     config::ServeSettings,
     db::Db,
@@ -118,8 +120,7 @@ pub async fn run(
     ));
     let auth =
         AuthServiceServer::from_arc(svc.clone()).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let ext_authz = AuthorizationServer::new(ExtAuthz::new(svc.clone()))
-        .max_decoding_message_size(MAX_CHECK_BYTES);
+    let ext_authz = AuthorizationServer::new(ExtAuthz::new(svc.clone()), MAX_CHECK_BYTES);
 
     let notifier = match settings.notify.clone() {
         Some(notify) => Some(notify::spawn(

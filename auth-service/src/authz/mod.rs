@@ -41,6 +41,18 @@ pub struct Granted {
 }
 
 impl Granted {
+    /// [`Granted::headers`], owned.
+    pub fn into_headers(self) -> [(&'static str, String); 5] {
+        let [user, id, name, scopes, expires] = IDENTITY_HEADERS;
+        [
+            (user, self.user_id),
+            (id, self.token_id),
+            (name, self.name),
+            (scopes, self.scopes),
+            (expires, self.expires_at),
+        ]
+    }
+
     /// `(name, value)` for each of [`IDENTITY_HEADERS`].
     pub fn headers(&self) -> [(&'static str, &str); 5] {
         let [user, id, name, scopes, expires] = IDENTITY_HEADERS;

@@ -17,20 +17,25 @@ use std::sync::Arc;
 use auth_api::ErrorReason;
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-        HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
     },
     pb::google::rpc,
 };
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
+use self::input::CheckInput;
+pub use self::server::AuthorizationServer;
 use super::{Granted, Verdict};
 use crate::{
-    error::{Error, Result},
+    error::Error,
     metrics::{Adapter, Decision},
     service::{AuthSvc, credentials},
 };
+
+mod input;
+mod server;
 
 /// The context extension that names the scopes a route requires.
 pub const REQUIRED_SCOPE: &str = "required_scope";
@@ -46,14 +51,10 @@ impl ExtAuthz {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthz {
+impl ExtAuthz {
     // A DEBUG span, as ValidateToken's: this is the hot path.
     #[instrument(level = "debug", skip_all, fields(token_id))]
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> std::result::Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckInput>) -> Result<Response<CheckResponse>, Status> {
         let svc = &self.svc;
         let count = |decision| svc.metrics().authz_decision(Adapter::ExtAuthz, decision);
         if let Err(e) = credentials::authorize_validate(&request, svc.validate_allow()) {
@@ -61,82 +62,44 @@ impl Authorization for ExtAuthz {
             return Err(svc.status(e));
         }
         let check = request.get_ref();
-        let required = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.context_extensions.get(REQUIRED_SCOPE))
-            .map(String::as_str);
-        let verdict = match authorization(check) {
-            Ok(value) => match super::decide(svc, value, required.as_slice()).await {
-                Ok(verdict) => verdict,
-                Err(e) => {
-                    count(Decision::Unavailable);
-                    return Err(svc.status(e));
-                }
-            },
-            Err(e) => super::rejected(svc, e),
+        let required = check.required_scope();
+        let required: Vec<&str> = required.iter().map(String::as_str).collect();
+        let verdict = match &check.authorization[..] {
+            [] => super::decide(svc, None, &required).await,
+            [value] => super::decide(svc, Some(value), &required).await,
+            // Two values: which one the upstream would read is not ours to guess.
+            _ => Ok(super::rejected(
+                svc,
+                Error::TokenMalformed(
+                    "the request has more than one `authorization` header: send exactly one".into(),
+                ),
+            )),
+        };
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                count(Decision::Unavailable);
+                return Err(svc.status(e));
+            }
         };
         count(verdict.decision());
         Ok(Response::new(match verdict {
-            Verdict::Allow(granted) => allowed(&granted),
+            Verdict::Allow(granted) => allowed(granted),
             Verdict::Unauthenticated(e) => unauthenticated(&e),
             Verdict::Forbidden { missing } => forbidden(&missing),
         }))
     }
 }
 
-/// The raw `authorization` value of the checked request, from whichever header form
-/// Envoy sent. Two values of it (possible only in the raw form) are refused: which
-/// one the upstream would read is not ours to guess.
-fn authorization(check: &CheckRequest) -> Result<Option<&[u8]>> {
-    let Some(http) = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-    else {
-        return Ok(None);
-    };
-    // Envoy lower-cases the keys; another client may not.
-    let named = http.headers.get("authorization").or_else(|| {
-        http.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v)
-    });
-    if let Some(value) = named {
-        return Ok(Some(value.as_bytes()));
-    }
-    let mut raw = http
-        .header_map
-        .iter()
-        .flat_map(|map| &map.headers)
-        .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
-        .map(|h| {
-            if h.raw_value.is_empty() {
-                h.value.as_bytes()
-            } else {
-                h.raw_value.as_slice()
-            }
-        });
-    let first = raw.next();
-    if raw.next().is_some() {
-        return Err(Error::TokenMalformed(
-            "the request has more than one `authorization` header: send exactly one".into(),
-        ));
-    }
-    Ok(first)
-}
-
 /// A header set with overwrite semantics: replaces a value the client sent, and is
 /// kept even when empty, so that an empty value also replaces a forged one. `append`
 /// (deprecated, still read by older Envoys) says the same as `append_action`.
-fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+fn overwrite(key: &str, value: impl Into<String>) -> HeaderValueOption {
     #[allow(deprecated)]
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
-            value: value.to_owned(),
+            value: value.into(),
             raw_value: Vec::new(),
         }),
         append: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
@@ -153,13 +116,13 @@ fn status(code: Code, message: String) -> Option<rpc::Status> {
     })
 }
 
-fn allowed(granted: &Granted) -> CheckResponse {
+fn allowed(granted: Granted) -> CheckResponse {
     CheckResponse {
         status: status(Code::Ok, String::new()),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: granted
-                .headers()
-                .iter()
+                .into_headers()
+                .into_iter()
                 .map(|(k, v)| overwrite(k, v))
                 .collect(),
             ..Default::default()
@@ -288,7 +251,10 @@ mod tests {
             "envoy/service/auth/v3/external_auth.proto",
         )
         .encode_to_vec();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/authz/ext_authz.fds.bin");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/authz/envoy/ext_authz.fds.bin"
+        );
         if std::env::var_os("AUTH_REGENERATE").is_some() {
             std::fs::write(path, &pruned).unwrap();
         }
