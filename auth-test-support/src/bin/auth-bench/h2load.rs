@@ -1,6 +1,10 @@
 //! The independent load generator: nghttp2's `h2load` (Debian: nghttp2-client), driving
 //! one gRPC method with a fixed request body over HTTP/2 cleartext.
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
 pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
@@ -15,68 +19,118 @@ pub fn available() -> bool {
     Command::new("h2load").arg("--version").output().is_ok()
 }
 
-/// Requests per second that h2load measured calling the gRPC method `path` on `addr`
-/// for `duration` with `connections` connections of `streams` concurrent streams, and
-/// how many responses were not HTTP 2xx.
+/// What one h2load run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Requests per second, after the warm-up.
+    pub rate: f64,
+    /// Responses that were not HTTP 2xx.
+    pub non_2xx: u64,
+    /// The server's CPU time (user + system) per completed request, after the warm-up.
+    pub server_cpu: Duration,
+}
+
+/// The server process `pid`'s CPU time so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The fields after the command name (which may hold spaces) in parentheses: utime and
+    // stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Ok(Duration::from_secs_f64(
+        (user + system) as f64 / hz.max(1) as f64,
+    ))
+}
+
+/// h2load calling the gRPC method `path` on `addr` (the server process `pid`) for
+/// `duration` with `connections` connections of `streams` concurrent streams.
 pub fn run(
     addr: &str,
+    pid: u32,
     path: &str,
     body: &Path,
     connections: usize,
     streams: usize,
     duration: Duration,
-) -> Result<(f64, u64), String> {
+) -> Result<Run, String> {
     let mut cmd = timed(connections, streams, duration);
     cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
         .arg(body)
         .arg(format!("http://{addr}{path}"));
-    measure(cmd)
+    measure(cmd, pid)
 }
 
 /// [`run`] for a plain HTTP/1.1 GET with `headers` (one request at a time on each
 /// connection, as a proxy's auth subrequests arrive).
 pub fn run_http1(
     addr: &str,
+    pid: u32,
     path: &str,
     headers: &[&str],
     connections: usize,
     duration: Duration,
-) -> Result<(f64, u64), String> {
+) -> Result<Run, String> {
     let mut cmd = timed(connections, 1, duration);
     cmd.arg("--h1");
     for h in headers {
         cmd.args(["-H", h]);
     }
     cmd.arg(format!("http://{addr}{path}"));
-    measure(cmd)
+    measure(cmd, pid)
 }
 
-/// h2load with the load shape and duration (after a second of warm-up).
+/// The warm-up before h2load starts counting.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// h2load with the load shape and duration (after the warm-up).
 fn timed(connections: usize, streams: usize, duration: Duration) -> Command {
     let mut cmd = Command::new("h2load");
     cmd.args(["-c", &connections.to_string(), "-m", &streams.to_string()])
         .args(["-D", &duration.as_secs().max(1).to_string()])
-        .args(["--warm-up-time", "1"]);
+        .args(["--warm-up-time", &WARM_UP.as_secs().to_string()]);
     cmd
 }
 
-/// Runs h2load; (requests per second, responses that were not 2xx).
-fn measure(mut cmd: Command) -> Result<(f64, u64), String> {
-    let out = cmd.output().map_err(|e| format!("h2load: {e}"))?;
+/// Runs h2load, and reads the server's CPU time when the warm-up ends and when h2load
+/// is done.
+fn measure(mut cmd: Command, pid: u32) -> Result<Run, String> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("h2load: {e}"))?;
+    std::thread::sleep(WARM_UP);
+    let cpu_before = cpu_time(pid)?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("h2load: {e}"))?;
+    let cpu_after = cpu_time(pid)?;
     let text = String::from_utf8_lossy(&out.stdout);
+    let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix));
     // "finished in 5.00s, 99832.40 req/s, 8.66MB/s"
-    let rate = text
-        .lines()
-        .find(|l| l.starts_with("finished in"))
+    let rate = line("finished in")
         .and_then(|l| l.split(", ").nth(1))
         .and_then(|r| r.strip_suffix(" req/s"))
         .and_then(|r| r.parse().ok())
         .ok_or_else(|| format!("unexpected h2load output:\n{text}"))?;
+    // "requests: 499660 total, 499660 started, 499660 done, ..."
+    let done: u64 = line("requests:")
+        .and_then(|l| l.split(", ").nth(2))
+        .and_then(|d| d.strip_suffix(" done"))
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| format!("unexpected h2load output:\n{text}"))?;
     // "status codes: 499660 2xx, 0 3xx, 0 4xx, 0 5xx"
-    let non_2xx = text
-        .lines()
-        .find(|l| l.starts_with("status codes:"))
+    let non_2xx = line("status codes:")
         .map(|l| {
             l.split(", ")
                 .skip(1)
@@ -84,5 +138,12 @@ fn measure(mut cmd: Command) -> Result<(f64, u64), String> {
                 .sum()
         })
         .unwrap_or(0);
-    Ok((rate, non_2xx))
+    let server_cpu = (cpu_after.saturating_sub(cpu_before))
+        .checked_div(u32::try_from(done).unwrap_or(u32::MAX))
+        .unwrap_or_default();
+    Ok(Run {
+        rate,
+        non_2xx,
+        server_cpu,
+    })
 }

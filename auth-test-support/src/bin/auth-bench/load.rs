@@ -12,6 +12,8 @@ pub struct Stats {
     pub elapsed: Duration,
     /// Every successful call's latency, in microseconds, sorted.
     pub micros: Vec<u32>,
+    /// This process's CPU time (the load generator's) per call.
+    pub client_cpu: Duration,
 }
 
 impl Stats {
@@ -37,6 +39,7 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let started = Instant::now();
+    let cpu_before = crate::h2load::cpu_time(std::process::id()).unwrap_or_default();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
@@ -63,6 +66,7 @@ where
         failed: 0,
         elapsed: Duration::ZERO,
         micros: Vec::new(),
+        client_cpu: Duration::ZERO,
     };
     for w in workers {
         if let Ok((ok, failed, mut micros)) = w.await {
@@ -72,6 +76,11 @@ where
         }
     }
     stats.elapsed = started.elapsed();
+    let cpu = crate::h2load::cpu_time(std::process::id()).unwrap_or_default();
+    stats.client_cpu = cpu
+        .saturating_sub(cpu_before)
+        .checked_div(u32::try_from(stats.ok + stats.failed).unwrap_or(u32::MAX))
+        .unwrap_or_default();
     stats.micros.sort_unstable();
     stats
 }
