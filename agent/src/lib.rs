@@ -9,14 +9,14 @@
 //! - [`daemon`]: the `run` loop: preflight renew, identity, wall-clock schedule;
 //! - [`http`], [`health`]: the `/healthz`, `/readyz`, `/metrics` endpoint and the state
 //!   it reports;
-//! - [`client`]: the channel to the server and one method per `auth.v1` call;
+//! - [`schedule`]: when to renew next, from a renewal's outcome;
 //! - [`source`], [`config`], [`state`]: where the token comes from, the config file
 //!   `login` writes, and the last-renewal file `status` reads;
+//! - [`client`]: the channel to the server and one method per `auth.v1` call;
 //! - [`server_url`], [`token`]: the server URL and the token as checked values;
 //! - [`error`]: the one error type (what to do next) and the rejection reasons;
-//! - [`schedule`], [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the
-//!   schedule arithmetic, the injectable wall clock, time formatting, private files,
-//!   logging setup).
+//! - [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the injectable
+//!   wall clock, time formatting, private files, logging setup).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
@@ -27,10 +27,13 @@ pub mod daemon;
 pub mod health;
 pub mod http;
 
-pub mod client;
+pub mod schedule;
+
 pub mod config;
 pub mod source;
 pub mod state;
+
+pub mod client;
 
 pub mod server_url;
 pub mod token;
@@ -39,7 +42,6 @@ pub mod error;
 
 pub mod clock;
 pub mod files;
-pub mod schedule;
 pub mod telemetry;
 pub mod timefmt;
 

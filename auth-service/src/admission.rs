@@ -41,19 +41,27 @@ pub struct FailureThrottle {
     limiter: Option<RateLimiter<IpAddr, HashMapStateStore<IpAddr>, DefaultClock>>,
     blocked: moka::sync::Cache<IpAddr, Instant>,
     clock: DefaultClock,
+    /// Most peers counted at once ([`MAX_TRACKED_PEERS`]).
+    max_peers: usize,
 }
 
 impl FailureThrottle {
     /// At most `per_minute` failures a minute per peer (as a burst, refilling evenly).
     pub fn new(per_minute: u32) -> FailureThrottle {
+        FailureThrottle::tracking(per_minute, MAX_TRACKED_PEERS)
+    }
+
+    /// [`FailureThrottle::new`], counting at most `max_peers` peers at once.
+    fn tracking(per_minute: u32, max_peers: usize) -> FailureThrottle {
         FailureThrottle {
             limiter: NonZeroU32::new(per_minute)
                 .map(|n| RateLimiter::hashmap(Quota::per_minute(n))),
             blocked: moka::sync::Cache::builder()
-                .max_capacity(MAX_TRACKED_PEERS as u64)
+                .max_capacity(max_peers as u64)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             clock: DefaultClock::default(),
+            max_peers,
         }
     }
 
@@ -78,9 +86,9 @@ impl FailureThrottle {
         let (Some(limiter), Some(peer)) = (&self.limiter, peer) else {
             return;
         };
-        if limiter.len() >= MAX_TRACKED_PEERS {
+        if limiter.len() >= self.max_peers {
             limiter.retain_recent();
-            if limiter.len() >= MAX_TRACKED_PEERS {
+            if limiter.len() >= self.max_peers {
                 return;
             }
         }
@@ -173,6 +181,21 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+
+    #[test]
+    fn a_flood_of_peers_cannot_grow_the_throttle_past_its_bound() {
+        let throttle = FailureThrottle::tracking(60, 100);
+        for i in 0..10_000u32 {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            throttle.failed(Some(peer));
+        }
+        let limiter = throttle.limiter.as_ref().unwrap();
+        // Each peer failed once, inside its budget (a clean-up forgets a peer only
+        // once its budget is full again): only the bound keeps the map small.
+        assert!(limiter.len() <= 100, "{} peers tracked", limiter.len());
+        throttle.blocked.run_pending_tasks();
+        assert!(throttle.blocked.entry_count() <= 100);
+    }
 
     #[test]
     fn the_throttle_counts_failures_per_peer_and_refuses_with_the_wait() {

@@ -243,6 +243,25 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// How long to wait after each of consecutive accept errors: 5 ms, doubling, at most a
+/// second.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(5))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(1));
+        wait
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slots: Arc<Semaphore>,
@@ -254,7 +273,7 @@ async fn accept_loop(
 ) {
     let accept_errors = Every::new(Duration::from_secs(10));
     let over_cap = Every::new(Duration::from_secs(10));
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = Backoff::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -262,7 +281,7 @@ async fn accept_loop(
         };
         let (stream, remote_addr) = match accepted {
             Ok(pair) => {
-                backoff = Duration::from_millis(5);
+                backoff = Backoff::default();
                 pair
             }
             Err(error) => {
@@ -271,8 +290,7 @@ async fn accept_loop(
                 if let Some(folded) = accept_errors.ready() {
                     tracing::warn!(%error, similar_since_last = folded, "cannot accept a connection; backing off");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next()).await;
                 continue;
             }
         };
@@ -353,4 +371,21 @@ async fn handshake(
         ));
     }
     Ok((io, Bytes::copy_from_slice(&preface), peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_to_a_second_and_never_spin() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<u128> = (0..10).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // A thousand errors in a row, as when descriptors stay exhausted: the loop
+        // sleeps at least 15 minutes in all, instead of spinning a core.
+        let mut backoff = Backoff::default();
+        let total: Duration = (0..1000).map(|_| backoff.next()).sum();
+        assert!(total > Duration::from_secs(900), "{total:?}");
+    }
 }

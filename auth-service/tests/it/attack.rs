@@ -38,16 +38,20 @@ impl Drop for Served {
     }
 }
 
-/// `serve` with `args`, its stderr drained on a thread; returns the child, the bound
-/// gRPC address, and the channel of every stderr line.
+/// `serve` with `args` (on 127.0.0.1:0 unless they say `--listen`), its stderr drained
+/// on a thread; returns the child, the bound gRPC address, and the channel of every
+/// stderr line (those before the address too).
 pub(crate) fn serve(
     args: &[&str],
     fd_limit: Option<u64>,
 ) -> (Served, String, mpsc::Receiver<String>) {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
+    cmd.arg("serve");
+    // On loopback unless the caller says where.
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(args)
         .env("AUTH_SERVICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -87,7 +91,16 @@ pub(crate) fn serve(
             .map(str::to_string);
         seen.push(line);
         if let Some(addr) = addr {
-            return (Served(child), addr, rx);
+            // The lines read so far, then the rest as they come.
+            let (tx, replay) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in seen.into_iter().chain(rx.iter()) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            return (Served(child), addr, replay);
         }
     }
     let _ = child.kill();
@@ -113,7 +126,7 @@ fn sigterm(child: &Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_neither_spins_nor_locks_callers_out() {
     let url = cluster::conninfo(&cluster::fresh_database().await.unwrap());
-    let (mut child, addr, _log) = serve(
+    let (mut child, addr, log) = serve(
         &["--database-url", &url, "--handshake-timeout", "2s"],
         Some(512),
     );
@@ -154,6 +167,18 @@ async fn descriptor_exhaustion_neither_spins_nor_locks_callers_out() {
         "the server used {cpu:?} of CPU in {wall:?}"
     );
     eprintln!("answered after {answered:?}; server CPU {cpu:?} over {wall:?}");
+    // The sockets over the limit were refused, and said so once, not once each.
+    // (The server has exited: the channel ends with its last line.)
+    let refusals: Vec<String> = log
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("connection limit reached"))
+        .collect();
+    assert!(
+        (1..=5).contains(&refusals.len()),
+        "{} lines:\n{}",
+        refusals.len(),
+        refusals.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

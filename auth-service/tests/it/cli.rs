@@ -448,3 +448,58 @@ async fn a_scope_proxies_could_not_carry_is_refused_and_nothing_is_created() {
         text(&list.stdout)
     );
 }
+
+#[tokio::test]
+async fn an_allow_list_without_client_certificates_is_a_startup_error() {
+    let url = db_url().await;
+    let out = run(&[
+        "serve",
+        "--database-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--validate-allow",
+        "spiffe://cluster.local/ns/mesh/sa/billing",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs --tls-client-ca"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// What `serve` with `args` logs up to the moment it reaches the database.
+async fn startup_log(args: &[&str]) -> Vec<String> {
+    let (_served, _addr, log) = crate::attack::serve(args, None);
+    let started = std::time::Instant::now();
+    let mut lines: Vec<String> = Vec::new();
+    while !lines.iter().any(|l| l.contains("database reachable")) {
+        lines.extend(log.try_iter());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            lines.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_on_a_non_loopback_address_warns_once() {
+    let url = db_url().await;
+    let lines = startup_log(&["--database-url", &url, "--listen", "0.0.0.0:0"]).await;
+    let warnings = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("tokens cross the network in clear"))
+        .count();
+    assert_eq!(warnings, 1, "{}", lines.join("\n"));
+    // On loopback (the default setup) there is no such warning.
+    let lines = startup_log(&["--database-url", &url]).await;
+    assert!(
+        !lines.iter().any(|l| l.contains("in clear")),
+        "{}",
+        lines.join("\n")
+    );
+}

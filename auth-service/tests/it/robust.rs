@@ -1,6 +1,6 @@
 //! The transport against hostile and careless clients: streams per connection are
 //! limited and advertised, a call that never finishes is ended, a socket that never
-//! speaks is closed, connections are capped, shutdown does not wait forever, a hot token
+//! speaks is closed, a peer that stops answering PINGs is dropped, connections are capped, shutdown does not wait forever, a hot token
 //! cannot starve the pool, and a peer guessing tokens is throttled.
 use std::{
     net::SocketAddr,
@@ -127,6 +127,60 @@ async fn a_connection_that_never_speaks_is_closed() {
         .unwrap();
     let read = tokio::time::timeout(Duration::from_secs(5), http1.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+}
+
+/// Reads HTTP/2 frames from `tcp` until the server closes it; whether a PING (not an
+/// ACK) came first.
+async fn pinged_then_closed(tcp: &mut TcpStream) -> bool {
+    let mut pinged = false;
+    loop {
+        let mut header = [0u8; 9];
+        if tcp.read_exact(&mut header).await.is_err() {
+            return pinged;
+        }
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return pinged;
+        }
+        // Type 6 is PING; flag 0x1 is ACK.
+        if header[3] == 6 && header[4] & 1 == 0 {
+            pinged = true;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    let server = start(|s| {
+        s.transport.keepalive_interval = Duration::from_millis(300);
+        s.transport.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A client that completes the HTTP/2 handshake (preface and SETTINGS), then goes
+    // silent as a dead peer behind a half-open TCP connection would: it never answers
+    // the server's PINGs.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let started = Instant::now();
+    let pinged = tokio::time::timeout(Duration::from_secs(10), pinged_then_closed(&mut tcp))
+        .await
+        .expect("a silent peer was never disconnected");
+    assert!(
+        pinged,
+        "the server closed the connection without a keepalive PING first"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}: before interval + timeout",
+        started.elapsed()
+    );
+    // The server itself is fine.
+    health(&server.url()).await;
 }
 
 #[tokio::test]

@@ -110,6 +110,33 @@ async fn tls_serves_every_service_and_refuses_plaintext() {
             .is_err(),
     };
     assert!(wrong);
+
+    // `healthcheck --ca-file` trusts that CA (the name checked is `localhost`), and a
+    // server its CA did not sign is unhealthy (exit 1).
+    // (On the blocking pool: the server runs on this test's runtime.)
+    let healthcheck = |ca: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"));
+        command
+            .args(["healthcheck", "--addr", &server.addr.to_string()])
+            .arg("--ca-file")
+            .arg(ca)
+            .env_remove("AUTH_SERVICE_TLS_CERT");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let trusted = healthcheck(&pki.ca).await.unwrap();
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "SERVING");
+    let untrusted = healthcheck(&other.ca).await.unwrap();
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("unhealthy"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
 }
 
 #[tokio::test]
