@@ -26,6 +26,7 @@ async fn a_stopped_database_is_unavailable_and_the_service_recovers() {
     renew(&mut client, &token).await.unwrap();
     // SERVING first: NOT_SERVING is also the initial state, so only the change counts.
     wait_for_health(&server.url(), ServingStatus::Serving).await;
+    assert_eq!(server.http_get("/readyz").await.unwrap().0, 200);
 
     cluster = tokio::task::spawn_blocking(move || {
         cluster.stop_server().unwrap();
@@ -51,6 +52,10 @@ async fn a_stopped_database_is_unavailable_and_the_service_recovers() {
         "TOKEN_MALFORMED"
     );
     wait_for_health(&server.url(), ServingStatus::NotServing).await;
+    // The HTTP port says the same to load balancers; liveness stays up (a restart
+    // cannot fix the database).
+    assert_eq!(server.http_get("/readyz").await.unwrap().0, 503);
+    assert_eq!(server.http_get("/healthz").await.unwrap().0, 200);
 
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.start_server().unwrap();
@@ -59,6 +64,7 @@ async fn a_stopped_database_is_unavailable_and_the_service_recovers() {
     .await
     .unwrap();
     wait_for_health(&server.url(), ServingStatus::Serving).await;
+    assert_eq!(server.http_get("/readyz").await.unwrap().0, 200);
     let mut recovered = None;
     for _ in 0..50 {
         match renew(&mut client, &token).await {
