@@ -44,6 +44,15 @@ async fn channel(
     ca: &Path,
     client: Option<&Pair>,
 ) -> Result<Channel, tonic::transport::Error> {
+    channel_to(server.addr.port(), ca, client).await
+}
+
+/// [`channel`] to a server on a loopback `port`.
+async fn channel_to(
+    port: u16,
+    ca: &Path,
+    client: Option<&Pair>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
         .domain_name("localhost");
@@ -53,7 +62,7 @@ async fn channel(
             std::fs::read(&client.key).unwrap(),
         ));
     }
-    Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
+    Channel::from_shared(format!("https://localhost:{port}"))
         .unwrap()
         .tls_config(tls)?
         .connect()
@@ -311,6 +320,16 @@ async fn sighup_reloads_the_certificate_a_bad_one_is_refused_and_healthcheck_spe
         .client("probe", Some("spiffe://test/probe"), None)
         .unwrap();
     assert_eq!(served_serial_mtls(addr, &pki.ca, &client).await, 1);
+    // A connection made before the reload, answered (a gRPC answer, not a transport
+    // error) before and after it.
+    let mut established = AuthServiceClient::new(
+        channel_to(addr.port(), &pki.ca, Some(&client))
+            .await
+            .unwrap(),
+    );
+    let answered =
+        |r: Result<_, tonic::Status>| matches!(r, Err(s) if s.code() == Code::Unauthenticated);
+    assert!(answered(validate(&mut established, "pat_x").await));
     let second = pki.server("server", 2, &[]).unwrap();
     std::fs::copy(&second.cert, &live.cert).unwrap();
     std::fs::copy(&second.key, &live.key).unwrap();
@@ -324,6 +343,7 @@ async fn sighup_reloads_the_certificate_a_bad_one_is_refused_and_healthcheck_spe
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(answered(validate(&mut established, "pat_x").await));
     // A replacement key that does not go with the certificate: refused, named, kept.
     let third = pki.server("server", 3, &[]).unwrap();
     std::fs::copy(&third.key, &live.key).unwrap();
