@@ -166,9 +166,16 @@ async fn mtls_requires_a_client_certificate_and_the_allow_list_decides_who_valid
             Some("stranger.example"),
         )
         .unwrap();
+    // A DNS SAN only, listed by name.
+    let reports = pki
+        .client("reports", None, Some("reports.mesh.internal"))
+        .unwrap();
     let server = tls_server(|s| {
         s.transport.tls = Some(files(&cert, Some(&pki.ca)));
-        s.validate_allow = vec!["spiffe://cluster.local/ns/mesh/sa/billing".into()];
+        s.validate_allow = vec![
+            "spiffe://cluster.local/ns/mesh/sa/billing".into(),
+            "reports.mesh.internal".into(),
+        ];
     })
     .await;
     let (_, token) = token_expiring_in(&server.db, 3.0 * 86400.0).await;
@@ -187,6 +194,12 @@ async fn mtls_requires_a_client_certificate_and_the_allow_list_decides_who_valid
         AuthServiceClient::new(channel(&server, &pki.ca, Some(&billing)).await.unwrap());
     let r = validate(&mut allowed, &token).await.unwrap();
     assert_eq!(r.user_id, "alice");
+    let mut by_dns =
+        AuthServiceClient::new(channel(&server, &pki.ca, Some(&reports)).await.unwrap());
+    assert_eq!(
+        validate(&mut by_dns, &token).await.unwrap().user_id,
+        "alice"
+    );
 
     // Not on the list: PERMISSION_DENIED naming what it presented.
     let mut other =
