@@ -17,6 +17,7 @@
 //!   the one and promote the other;
 //! - [`proxy`]: a TCP front for a server's Unix socket that can go silent, as a
 //!   vanished machine does;
+//! - [`process`]: a child process's CPU time, and a limit on its open files;
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,6 +33,7 @@ pub mod fixtures;
 
 pub mod certs;
 pub mod ha;
+pub mod process;
 pub mod proxy;
 
 pub mod cluster;

@@ -178,6 +178,14 @@ impl Db {
         &self.target
     }
 
+    /// What a call that ran out of `--db-timeout` reports.
+    fn timed_out(&self) -> Error {
+        Error::Unavailable(format!(
+            "no answer from the database within {:?}",
+            self.timeout
+        ))
+    }
+
     /// Runs `op` with a pooled client, bounded by the operation timeout (waiting
     /// for a connection included).
     pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
@@ -193,12 +201,7 @@ impl Db {
         F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || {
-            Error::Unavailable(format!(
-                "no answer from the database within {:?}",
-                self.timeout
-            ))
-        };
+        let timed_out = || self.timed_out();
         let client = tokio::time::timeout_at(deadline, self.pool.get())
             .await
             .map_err(|_| timed_out())??;
@@ -230,12 +233,7 @@ impl Db {
         F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || {
-            Error::Unavailable(format!(
-                "no answer from the database within {:?}",
-                self.timeout
-            ))
-        };
+        let timed_out = || self.timed_out();
         let read = async {
             let client = tokio::time::timeout_at(deadline, self.readers.get())
                 .await

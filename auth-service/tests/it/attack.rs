@@ -3,13 +3,12 @@
 //! stuck in flight must still end in an orderly exit.
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use auth_test_support::{cluster, grpc::*};
+use auth_test_support::{cluster, grpc::*, process};
 use bytes::Bytes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
@@ -56,20 +55,7 @@ pub(crate) fn serve(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(limit) = fd_limit {
-        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-        unsafe {
-            cmd.pre_exec(move || {
-                let rl = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        process::limit_open_files(&mut cmd, limit);
     }
     let mut child = cmd.spawn().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -110,12 +96,7 @@ pub(crate) fn serve(
 
 /// The process's user + system CPU time.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
+    process::cpu_time(pid).unwrap()
 }
 
 fn sigterm(child: &Child) {

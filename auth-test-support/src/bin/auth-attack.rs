@@ -15,14 +15,13 @@
 //!    meanwhile. Target: within 40 s, under 25% of a core.
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use auth_api::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient};
-use auth_test_support::cluster;
+use auth_test_support::{cluster, process};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedWriteHalf},
@@ -49,20 +48,7 @@ impl Server {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         if let Some(limit) = fd_limit {
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the closure.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let rl = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            process::limit_open_files(&mut cmd, limit);
         }
         let mut child = cmd.spawn().map_err(|e| {
             format!(
@@ -104,21 +90,7 @@ impl Server {
     }
 
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split(' ').collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+        process::cpu_time(self.child.id()).unwrap_or_default()
     }
 
     /// Whether a normal ValidateToken call is answered within `within`.

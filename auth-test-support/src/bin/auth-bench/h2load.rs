@@ -1,5 +1,6 @@
 //! The independent load generator: nghttp2's `h2load` (Debian: nghttp2-client), driving
 //! one gRPC method with a fixed request body over HTTP/2 cleartext.
+use auth_test_support::process::cpu_time;
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -28,27 +29,6 @@ pub struct Run {
     pub non_2xx: u64,
     /// The server's CPU time (user + system) per completed request, after the warm-up.
     pub server_cpu: Duration,
-}
-
-/// The server process `pid`'s CPU time so far, from `/proc/<pid>/stat`.
-pub fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // The fields after the command name (which may hold spaces) in parentheses: utime and
-    // stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-        return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    Ok(Duration::from_secs_f64(
-        (user + system) as f64 / hz.max(1) as f64,
-    ))
 }
 
 /// h2load calling the gRPC method `path` on `addr` (the server process `pid`) for

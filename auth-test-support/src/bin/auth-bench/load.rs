@@ -39,7 +39,7 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let started = Instant::now();
-    let cpu_before = crate::h2load::cpu_time(std::process::id()).unwrap_or_default();
+    let cpu_before = auth_test_support::process::cpu_time(std::process::id()).unwrap_or_default();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
@@ -76,7 +76,7 @@ where
         }
     }
     stats.elapsed = started.elapsed();
-    let cpu = crate::h2load::cpu_time(std::process::id()).unwrap_or_default();
+    let cpu = auth_test_support::process::cpu_time(std::process::id()).unwrap_or_default();
     stats.client_cpu = cpu
         .saturating_sub(cpu_before)
         .checked_div(u32::try_from(stats.ok + stats.failed).unwrap_or(u32::MAX))

@@ -1,0 +1,42 @@
+//! Child processes as the attacks and the benchmark measure them: their CPU time, and
+//! a limit on their open files.
+use std::{os::unix::process::CommandExt, process::Command, time::Duration};
+
+/// Process `pid`'s CPU time so far (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The fields after the command name (which may hold spaces) in parentheses: utime and
+    // stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Ok(Duration::from_secs_f64(
+        (user + system) as f64 / hz.max(1) as f64,
+    ))
+}
+
+/// Starts `cmd` with at most `limit` open files (soft and hard).
+pub fn limit_open_files(cmd: &mut Command, limit: u64) {
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
