@@ -153,6 +153,12 @@ pub async fn empty_database() -> Result<tokio_postgres::Config> {
     Ok(shared.cluster.client_config(&name))
 }
 
+/// A client program (`psql`, ...) of the installation that runs the shared cluster, as
+/// its user: not whatever the PATH happens to hold.
+pub fn client_program(name: &str) -> Result<std::process::Command> {
+    Ok(shared()?.cluster.command(name))
+}
+
 /// A pooled handle on a fresh test database.
 pub async fn test_db() -> Result<Db> {
     Ok(Db::new(

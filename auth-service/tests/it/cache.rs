@@ -146,7 +146,8 @@ async fn a_revoke_through_any_path_reaches_every_replica() {
     // By hand, in psql.
     let (psql_id, by_psql) = token_expiring_in(db, 86400.0).await;
     warm(&servers, &by_psql).await;
-    let out = Command::new("psql")
+    let out = cluster::client_program("psql")
+        .unwrap()
         .arg(cluster::conninfo(&config))
         .args(["-v", "ON_ERROR_STOP=1", "-c"])
         .arg(format!(
