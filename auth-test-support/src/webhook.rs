@@ -1,7 +1,8 @@
 //! A real HTTP receiver for the expiry webhooks: it records every request (headers and
-//! raw body) and answers with the statuses it was told to, in order, then 200.
+//! raw body) and answers with the statuses it was told to, in order, then 200; or, for
+//! the tokens it was told to hang on, never answers at all.
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -43,6 +44,7 @@ pub struct Receiver {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     answers: Arc<Mutex<VecDeque<u16>>>,
+    hang: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Receiver {
@@ -53,6 +55,7 @@ impl Receiver {
             addr: listener.local_addr()?,
             received: Arc::default(),
             answers: Arc::new(Mutex::new(answers.iter().copied().collect())),
+            hang: Arc::default(),
         };
         let r = receiver.clone();
         tokio::spawn(async move {
@@ -61,6 +64,14 @@ impl Receiver {
             }
         });
         Ok(receiver)
+    }
+
+    /// From now on, a notice for `token_id` is recorded and never answered: the
+    /// connection stays open and silent, as a hung receiver's does.
+    pub fn hang_on(&self, token_id: &str) {
+        if let Ok(mut hang) = self.hang.lock() {
+            hang.insert(token_id.to_owned());
+        }
     }
 
     /// The URL to give `--notify-webhook` (with a path, as real webhooks have).
@@ -131,8 +142,14 @@ impl Receiver {
                 .ok()
                 .and_then(|mut a| a.pop_front())
                 .unwrap_or(200);
+            let hangs = request.json()["token_id"]
+                .as_str()
+                .is_some_and(|id| self.hang.lock().is_ok_and(|h| h.contains(id)));
             if let Ok(mut r) = self.received.lock() {
                 r.push(request);
+            }
+            if hangs {
+                std::future::pending::<()>().await;
             }
             let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
             if stream.write_all(response.as_bytes()).await.is_err() {

@@ -11,10 +11,18 @@
 //! - **Failures.** A non-2xx answer or a timeout is retried with backoff, up to
 //!   `attempts`; then logged, counted and marked failed. A replica that dies with a
 //!   claim unfinished leaves it to another after the lease.
+//! - **A hanging receiver holds up nothing else.** One attempt is bounded by its
+//!   timeout; first attempts and retries draw on separate budgets of attempts in
+//!   flight, and a notice waiting out its backoff holds neither. A notice that becomes
+//!   due is sent within `--notify-interval` plus the time its own attempt takes, however
+//!   many others are failing.
 //! - **Off the request path.** Nothing here runs inside a call.
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
 
 use crate::{
     db::{Db, notices::Notice},
@@ -69,8 +77,13 @@ impl NotifySettings {
     }
 }
 
-/// Deliveries in flight at once, per replica.
-const MAX_IN_FLIGHT: usize = 16;
+/// First attempts in flight at once, per replica.
+const MAX_FIRST_ATTEMPTS: usize = 64;
+/// Retries in flight at once, per replica: a separate budget, so that notices that keep
+/// failing never take the place of new ones.
+const MAX_RETRIES: usize = 16;
+/// Claimed notices held at once, per replica (retrying, or waiting to retry).
+const MAX_HELD: usize = 1024;
 
 /// Scan failures (a database outage) are logged once a minute, not every scan.
 static SCAN_LOG: Every = Every::new(Duration::from_secs(60));
@@ -112,21 +125,37 @@ async fn run(
         .iter()
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .collect();
+    let budget = Arc::new(Budget {
+        first: Arc::new(Semaphore::new(MAX_FIRST_ATTEMPTS)),
+        retries: Arc::new(Semaphore::new(MAX_RETRIES)),
+    });
     let mut deliveries = JoinSet::new();
     loop {
         while deliveries.try_join_next().is_some() {}
-        let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
+        // Room for first attempts, reserved before claiming: a claimed notice is sent
+        // at once, never queued behind a slow one.
+        let room = budget
+            .first
+            .available_permits()
+            .min(MAX_HELD.saturating_sub(deliveries.len()));
         if room > 0 {
             let limit = settings.batch.min(i64::try_from(room).unwrap_or(i64::MAX));
             match db.claim_notices(&thresholds, limit, settings.lease).await {
                 Ok(claimed) => {
                     for notice in claimed {
+                        let Ok(first) = budget.first.clone().try_acquire_owned() else {
+                            break;
+                        };
                         deliveries.spawn(deliver(
-                            db.clone(),
-                            settings.clone(),
-                            client.clone(),
-                            metrics.clone(),
+                            Delivery {
+                                db: db.clone(),
+                                settings: settings.clone(),
+                                client: client.clone(),
+                                metrics: metrics.clone(),
+                                budget: budget.clone(),
+                            },
                             notice,
+                            first,
                         ));
                     }
                 }
@@ -144,42 +173,65 @@ async fn run(
     }
 }
 
-/// Delivers one claimed notice, retrying with backoff, and records how it ended.
-async fn deliver(
+/// The attempts in flight: first attempts and retries, each bounded on its own.
+struct Budget {
+    first: Arc<Semaphore>,
+    retries: Arc<Semaphore>,
+}
+
+/// What one delivery needs.
+struct Delivery {
     db: Db,
     settings: Arc<NotifySettings>,
     client: Arc<webhook::Client>,
     metrics: Arc<Metrics>,
-    notice: Notice,
-) {
+    budget: Arc<Budget>,
+}
+
+/// Delivers one claimed notice, retrying with backoff, and records how it ended. Each
+/// attempt holds a permit of its budget (`first` for the first); waiting out a backoff
+/// holds none.
+async fn deliver(d: Delivery, notice: Notice, first: tokio::sync::OwnedSemaphorePermit) {
     let threshold = webhook::fmt_threshold(Duration::from_secs(
         u64::try_from(notice.threshold_secs).unwrap_or(0),
     ));
     let mut attempts = u32::try_from(notice.attempts).unwrap_or(0);
+    let mut permit = Some(first);
     loop {
+        let held = match permit.take() {
+            Some(p) => p,
+            // The retries' budget is never closed; if it were, give the notice up to
+            // the lease (another replica takes it over).
+            None => match d.budget.retries.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         attempts += 1;
         let made = i32::try_from(attempts).unwrap_or(i32::MAX);
-        match client.send(&notice).await {
+        let sent = d.client.send(&notice).await;
+        drop(held);
+        match sent {
             Ok(()) => {
-                metrics.notice(NoticeResult::Sent);
+                d.metrics.notice(NoticeResult::Sent);
                 tracing::info!(token_id = %notice.token_id, %threshold, attempts, "expiry notice sent");
-                if let Err(error) = db.notice_sent(&notice, made, client.caller()).await {
+                if let Err(error) = d.db.notice_sent(&notice, made, d.client.caller()).await {
                     // Delivered but not recorded: after the lease another replica may
                     // send it again, which X-Auth-Delivery lets the receiver spot.
                     tracing::warn!(token_id = %notice.token_id, %error, "expiry notice sent but not recorded");
                 }
                 return;
             }
-            Err(why) if attempts < settings.attempts => {
-                metrics.notice(NoticeResult::Retried);
-                let wait = settings.backoff(attempts);
+            Err(why) if attempts < d.settings.attempts => {
+                d.metrics.notice(NoticeResult::Retried);
+                let wait = d.settings.backoff(attempts);
                 tracing::info!(token_id = %notice.token_id, %threshold, attempts, error = %why, retry_in = ?wait, "expiry notice not delivered; retrying");
                 tokio::time::sleep(wait).await;
             }
             Err(why) => {
-                metrics.notice(NoticeResult::Failed);
+                d.metrics.notice(NoticeResult::Failed);
                 tracing::warn!(token_id = %notice.token_id, %threshold, attempts, error = %why, "expiry notice not delivered; giving up");
-                if let Err(error) = db.notice_failed(&notice, made).await {
+                if let Err(error) = d.db.notice_failed(&notice, made).await {
                     tracing::warn!(token_id = %notice.token_id, %error, "expiry notice failure not recorded");
                 }
                 return;

@@ -287,3 +287,45 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over_after_the_lease() {
     let rows = fixtures::notices(&db, id).await.unwrap();
     assert!(rows[0].sent && rows[0].attempts == 2, "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_hanging_on_sixteen_notices_delays_no_other() {
+    let db = cluster::test_db().await.unwrap();
+    let receiver = Receiver::start(&[]).await.unwrap();
+    // The production timeout, attempts and backoff: each hanging attempt takes 10 s.
+    let settings = NotifySettings {
+        timeout: Duration::from_secs(10),
+        attempts: 5,
+        retry_base: Duration::from_secs(1),
+        ..notify(&receiver)
+    };
+    for _ in 0..16 {
+        let (id, _) = token_expiring_in(&db, (HOUR / 2) as f64).await;
+        receiver.hang_on(&id.to_string());
+    }
+    let servers = servers(&db, 1, &settings).await;
+    let held = receiver.wait_for(16, Duration::from_secs(10)).await;
+    assert_eq!(held.len(), 16, "the receiver holds all sixteen");
+
+    let (fresh, _) = token_expiring_in(&db, (HOUR / 2) as f64).await;
+    let due = std::time::Instant::now();
+    let fresh = fresh.to_string();
+    let delivered = loop {
+        if receiver
+            .received()
+            .iter()
+            .any(|r| r.json()["token_id"] == fresh.as_str())
+        {
+            break due.elapsed();
+        }
+        assert!(
+            due.elapsed() < Duration::from_secs(5),
+            "a newly due notice waited behind the hanging ones"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("a newly due notice was delivered {delivered:?} after it became due");
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
