@@ -13,7 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::telemetry::Every;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// No usable credential was sent: log in / send `authorization: Bearer <token>`.
     #[error("{0}")]

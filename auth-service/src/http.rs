@@ -51,7 +51,7 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let body = state
         .metrics
-        .encode(&state.db.pool().status(), state.cache.entry_count());
+        .encode(&state.db.pool().status(), &state.cache.state());
     (
         [(
             header::CONTENT_TYPE,

@@ -86,9 +86,22 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let cache = Arc::new(TokenCache::new(settings.cache, metrics.clone()));
-    let change_listener = cache
-        .enabled()
-        .then(|| cache::listener::spawn(db.target().clone(), cache.clone(), stop_rx.clone()));
+    let change_listener = match cache.enabled() {
+        true => Some(
+            cache::listener::spawn(
+                settings
+                    .database_listen
+                    .clone()
+                    .unwrap_or_else(|| db.target().clone()),
+                db.target().clone(),
+                cache.clone(),
+                settings.cache,
+                stop_rx.clone(),
+            )
+            .map_err(|e| Error::Internal(format!("starting the token-change listener: {e}")))?,
+        ),
+        false => None,
+    };
     let (writer_stop, writer_stopped) = tokio::sync::oneshot::channel::<()>();
     let (toucher, touch_task) = last_used::spawn(db.clone(), async move {
         let _ = writer_stopped.await;
@@ -210,8 +223,10 @@ pub async fn run(
     let _ = writer_stop.send(());
     let _ = monitor.await;
     let _ = touch_task.await;
-    if let Some(task) = change_listener {
-        let _ = task.await;
+    if let Some(listener) = change_listener
+        && let Err(error) = listener.join().await
+    {
+        tracing::error!(%error, "background task failed");
     }
     let _ = throttle_clean_up.await;
     if let Some(task) = notifier {

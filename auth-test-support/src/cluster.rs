@@ -183,6 +183,29 @@ pub fn conninfo(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// The Unix socket a config's (Unix-socket) host names: what a [`crate::proxy::Front`]
+/// relays to.
+pub fn socket(config: &tokio_postgres::Config) -> PathBuf {
+    let dir = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(path)) => path.clone(),
+        _ => PathBuf::from("/tmp"),
+    };
+    dir.join(format!(
+        ".s.PGSQL.{}",
+        config.get_ports().first().copied().unwrap_or(5432)
+    ))
+}
+
+/// `config` with its host replaced by a TCP address (a front's).
+pub fn via(config: &tokio_postgres::Config, addr: std::net::SocketAddr) -> tokio_postgres::Config {
+    let mut via = tokio_postgres::Config::new();
+    via.host(addr.ip().to_string())
+        .port(addr.port())
+        .user(config.get_user().unwrap_or("postgres"))
+        .dbname(config.get_dbname().unwrap_or("postgres"));
+    via
+}
+
 /// A cluster of the test's own that is stopped (at once) and deleted when dropped, even
 /// when the test fails half-way.
 pub struct Guarded {

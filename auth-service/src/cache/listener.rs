@@ -1,65 +1,136 @@
-//! The replica's one dedicated `LISTEN auth_token_changes` connection, outside the pool:
-//! every notification evicts one token (or everything) from the [`TokenCache`].
+//! The replica's one dedicated `LISTEN` connection, outside the pool, and the heartbeats
+//! that prove it current.
 //!
-//! The cache serves entries only while this connection is known to be alive. It is
-//! pinged every [`PING_EVERY`] (and TCP keepalives are on), so a silently dead peer
-//! (half-open TCP, a failover) is noticed within a few seconds; then the cache is emptied
-//! and bypassed until the connection is back and listening again.
-use std::{sync::Arc, time::Duration};
-
-use futures_util::StreamExt;
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinHandle,
+//! - **Evictions never wait.** The connection's own driver task applies each token
+//!   change to the [`TokenCache`] the moment it reads it: no channel, ping or other await
+//!   sits between the socket and the eviction.
+//! - **Heartbeats.** A second connection (through the pool's address, so through a
+//!   PgBouncer when there is one) sends `pg_notify` on a channel of this replica's own
+//!   every [`CacheSettings::heartbeat_every`], carrying its send time. Hearing one sent
+//!   at T proves every change committed before T heard; the cache serves entries only
+//!   while that T is recent ([`TokenCache::heard`]).
+//! - **Isolation.** Both connections run on a thread of their own with a
+//!   current-thread runtime, so that a saturated request runtime cannot delay an
+//!   eviction or a heartbeat.
+//! - **Losing it.** A connection that fails, or hears no heartbeat for
+//!   [`SILENCE_LIMIT`] (a half-open TCP connection, a stalled backend), is dropped: the
+//!   cache is emptied and bypassed until a new connection listens and hears one.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
 };
-use tokio_postgres::AsyncMessage;
 
-use super::{Change, TokenCache};
-use crate::db::{Target, sql, target::Tls};
+use tokio::sync::{oneshot, watch};
 
-/// How often the connection is pinged.
-pub const PING_EVERY: Duration = Duration::from_secs(2);
-/// How long a ping may take before the connection is given up.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+use super::{CacheSettings, Change, TokenCache};
+use crate::db::{Target, sql};
+
+/// How long the listening connection may hear no heartbeat before it is given up. Late
+/// heartbeats already turned the cache off after `--cache-max-staleness`; this is when
+/// the connection itself is presumed dead and replaced.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// One heartbeat's time limit before its connection is replaced.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The wait between reconnection attempts.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the listener. It runs until `stop` changes.
-pub fn spawn(
-    target: Target,
-    cache: Arc<TokenCache>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let config = with_keepalives(target.config.clone());
-    tokio::spawn(async move {
-        // Said once per outage, not once per retry.
-        let mut said_down = false;
-        loop {
-            let (why, listened) = tokio::select! {
-                ended = listen(&target, &config, &cache) => ended,
-                _ = stop.changed() => return,
-            };
-            if listened {
-                tracing::warn!(error = %why, "token-change listener lost: answering from the database until it is back");
-                said_down = true;
-            } else if !said_down {
-                tracing::warn!(error = %why, "cannot listen for token changes: answering from the database until it can");
-                said_down = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(RETRY_EVERY) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    })
+/// The running listener; [`Listener::join`] waits for it after `stop`.
+pub struct Listener {
+    done: oneshot::Receiver<()>,
 }
 
-/// The listener's connection settings: TCP keepalives, so that the kernel too notices a
-/// peer that vanished (a TCP connection to a dead host otherwise looks idle, not broken).
-fn with_keepalives(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+impl Listener {
+    /// Waits until the listener's thread has ended; an error if it panicked.
+    pub async fn join(self) -> Result<(), String> {
+        self.done
+            .await
+            .map_err(|_| String::from("the token-change listener's thread panicked"))
+    }
+}
+
+/// Starts the listener on a thread of its own: it listens on `listen`, sends heartbeats
+/// through `send`, and runs until `stop` changes (or its sender is dropped).
+pub fn spawn(
+    listen: Target,
+    send: Target,
+    cache: Arc<TokenCache>,
+    settings: CacheSettings,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<Listener> {
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("auth-listener".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(listen, send, cache, settings, stop)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the token-change listener: the cache stays off");
+                }
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok(Listener { done })
+}
+
+async fn run(
+    listen: Target,
+    send: Target,
+    cache: Arc<TokenCache>,
+    settings: CacheSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let channel = heartbeat_channel();
+    let sender = tokio::spawn(heartbeats(
+        send,
+        channel.clone(),
+        cache.clone(),
+        settings.heartbeat_every(),
+    ));
+    let config = with_keepalives(listen.config.clone(), "listener");
+    // Said once per outage, not once per retry.
+    let mut said_down = false;
+    loop {
+        let (why, listened) = tokio::select! {
+            ended = listen_once(&listen, &config, &cache, &channel) => ended,
+            _ = stop.changed() => break,
+        };
+        if listened {
+            tracing::warn!(error = %why, "token-change listener lost: answering from the database until it is back");
+            said_down = true;
+        } else if !said_down {
+            tracing::warn!(error = %why, "cannot listen for token changes: answering from the database until it can");
+            said_down = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    sender.abort();
+}
+
+/// A channel name of this process's own: `auth_heartbeat_` and 16 random hex digits.
+fn heartbeat_channel() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness, the time and pid still tell replicas apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (u64::from(std::process::id()) ^ (nanos as u64)).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("auth_heartbeat_{hex}")
+}
+
+/// The connections' settings: a name in pg_stat_activity for operators (and tests), and
+/// TCP keepalives so that the kernel too notices a peer that vanished.
+fn with_keepalives(mut config: tokio_postgres::Config, role: &str) -> tokio_postgres::Config {
     config
-        // Names the connection in pg_stat_activity, for operators (and tests).
-        .application_name("auth-service-listener")
+        .application_name(format!("auth-service-{role}"))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(1))
@@ -69,84 +140,45 @@ fn with_keepalives(mut config: tokio_postgres::Config) -> tokio_postgres::Config
     config
 }
 
-/// One connection's life: connect, LISTEN, resume the cache, then evict on every
-/// notification until the connection fails. Returns why it ended, and whether it got as
-/// far as listening. The cache is off again when it returns.
-async fn listen(
+/// One connection's life: connect, LISTEN, resume the cache, then apply every
+/// notification as it is read until the connection fails or falls silent. Returns why
+/// it ended, and whether it got as far as listening. The cache is off when it returns.
+async fn listen_once(
     target: &Target,
     config: &tokio_postgres::Config,
-    cache: &TokenCache,
+    cache: &Arc<TokenCache>,
+    channel: &str,
 ) -> (String, bool) {
-    match &target.tls {
-        Tls::None => match config.connect(tokio_postgres::NoTls).await {
-            Ok((client, connection)) => listen_on(client, connection, cache).await,
-            Err(e) => (
+    let on_notification = {
+        let (cache, channel) = (cache.clone(), channel.to_owned());
+        move |n: &tokio_postgres::Notification| apply(&cache, &channel, n)
+    };
+    let (client, mut driver) = match target.connect_listening(config, on_notification).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            return (
                 format!("cannot connect: {}", crate::error::chain(&e)),
                 false,
-            ),
-        },
-        Tls::Rustls(tls) => match config.connect(tls.clone()).await {
-            Ok((client, connection)) => listen_on(client, connection, cache).await,
-            Err(e) => (
-                format!("cannot connect: {}", crate::error::chain(&e)),
-                false,
-            ),
-        },
-    }
-}
-
-/// Listens on an established connection until it fails.
-async fn listen_on<S, T>(
-    client: tokio_postgres::Client,
-    mut connection: tokio_postgres::Connection<S, T>,
-    cache: &TokenCache,
-) -> (String, bool)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    // The connection's messages, notifications among them, on a task of their own; the
-    // channel closes when the connection ends.
-    let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        return String::from("listener stopped");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return e.to_string(),
-            }
+            );
         }
-        String::from("the server closed the connection")
-    });
+    };
     let ended = async {
-        if let Err(e) = client.batch_execute(sql::LISTEN_TOKEN_CHANGES).await {
+        if let Err(e) = client.batch_execute(&sql::listen(channel)).await {
             return (format!("LISTEN failed: {e}"), false);
         }
         // Listening from here on: anything cached before may have missed a change.
         cache.resume();
         tracing::info!("listening for token changes: the cache is on");
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(SILENCE_LIMIT / 10);
         loop {
             tokio::select! {
-                payload = notifications.recv() => match payload {
-                    Some(payload) => match Change::parse(&payload) {
-                        Some(Change::One(key)) => cache.evict(&key),
-                        Some(Change::All) => cache.resume(),
-                        None => tracing::warn!(payload = %payload.chars().take(80).collect::<String>(), "ignoring an unexpected token-change notification"),
-                    },
-                    None => return (String::from("connection closed"), true),
-                },
-                _ = ping.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, client.simple_query(sql::PING)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return (format!("ping failed: {e}"), true),
-                        Err(_) => return (format!("no answer to a ping within {PING_TIMEOUT:?}"), true),
+                ended = &mut driver => {
+                    let why = ended.unwrap_or_else(|e| format!("the connection's task failed: {e}"));
+                    return (why, true);
+                }
+                _ = check.tick() => {
+                    if cache.since_heard().is_some_and(|s| s >= SILENCE_LIMIT) {
+                        return (format!("no heartbeat heard within {SILENCE_LIMIT:?}"), true);
                     }
                 }
             }
@@ -156,4 +188,74 @@ where
     cache.flush();
     driver.abort();
     ended
+}
+
+/// Acts on one notification, on the connection's driver task.
+fn apply(cache: &TokenCache, heartbeats: &str, n: &tokio_postgres::Notification) {
+    if n.channel() == heartbeats {
+        match n.payload().parse::<u64>() {
+            Ok(sent_us) => cache.heard(sent_us),
+            Err(_) => tracing::warn!("ignoring a malformed heartbeat"),
+        }
+        return;
+    }
+    match Change::parse(n.payload()) {
+        Some(Change::One(key)) => cache.evict(&key),
+        Some(Change::All) => cache.resume(),
+        None => tracing::warn!(
+            payload = %n.payload().chars().take(80).collect::<String>(),
+            "ignoring an unexpected token-change notification"
+        ),
+    }
+}
+
+/// Sends a heartbeat every `every` for as long as it runs, over a connection of its
+/// own that is replaced whenever a heartbeat fails or takes longer than
+/// [`SEND_TIMEOUT`]. A tick that comes while a heartbeat is still on its way is
+/// skipped, not queued: a late heartbeat proves less than a fresh one.
+async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, every: Duration) {
+    let config = with_keepalives(target.config.clone(), "heartbeat");
+    loop {
+        match target.connect(&config).await {
+            Ok((client, connection)) => {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    let started = Instant::now();
+                    let beat = sql::heartbeat(&channel, cache.clock_us());
+                    match tokio::time::timeout(SEND_TIMEOUT, client.simple_query(&beat)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "heartbeat failed");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::debug!(took = ?started.elapsed(), "heartbeat timed out");
+                            break;
+                        }
+                    }
+                }
+                connection.abort();
+            }
+            Err(error) => tracing::debug!(%error, "heartbeat connection failed"),
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_channels_are_identifiers_of_their_own() {
+        let (a, b) = (heartbeat_channel(), heartbeat_channel());
+        assert_ne!(a, b);
+        assert!(a.len() < 64, "PostgreSQL identifiers are at most 63 bytes");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        );
+    }
 }

@@ -1,10 +1,20 @@
 //! The in-process cache of token lookups, keyed by the token's SHA-256, that lets
 //! `ValidateToken` and `LookupCurrentToken` answer from memory.
 //!
-//! Correctness rests on three rules:
+//! Correctness rests on four rules:
 //! - **Invalidation, not expiry.** Every change to a token is announced by a database
 //!   trigger (`pg_notify`), and [`listener`] evicts it on every replica at once. The TTL
 //!   is only a safety net.
+//! - **A bound on staleness, enforced.** An entry is served only while the listener is
+//!   provably current: every [`HEARTBEAT_PER_BOUND`]th of `--cache-max-staleness` the
+//!   replica sends a heartbeat `NOTIFY` of its own through its database connection, and
+//!   the listening connection hears it. PostgreSQL delivers notifications in commit
+//!   order, so once a heartbeat sent at T has been heard, every change committed before
+//!   T has been heard (and applied: evictions are applied as they are read). The cache
+//!   answers only while the newest heard heartbeat was sent less than the bound ago;
+//!   otherwise the lookup goes to the database (counted as a bypass), and the cache
+//!   resumes with the next heartbeat. A cached answer is therefore never older than the
+//!   bound, however slow the listener, the network or the database.
 //! - **No listener, no cache.** While the listening connection is down, a notification
 //!   may be missed, so the cache is emptied and bypassed until it listens again.
 //! - **No stale insert.** A lookup that raced a change must not insert what it read
@@ -12,6 +22,8 @@
 //!   before its query and, after inserting, removes its entry again if the epoch moved.
 //!   Either the notification's eviction comes after the insert, or the loader sees the
 //!   new epoch: there is no order in which a stale entry survives.
+//!
+//! Concurrent misses of one token share one lookup ([`flight`]), within the same bound.
 //!
 //! Expiry is judged on the database clock: each entry records the offset between the
 //! database's `now()` and the local clock when it was loaded, so a replica whose clock is
@@ -21,15 +33,19 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
 use moka::{notification::RemovalCause, sync::Cache};
 
-use crate::metrics::{Eviction, Metrics};
+use crate::{
+    error::Result,
+    metrics::{Bypass, CacheState, Eviction, Metrics},
+};
 
 mod entry;
+pub mod flight;
 pub mod listener;
 
 pub use entry::{Entry, TokenView};
@@ -37,24 +53,42 @@ pub use entry::{Entry, TokenView};
 /// A token's SHA-256: the cache key.
 pub type Key = [u8; 32];
 
-/// Cache settings (`--cache-capacity`, `--cache-ttl`).
+/// Heartbeats sent per staleness bound: at the default bound of 250 ms, one every
+/// 100 ms, so that one late or lost heartbeat does not yet turn the cache off.
+pub const HEARTBEAT_PER_BOUND: f64 = 2.5;
+
+/// Cache settings (`--cache-capacity`, `--cache-ttl`, `--cache-max-staleness`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Most entries held; 0 turns the cache off.
     pub capacity: u64,
     /// Longest an entry is kept (a safety net on top of invalidation).
     pub ttl: Duration,
+    /// The bound: no entry is served unless every change committed more than this
+    /// long ago has been heard.
+    pub max_staleness: Duration,
     /// Added to the local clock: lets tests run a replica with a skewed clock.
     pub clock_skew: TimeDelta,
 }
+
+/// The default `--cache-max-staleness`.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             capacity: 100_000,
             ttl: Duration::from_secs(300),
+            max_staleness: DEFAULT_MAX_STALENESS,
             clock_skew: TimeDelta::zero(),
         }
+    }
+}
+
+impl CacheSettings {
+    /// How often this replica sends itself a heartbeat.
+    pub fn heartbeat_every(&self) -> Duration {
+        self.max_staleness.div_f64(HEARTBEAT_PER_BOUND)
     }
 }
 
@@ -62,18 +96,36 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
 
+/// "Never": no heartbeat heard on this connection yet.
+const NEVER: u64 = 0;
+
+/// An answer, from the cache or the database, and whether it is now cached.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub entry: Arc<Entry>,
+    pub cached: bool,
+}
+
 /// The cache, shared by the handlers and the listener.
 pub struct TokenCache {
     entries: Option<Cache<Key, Arc<Entry>>>,
+    flights: flight::Flights<Loaded>,
     epoch: AtomicU64,
     listening: AtomicBool,
+    /// The clock of heartbeats: microseconds since `born` (monotonic, this process).
+    born: Instant,
+    /// Send time of the newest heartbeat heard on the current connection, or [`NEVER`].
+    heard_sent_us: AtomicU64,
+    /// When it was heard, or [`NEVER`].
+    heard_at_us: AtomicU64,
+    max_staleness: Duration,
     clock_skew: TimeDelta,
     metrics: Arc<Metrics>,
 }
 
 impl TokenCache {
     /// A cache that answers nothing until [`TokenCache::resume`] (the listener) says it
-    /// is listening.
+    /// is listening, and a heartbeat says it is current.
     pub fn new(settings: CacheSettings, metrics: Arc<Metrics>) -> TokenCache {
         let entries = (settings.capacity > 0).then(|| {
             let evictions = metrics.clone();
@@ -91,8 +143,13 @@ impl TokenCache {
         });
         TokenCache {
             entries,
+            flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            born: Instant::now(),
+            heard_sent_us: AtomicU64::new(NEVER),
+            heard_at_us: AtomicU64::new(NEVER),
+            max_staleness: settings.max_staleness,
             clock_skew: settings.clock_skew,
             metrics,
         }
@@ -108,17 +165,65 @@ impl TokenCache {
         Utc::now() + self.clock_skew
     }
 
-    /// The entry for `key`, while the cache is enabled and listening. Counts the hit or
-    /// miss.
+    /// The heartbeat clock: microseconds since this cache was made, never 0.
+    pub fn clock_us(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Why an entry may not be served now, if it may not.
+    fn bypass(&self) -> Option<Bypass> {
+        if !self.listening.load(Ordering::Acquire) {
+            return Some(Bypass::NotListening);
+        }
+        let sent = self.heard_sent_us.load(Ordering::Acquire);
+        let bound = u64::try_from(self.max_staleness.as_micros()).unwrap_or(u64::MAX);
+        if sent == NEVER || self.clock_us().saturating_sub(sent) >= bound {
+            return Some(Bypass::Stale);
+        }
+        None
+    }
+
+    /// The entry for `key`, while the cache is enabled, listening and current. Counts
+    /// the hit, miss or bypass.
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         let entries = self.entries.as_ref()?;
-        let found = if self.listening.load(Ordering::Acquire) {
-            entries.get(key)
-        } else {
-            None
+        let found = match self.bypass() {
+            None => entries.get(key),
+            Some(cause) => {
+                self.metrics.cache_bypassed(cause);
+                None
+            }
         };
         self.metrics.cache_request(found.is_some());
         found
+    }
+
+    /// The entry for `key` from the cache, else from `load` (the database), which
+    /// concurrent misses of the same key share; the answer is cached when no change to
+    /// any token was announced while it was loaded.
+    pub async fn get_or_load<F, Fut>(&self, key: &Key, load: F) -> Result<Loaded>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Arc<Entry>>>,
+    {
+        if let Some(entry) = self.get(key) {
+            return Ok(Loaded {
+                entry,
+                cached: true,
+            });
+        }
+        let (loaded, _led) = self
+            .flights
+            .run(key, self.max_staleness, || async {
+                let ticket = self.ticket();
+                let entry = load().await?;
+                let cached = self.insert(ticket, *key, entry.clone());
+                Ok(Loaded { entry, cached })
+            })
+            .await;
+        loaded
     }
 
     /// Noted before the database is asked about a key that missed.
@@ -148,15 +253,26 @@ impl TokenCache {
         true
     }
 
-    /// A change to `key` was announced (or made here): evict it, and make in-flight
-    /// lookups discard what they read.
+    /// A change to `key` was announced (or made here): evict it, make in-flight
+    /// lookups discard what they read, and let no later caller join them.
     pub fn evict(&self, key: &Key) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.flights.detach(key);
         if let Some(entries) = &self.entries
             && entries.remove(key).is_some()
         {
             self.metrics.evicted(Eviction::Notify, 1);
         }
+    }
+
+    /// A heartbeat sent at `sent_us` (see [`TokenCache::clock_us`]) was heard: every
+    /// change committed before then has been heard too.
+    pub fn heard(&self, sent_us: u64) {
+        let now = self.clock_us();
+        self.heard_sent_us.fetch_max(sent_us, Ordering::AcqRel);
+        self.heard_at_us.store(now, Ordering::Release);
+        self.metrics
+            .heartbeat_delay(Duration::from_micros(now.saturating_sub(sent_us)));
     }
 
     /// Every entry is suspect (the listener is gone, or a TRUNCATE): evict all, and
@@ -167,19 +283,47 @@ impl TokenCache {
     }
 
     /// The listener is (again) listening: what was cached before may have missed
-    /// notifications, so start empty.
+    /// notifications, so start empty, and serve nothing until a heartbeat sent on this
+    /// connection's watch is heard.
     pub fn resume(&self) {
         self.clear();
+        self.heard_at_us.store(self.clock_us(), Ordering::Release);
         self.listening.store(true, Ordering::Release);
     }
 
-    /// Whether entries may currently be served.
+    /// Whether the listener is listening (entries may be served once current).
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// Whether an entry may be served at this moment.
+    pub fn current(&self) -> bool {
+        self.enabled() && self.bypass().is_none()
+    }
+
+    /// Since the newest heartbeat was heard (or the connection began listening).
+    pub fn since_heard(&self) -> Option<Duration> {
+        let at = self.heard_at_us.load(Ordering::Acquire);
+        (at != NEVER).then(|| Duration::from_micros(self.clock_us().saturating_sub(at)))
+    }
+
+    /// The cache and its listener, now (for `/metrics` and `/readyz`).
+    pub fn state(&self) -> CacheState {
+        let now = self.clock_us();
+        let since = |t: u64| Duration::from_micros(now.saturating_sub(t));
+        CacheState {
+            enabled: self.enabled(),
+            entries: self.entry_count(),
+            listening: self.listening(),
+            lag: since(self.heard_sent_us.load(Ordering::Acquire)),
+            since_heard: since(self.heard_at_us.load(Ordering::Acquire)),
+        }
+    }
+
     fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.heard_sent_us.store(NEVER, Ordering::Release);
+        self.flights.detach_all();
         if let Some(entries) = &self.entries {
             entries.run_pending_tasks();
             let dropped = entries.entry_count();
@@ -228,6 +372,8 @@ impl Change {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::AtomicU64;
+
     use uuid::Uuid;
 
     use super::*;
@@ -252,9 +398,11 @@ mod tests {
         entry.judge(Utc::now()).unwrap().user_id.to_owned()
     }
 
+    /// A cache whose listener listens and has just heard a heartbeat.
     fn listening_cache() -> TokenCache {
         let cache = TokenCache::new(CacheSettings::default(), Arc::new(Metrics::new()));
         cache.resume();
+        cache.heard(cache.clock_us());
         cache
     }
 
@@ -265,6 +413,7 @@ mod tests {
         assert!(!cache.insert(t, [1; 32], entry("a")));
         assert!(cache.get(&[1; 32]).is_none());
         cache.resume();
+        cache.heard(cache.clock_us());
         let t = cache.ticket();
         assert!(cache.insert(t, [1; 32], entry("a")));
         assert!(cache.get(&[1; 32]).is_some());
@@ -289,6 +438,89 @@ mod tests {
         let ticket = cache.ticket();
         assert!(cache.insert(ticket, [2; 32], entry("fresh")));
         assert_eq!(user(&cache, &[2; 32]), "fresh");
+    }
+
+    #[test]
+    fn entries_are_served_only_within_the_bound_of_the_newest_heartbeat() {
+        let metrics = Arc::new(Metrics::new());
+        let cache = TokenCache::new(CacheSettings::default(), metrics.clone());
+        cache.resume();
+        let bound = u64::try_from(DEFAULT_MAX_STALENESS.as_micros()).unwrap();
+        assert!(!cache.current(), "listening, but no heartbeat heard yet");
+        assert!(cache.insert(cache.ticket(), [5; 32], entry("a")));
+        assert!(
+            cache.get(&[5; 32]).is_none(),
+            "not served before a heartbeat"
+        );
+        // A heartbeat sent longer ago than the bound proves too little.
+        cache.heard(cache.clock_us().saturating_sub(bound + 1000));
+        assert!(cache.get(&[5; 32]).is_none());
+        assert_eq!(cache.entry_count(), 1, "bypassed, not flushed");
+        // A recent one: served again, the same entry.
+        cache.heard(cache.clock_us());
+        assert_eq!(user(&cache, &[5; 32]), "a");
+        // An older heartbeat heard late does not move the newest back.
+        cache.heard(1);
+        assert!(cache.current());
+        let state = cache.state();
+        assert!(state.listening && state.lag < DEFAULT_MAX_STALENESS);
+        // A new connection must prove itself with a heartbeat of its own.
+        cache.flush();
+        cache.resume();
+        assert!(!cache.current());
+        let pool = deadpool_postgres::Status {
+            max_size: 1,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        };
+        let text = metrics.encode(&pool, &cache.state());
+        for line in [
+            r#"auth_cache_bypasses_total{cause="stale"} 2"#,
+            r#"auth_cache_requests_total{result="hit"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_load_once_and_a_change_forces_a_new_load() {
+        let cache = Arc::new(listening_cache());
+        let loads = Arc::new(AtomicU64::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let load = {
+            let (loads, released) = (loads.clone(), released.clone());
+            move || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                let mut released = released.clone();
+                async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok(entry("loaded"))
+                }
+            }
+        };
+        let callers: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, load) = (cache.clone(), load.clone());
+                tokio::spawn(async move { cache.get_or_load(&[6; 32], load).await })
+            })
+            .collect();
+        while cache.flights.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        release.send(true).unwrap();
+        for c in callers {
+            assert!(c.await.unwrap().unwrap().cached);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(user(&cache, &[6; 32]), "loaded");
+        cache.evict(&[6; 32]);
+        let again = cache.get_or_load(&[6; 32], load).await.unwrap();
+        assert!(again.cached);
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
     #[test]

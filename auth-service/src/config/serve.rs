@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// through database notifications; this is only a safety net.
     #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
     pub cache_ttl: Duration,
+    /// The cache's staleness bound: an entry is served only while every token change
+    /// committed more than this long ago is known to have been heard (the replica sends
+    /// itself a heartbeat NOTIFY every 2/5 of it). Beyond it, lookups go to the database
+    /// until the listener catches up. From 10ms to 10s.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_STALENESS", default_value = "250ms", value_parser = parse_staleness)]
+    pub cache_max_staleness: Duration,
 
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key). Re-read on
     /// SIGHUP and when the file changes.
@@ -183,6 +189,16 @@ pub struct ServeArgs {
     pub notify_secret_file: Option<PathBuf>,
 }
 
+/// `--cache-max-staleness`: 10ms to 10s. Below, heartbeats would cost more than they
+/// save; above, revocations could take longer than any caller would accept.
+fn parse_staleness(s: &str) -> std::result::Result<Duration, String> {
+    let d = super::parse_bounded(s, Duration::from_secs(10))?;
+    if d < Duration::from_millis(10) {
+        return Err("too short: at least 10ms".into());
+    }
+    Ok(d)
+}
+
 /// `--notify-webhook`: an absolute http:// or https:// URL.
 fn parse_webhook(s: &str) -> std::result::Result<http::Uri, String> {
     let uri: http::Uri = s
@@ -204,6 +220,9 @@ pub struct ServeSettings {
     pub prefix: Prefix,
     pub db_check_interval: Duration,
     pub cache: CacheSettings,
+    /// Where the cache's LISTEN connection goes (`--database-listen-url`); `None`: the
+    /// pool's database.
+    pub database_listen: Option<crate::db::Target>,
     pub transport: TransportSettings,
     /// Callers allowed to validate; empty: anyone.
     pub validate_allow: Vec<String>,
@@ -229,6 +248,7 @@ impl ServeSettings {
             prefix: Prefix::default(),
             db_check_interval: Duration::from_secs(5),
             cache: CacheSettings::default(),
+            database_listen: None,
             transport: TransportSettings::default(),
             validate_allow: Vec::new(),
             forward_auth: Access::default(),
@@ -333,8 +353,10 @@ impl ServeArgs {
             cache: CacheSettings {
                 capacity: self.cache_capacity,
                 ttl: self.cache_ttl,
+                max_staleness: self.cache_max_staleness,
                 ..CacheSettings::default()
             },
+            database_listen: None,
             policy: RenewalPolicy {
                 threshold: self.renew_threshold,
                 extension: self.renew_extension,

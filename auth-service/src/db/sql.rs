@@ -165,8 +165,22 @@ WHERE id = ANY($1)";
 /// The health probe, and the change listener's ping.
 pub const PING: &str = "SELECT 1";
 
-/// The change notifications the token trigger sends (migration V2), for the cache.
-pub const LISTEN_TOKEN_CHANGES: &str = "LISTEN auth_token_changes";
+/// The channel of the change notifications the token trigger sends (migration V2).
+pub const TOKEN_CHANGES: &str = "auth_token_changes";
+
+/// What the cache's listener listens to: the token changes, and `heartbeats`, a channel
+/// of this replica's own (see `cache::listener`). `heartbeats` is made by the caller of
+/// lowercase letters, digits and underscores only.
+pub fn listen(heartbeats: &str) -> String {
+    format!("LISTEN {TOKEN_CHANGES}; LISTEN {heartbeats}")
+}
+
+/// One heartbeat on `heartbeats`, carrying its send time. A plain statement (no
+/// parameters, nothing prepared), so that it works through a transaction-pooling
+/// PgBouncer too; the channel is as for [`listen`].
+pub fn heartbeat(heartbeats: &str, sent_us: u64) -> String {
+    format!("SELECT pg_notify('{heartbeats}', '{sent_us}')")
+}
 
 /// Migrations run without the per-request statement timeout, then restore it.
 pub const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";

@@ -158,6 +158,52 @@ impl Target {
         }
     }
 
+    /// Connects once, outside any pool, for a LISTEN: the connection is driven on a task
+    /// of the current runtime that hands every notification to `on_notification` as it
+    /// is read, before the next message, so that nothing queues between the socket and
+    /// whoever acts on it. The task ends with why the connection ended.
+    pub async fn connect_listening<F>(
+        &self,
+        config: &tokio_postgres::Config,
+        on_notification: F,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<String>), tokio_postgres::Error>
+    where
+        F: FnMut(&tokio_postgres::Notification) + Send + 'static,
+    {
+        fn drive<S, T, F>(
+            mut connection: tokio_postgres::Connection<S, T>,
+            mut on_notification: F,
+        ) -> tokio::task::JoinHandle<String>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+            F: FnMut(&tokio_postgres::Notification) + Send + 'static,
+        {
+            tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            on_notification(&n);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return crate::error::chain(&e),
+                        None => return String::from("the server closed the connection"),
+                    }
+                }
+            })
+        }
+        match &self.tls {
+            Tls::None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                Ok((client, drive(connection, on_notification)))
+            }
+            Tls::Rustls(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                Ok((client, drive(connection, on_notification)))
+            }
+        }
+    }
+
     /// Asks the server to cancel what the connection of `token` is running.
     pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
         let _ = match &self.tls {

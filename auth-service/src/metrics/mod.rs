@@ -5,6 +5,8 @@
 //! fixed set of values (unknown gRPC methods are folded into `unknown`), so a client
 //! cannot grow the metric set.
 use auth_api::ErrorReason;
+use std::{sync::atomic::AtomicU64, time::Duration};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
@@ -126,6 +128,38 @@ pub enum Eviction {
     Capacity,
 }
 
+/// Why a lookup went to the database although the cache is on, for
+/// `auth_cache_bypasses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// The listening connection is down (or not yet listening).
+    NotListening,
+    /// The newest heard heartbeat is older than `--cache-max-staleness`.
+    Stale,
+}
+
+/// The cache and its listener at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CacheState {
+    pub enabled: bool,
+    pub entries: u64,
+    pub listening: bool,
+    /// Now minus the send time of the newest heard heartbeat (none heard on this
+    /// connection: since the process started).
+    pub lag: Duration,
+    /// Since the newest heartbeat was heard (or the connection began listening; never:
+    /// since the process started).
+    pub since_heard: Duration,
+}
+
+/// Buckets of `auth_cache_heartbeat_delay_seconds`: from 100 µs to past the default
+/// bound of 250 ms.
+const HEARTBEAT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// The handles of one known gRPC method, resolved once: the hot path then increments
 /// them without hashing labels or taking the family's lock.
 struct MethodHandles {
@@ -150,6 +184,12 @@ pub struct Metrics {
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
+    cache_bypass_stale: Counter,
+    cache_bypass_not_listening: Counter,
+    cache_listening: Gauge,
+    listener_lag: FloatGauge,
+    heartbeat_age: FloatGauge,
+    heartbeat_delay: Histogram,
     pool_connections: Family<StateLabel, Gauge>,
     pool_waiting: Gauge,
     db_up: Gauge,
@@ -178,6 +218,12 @@ impl Metrics {
             cache_requests: Family::default(),
             cache_entries: Gauge::default(),
             cache_evictions: Family::default(),
+            cache_bypass_stale: Counter::default(),
+            cache_bypass_not_listening: Counter::default(),
+            cache_listening: Gauge::default(),
+            listener_lag: FloatGauge::default(),
+            heartbeat_age: FloatGauge::default(),
+            heartbeat_delay: Histogram::new(HEARTBEAT_BUCKETS),
             pool_connections: Family::default(),
             pool_waiting: Gauge::default(),
             db_up: Gauge::default(),
@@ -233,6 +279,40 @@ impl Metrics {
             "Cache entries removed, by cause",
             m.cache_evictions.clone(),
         );
+        let bypasses = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "auth_cache_bypasses",
+            "Lookups that went to the database although the cache is on, by cause: the \
+             listener is down (not_listening) or its newest heartbeat is older than \
+             --cache-max-staleness (stale)",
+            bypasses.clone(),
+        );
+        registry.register(
+            "auth_cache_listening",
+            "1 while the change listener is listening (entries may be served once a \
+             heartbeat is heard), 0 otherwise",
+            m.cache_listening.clone(),
+        );
+        registry.register_with_unit(
+            "auth_cache_listener_lag",
+            "Now minus the send time of the newest heartbeat the change listener heard \
+             (none heard on this connection: since the process started); entries are served only while it is below \
+             --cache-max-staleness",
+            prometheus_client::registry::Unit::Seconds,
+            m.listener_lag.clone(),
+        );
+        registry.register_with_unit(
+            "auth_cache_heartbeat_age",
+            "Time since the change listener last heard a heartbeat (or began listening)",
+            prometheus_client::registry::Unit::Seconds,
+            m.heartbeat_age.clone(),
+        );
+        registry.register_with_unit(
+            "auth_cache_heartbeat_delay",
+            "From sending a heartbeat NOTIFY to hearing it on the listening connection",
+            prometheus_client::registry::Unit::Seconds,
+            m.heartbeat_delay.clone(),
+        );
         registry.register(
             "auth_db_pool_connections",
             "Pooled database connections, by state",
@@ -271,6 +351,10 @@ impl Metrics {
             methods,
             cache_hits,
             cache_misses,
+            cache_bypass_stale: bypasses.get_or_create_owned(&CauseLabel { cause: "stale" }),
+            cache_bypass_not_listening: bypasses.get_or_create_owned(&CauseLabel {
+                cause: "not_listening",
+            }),
             ..m
         }
     }
@@ -353,6 +437,19 @@ impl Metrics {
         }
     }
 
+    /// A lookup bypassed the cache.
+    pub fn cache_bypassed(&self, cause: Bypass) {
+        match cause {
+            Bypass::Stale => self.cache_bypass_stale.inc(),
+            Bypass::NotListening => self.cache_bypass_not_listening.inc(),
+        };
+    }
+
+    /// A heartbeat was heard `delay` after it was sent.
+    pub fn heartbeat_delay(&self, delay: Duration) {
+        self.heartbeat_delay.observe(delay.as_secs_f64());
+    }
+
     /// `n` entries left the cache for `cause`.
     pub fn evicted(&self, cause: Eviction, n: u64) {
         let cause = match cause {
@@ -373,7 +470,7 @@ impl Metrics {
 
     /// Sets the gauges that are read at scrape time, then encodes everything in the
     /// OpenMetrics text format.
-    pub fn encode(&self, pool: &deadpool_postgres::Status, cache_entries: u64) -> String {
+    pub fn encode(&self, pool: &deadpool_postgres::Status, cache: &CacheState) -> String {
         let in_use = pool.size.saturating_sub(pool.available);
         self.pool_connections
             .get_or_create(&StateLabel { state: "idle" })
@@ -384,7 +481,10 @@ impl Metrics {
         self.pool_waiting
             .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
         self.cache_entries
-            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+            .set(i64::try_from(cache.entries).unwrap_or(i64::MAX));
+        self.cache_listening.set(i64::from(cache.listening));
+        self.listener_lag.set(cache.lag.as_secs_f64());
+        self.heartbeat_age.set(cache.since_heard.as_secs_f64());
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -417,7 +517,16 @@ mod tests {
         m.cache_request(true);
         m.evicted(Eviction::Flush, 3);
         m.db_up(true);
-        let text = m.encode(&pool(4, 1, 2), 7);
+        let cache = CacheState {
+            enabled: true,
+            entries: 7,
+            listening: true,
+            lag: Duration::from_millis(30),
+            since_heard: Duration::from_secs(2),
+        };
+        m.cache_bypassed(Bypass::NotListening);
+        m.heartbeat_delay(Duration::from_micros(700));
+        let text = m.encode(&pool(4, 1, 2), &cache);
         for line in [
             r#"grpc_server_started_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken"} 1"#,
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken",grpc_code="Unauthenticated"} 1"#,
@@ -427,6 +536,12 @@ mod tests {
             r#"auth_cache_requests_total{result="hit"} 1"#,
             r#"auth_cache_evictions_total{cause="flush"} 3"#,
             r#"auth_cache_entries 7"#,
+            r#"auth_cache_bypasses_total{cause="not_listening"} 1"#,
+            r#"auth_cache_bypasses_total{cause="stale"} 0"#,
+            r#"auth_cache_listening 1"#,
+            r#"auth_cache_listener_lag_seconds 0.03"#,
+            r#"auth_cache_heartbeat_age_seconds 2.0"#,
+            r#"auth_cache_heartbeat_delay_seconds_bucket{le="0.001"} 1"#,
             r#"auth_db_pool_connections{state="idle"} 1"#,
             r#"auth_db_pool_connections{state="in_use"} 3"#,
             r#"auth_db_pool_waiting 2"#,

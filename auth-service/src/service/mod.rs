@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     admission::{DbAdmission, FailureThrottle},
-    cache::{Entry, TokenCache, TokenView},
+    cache::{Entry, Loaded, TokenCache, TokenView},
     db::Db,
     error::{Error, Result},
     last_used::Toucher,
@@ -102,23 +102,19 @@ impl AuthSvc {
         digest: &TokenDigest,
         respond: impl FnOnce(&TokenView<'_>) -> R,
     ) -> Result<R> {
-        let key = digest.hash;
-        let (entry, cached) = match self.cache.get(&key) {
-            Some(entry) => (entry, true),
-            None => {
-                let ticket = self.cache.ticket();
+        let Loaded { entry, cached } = self
+            .cache
+            .get_or_load(&digest.hash, || async {
                 let found = self.db.lookup(digest).await?;
-                let entry = Arc::new(Entry::new(
+                // Unknown, revoked and expired answers are cached too, so that a flood
+                // of bad tokens does not reach the database.
+                Ok(Arc::new(Entry::new(
                     found.record.as_ref(),
                     found.db_now,
                     self.cache.local_now(),
-                ));
-                // Unknown, revoked and expired answers are cached too, so that a flood of
-                // bad tokens does not reach the database.
-                let cached = self.cache.insert(ticket, key, entry.clone());
-                (entry, cached)
-            }
-        };
+                )))
+            })
+            .await?;
         let local_now = self.cache.local_now();
         let token = entry.judge(entry.db_now(local_now))?;
         tracing::Span::current().record("token_id", tracing::field::display(token.id));

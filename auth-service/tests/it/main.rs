@@ -20,6 +20,7 @@ mod outage;
 mod pgtls;
 mod renew;
 mod robust;
+mod staleness;
 mod tls;
 mod validate;
 
