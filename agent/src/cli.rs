@@ -343,9 +343,23 @@ mod tests {
         );
     }
 
+    /// The command line without its environment variables: what a developer's shell
+    /// exports (AUTH_AGENT_INTERVAL, ...) must not change what these tests see.
+    fn parse<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(
+        args: I,
+    ) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        fn without_env(command: clap::Command) -> clap::Command {
+            command
+                .mut_args(|arg| arg.env(None::<&str>))
+                .mut_subcommands(without_env)
+        }
+        Cli::from_arg_matches(&without_env(Cli::command()).try_get_matches_from(args)?)
+    }
+
     #[test]
     fn global_flags_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from([
+        let cli = parse([
             "auth-agent",
             "status",
             "--server",
@@ -360,7 +374,7 @@ mod tests {
 
     #[test]
     fn run_flags_are_validated_with_the_flag_named() {
-        let cli = Cli::try_parse_from([
+        let cli = parse([
             "auth-agent",
             "--config",
             "/x",
@@ -392,7 +406,7 @@ mod tests {
             if flag == "--backoff-initial" {
                 args.extend(["--backoff-max", "7d"]);
             }
-            let cli = Cli::try_parse_from(&args).unwrap();
+            let cli = parse(&args).unwrap();
             let Command::Run(run) = &cli.command else {
                 panic!("not run")
             };
@@ -408,7 +422,7 @@ mod tests {
                 "{flag} {value}: {err}"
             );
         }
-        let cli = Cli::try_parse_from([
+        let cli = parse([
             "auth-agent",
             "--config",
             "/x",

@@ -1,6 +1,20 @@
-//! Child processes as the attacks and the benchmark measure them: their CPU time, and
-//! a limit on their open files.
+//! Child processes: started with an environment of the test's own, and measured as the
+//! attacks and the benchmark measure them (CPU time, a limit on open files).
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
+
+/// `program` with a cleared environment but for `PATH`, `HOME`, `TMPDIR` and `USER`,
+/// so that what a developer's shell exports (`AUTH_SERVICE_DATABASE_URL`, `RUST_LOG`,
+/// ...) cannot change what a test sees. Tests add what they mean to set.
+pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "TMPDIR", "USER"] {
+        if let Some(value) = std::env::var_os(keep) {
+            cmd.env(keep, value);
+        }
+    }
+    cmd
+}
 
 /// Process `pid`'s CPU time so far (user + system), from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration, String> {

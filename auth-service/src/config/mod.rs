@@ -402,8 +402,19 @@ mod tests {
     use super::*;
     use crate::renewal::RenewalPolicy;
 
+    /// The command line without its environment variables: what a developer's shell
+    /// exports must not change what these tests see.
+    fn without_env(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.env(None::<&str>))
+            .mut_subcommands(without_env)
+    }
+
     fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("auth-service").chain(args.iter().copied()))
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = without_env(Cli::command())
+            .try_get_matches_from(std::iter::once("auth-service").chain(args.iter().copied()))?;
+        Cli::from_arg_matches(&matches)
     }
 
     #[test]

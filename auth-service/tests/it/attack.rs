@@ -3,7 +3,7 @@
 //! stuck in flight must still end in an orderly exit.
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -11,7 +11,6 @@ use std::{
 use auth_test_support::{cluster, grpc::*, process};
 use bytes::Bytes;
 
-const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
 /// A served child process, killed when dropped: a failed assertion must not leave a
 /// server running after the test.
@@ -44,7 +43,7 @@ pub(crate) fn serve(
     args: &[&str],
     fd_limit: Option<u64>,
 ) -> (Served, String, mpsc::Receiver<String>) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = crate::service();
     cmd.arg("serve");
     // On loopback unless the caller says where.
     if !args.contains(&"--listen") {

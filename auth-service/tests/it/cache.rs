@@ -4,7 +4,6 @@
 //! database clock with a skewed replica, a disabled cache answers the same, and the
 //! metrics count what happened without ever showing a token.
 use std::{
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -131,7 +130,7 @@ async fn a_revoke_through_any_path_reaches_every_replica() {
     // Through the CLI.
     let (cli_id, by_cli) = token_expiring_in(db, 86400.0).await;
     warm(&servers, &by_cli).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+    let out = crate::service()
         .args(["token", "revoke", &cli_id.to_string()])
         .args(["--database-url", &cluster::conninfo(&config)])
         .output()

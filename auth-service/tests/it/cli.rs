@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     sync::mpsc::Receiver,
     time::Duration,
 };
@@ -13,13 +13,9 @@ use auth_api::v1::{
 };
 use auth_test_support::{cluster, grpc::*};
 
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
-
 pub(crate) fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    crate::service()
         .args(args)
-        .env_remove("AUTH_SERVICE_LOG")
-        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }
@@ -116,7 +112,7 @@ async fn never_expiring_tokens_and_bad_input() {
         &["token", "revoke", "00000000-0000-0000-0000-000000000000"],
     ];
     for args in cases {
-        let out = Command::new(BIN)
+        let out = crate::service()
             .args(args)
             .args(["--database-url", &url])
             .output()
@@ -154,7 +150,7 @@ async fn a_missing_database_is_a_clear_error() {
 }
 
 pub(crate) fn spawn_serve(args: &[&str]) -> Child {
-    Command::new(BIN)
+    crate::service()
         .arg("serve")
         .args(args)
         // Every log line there is, to prove none of them carries the token.
@@ -363,7 +359,7 @@ async fn serve_adopts_a_cluster_left_running_and_stops_it() {
 
 #[test]
 fn help_never_shows_a_database_password_from_the_environment() {
-    let out = Command::new(BIN)
+    let out = crate::service()
         .arg("--help")
         .env("AUTH_SERVICE_DATABASE_URL", "postgres://u:S3cret@h/db")
         .output()
@@ -371,7 +367,7 @@ fn help_never_shows_a_database_password_from_the_environment() {
     let help = text(&out.stdout) + &text(&out.stderr);
     assert!(help.contains("--database-url"), "{help}");
     assert!(!help.contains("S3cret"), "{help}");
-    let sub = Command::new(BIN)
+    let sub = crate::service()
         .args(["token", "list", "--help"])
         .env("AUTH_SERVICE_DATABASE_URL", "postgres://u:S3cret@h/db")
         .output()

@@ -5,7 +5,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, ExitStatus, Output, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use auth_api::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient}
 use auth_test_support::{cluster, grpc::wait_for_health};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::cli::{BIN, listening_addr, run, stderr_lines, terminate, text};
+use crate::cli::{listening_addr, run, stderr_lines, terminate, text};
 
 const TRIALS: usize = 3;
 
@@ -53,10 +53,9 @@ fn spawn_serve(data: &str) -> Running {
 
 fn spawn_token_create(data: &str) -> Running {
     Running(
-        Command::new(BIN)
+        crate::service()
             .args(["token", "create", "--user", "race", "--expires-in", "3d"])
             .args(["--data-dir", data])
-            .env_remove("AUTH_SERVICE_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -29,6 +29,11 @@ use auth_service::renewal::RenewalPolicy;
 use auth_test_support::server::TestServer;
 use tonic::transport::Channel;
 
+/// The auth-service binary, with an environment of the test's own.
+fn service() -> std::process::Command {
+    auth_test_support::process::clean(env!("CARGO_BIN_EXE_auth-service"))
+}
+
 /// A fresh database, the server on it, and a client.
 async fn start(policy: RenewalPolicy) -> (TestServer, AuthServiceClient<Channel>) {
     let server = TestServer::fresh(policy).await.unwrap();

@@ -19,7 +19,7 @@ use auth_test_support::{cluster, fixtures, grpc::*};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::cli::{BIN, stderr_lines, terminate, text};
+use crate::cli::{stderr_lines, terminate, text};
 
 const DAY: f64 = 86_400.0;
 
@@ -27,20 +27,8 @@ const DAY: f64 = 86_400.0;
 /// its variable (a conninfo string has spaces), none of the caller's own settings, and
 /// `envs`.
 fn command(line: &str, url: Option<&str>, envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = crate::service();
     cmd.args(line.split_whitespace());
-    for var in [
-        "AUTH_SERVICE_DATABASE_URL",
-        "AUTH_SERVICE_DATABASE_URL_FILE",
-        "AUTH_SERVICE_DATA_DIR",
-        "AUTH_SERVICE_LOG",
-        "RUST_LOG",
-        "AUTH_SERVICE_LOG_FORMAT",
-        "AUTH_SERVICE_OUTPUT",
-        "AUTH_SERVICE_NO_MIGRATE",
-    ] {
-        cmd.env_remove(var);
-    }
     if let Some(url) = url {
         cmd.env("AUTH_SERVICE_DATABASE_URL", url);
     }

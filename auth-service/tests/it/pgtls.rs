@@ -3,16 +3,15 @@
 //! test: `verify-full` works with the right CA, and fails with a clear certificate
 //! error against a wrong CA or a host name the certificate is not for; and the URL can
 //! come from a file.
-use std::{os::unix::fs::MetadataExt, process::Command};
+use std::os::unix::fs::MetadataExt;
 
 use auth_test_support::{certs::Pki, cluster};
 
-const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 /// The cluster listens on a loopback address no other test uses.
 const ADDR: &str = "127.0.0.7";
 
 fn token_list(url: &str) -> (bool, String) {
-    let out = Command::new(BIN)
+    let out = crate::service()
         .args(["token", "list", "--database-url", url])
         .output()
         .unwrap();
@@ -103,7 +102,7 @@ async fn verify_full_checks_the_ca_and_the_host_name() {
         format!("{}\n", url("db.test", "verify-full", &pki.ca)),
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = crate::service()
         .args(["token", "list"])
         .env("AUTH_SERVICE_DATABASE_URL_FILE", &file)
         .output()

@@ -124,12 +124,11 @@ async fn tls_serves_every_service_and_refuses_plaintext() {
     // server its CA did not sign is unhealthy (exit 1).
     // (On the blocking pool: the server runs on this test's runtime.)
     let healthcheck = |ca: &Path| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"));
+        let mut command = crate::service();
         command
             .args(["healthcheck", "--addr", &server.addr.to_string()])
             .arg("--ca-file")
-            .arg(ca)
-            .env_remove("AUTH_SERVICE_TLS_CERT");
+            .arg(ca);
         tokio::task::spawn_blocking(move || command.output().unwrap())
     };
     let trusted = healthcheck(&pki.ca).await.unwrap();
@@ -304,7 +303,7 @@ async fn sighup_reloads_the_certificate_a_bad_one_is_refused_and_healthcheck_spe
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     // The Docker HEALTHCHECK: the same variables as the server, nothing else.
     let health = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        crate::service()
             .arg("healthcheck")
             .env("AUTH_SERVICE_LISTEN", format!("0.0.0.0:{}", addr.port()))
             .env("AUTH_SERVICE_TLS_CERT", cert)
