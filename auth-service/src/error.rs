@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn only_configuration_errors_exit_2() {
         assert_eq!(
-            Error::Config("--db-pool-size must be at least 1".into()).exit_code(),
+            Error::Config("--db-max-connections must be at least 2".into()).exit_code(),
             2
         );
         for runtime in [

@@ -18,7 +18,7 @@ use crate::{
     cache::TokenCache,
     db::Db,
     health::Health,
-    metrics::Metrics,
+    metrics::{DbState, Metrics},
 };
 
 /// What the routes read.
@@ -27,6 +27,10 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<TokenCache>,
     pub db: Db,
+    /// The health probe's own handle (its session counts against the budget).
+    pub probe: Db,
+    /// `--db-max-connections`.
+    pub max_connections: usize,
     pub health: Health,
     /// The token checks and who may ask, for forward-auth.
     pub forward_auth: ForwardAuth,
@@ -49,9 +53,15 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let body = state
-        .metrics
-        .encode(&state.db.pool().status(), &state.cache.state());
+    let cache = state.cache.state();
+    let db = DbState {
+        pool: state.db.pool().status(),
+        open_connections: state.db.open_connections()
+            + state.probe.open_connections()
+            + cache.connections,
+        max_connections: state.max_connections,
+    };
+    let body = state.metrics.encode(&db, &cache);
     (
         [(
             header::CONTENT_TYPE,
@@ -63,11 +73,25 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if state.health.serving() {
-        (StatusCode::OK, "ready\n")
+        // Ready either way: without the cache every answer comes from the database,
+        // which is just as correct. Say so, for whoever looks.
+        let cache = state.cache.state();
+        let body = if !cache.enabled || state.cache.current() {
+            "ready\n".to_owned()
+        } else if !cache.listening {
+            "ready (the cache is off: the token-change listener is not listening)\n".to_owned()
+        } else {
+            format!(
+                "ready (the cache is off: no heartbeat heard for {:?}, above \
+                 --cache-max-staleness)\n",
+                cache.lag
+            )
+        };
+        (StatusCode::OK, body)
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the database is unreachable, or the service is shutting down\n",
+            "not ready: the database is unreachable, or the service is shutting down\n".to_owned(),
         )
     }
 }

@@ -39,6 +39,10 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
+/// How long startup waits for the cache's first heartbeat before it decides that the
+/// LISTEN connection hears nothing.
+const FIRST_HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The bound sockets the server answers on.
 pub struct Listeners {
     /// gRPC.
@@ -73,7 +77,9 @@ pub async fn run(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.register_statements(db.statement_seconds().clone());
+    let metrics = Arc::new(metrics);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter, metrics.clone()).await;
     let reflection_v1 = reflection()
@@ -89,10 +95,7 @@ pub async fn run(
     let change_listener = match cache.enabled() {
         true => Some(
             cache::listener::spawn(
-                settings
-                    .database_listen
-                    .clone()
-                    .unwrap_or_else(|| db.target().clone()),
+                listen_target(&settings, &db),
                 db.target().clone(),
                 cache.clone(),
                 settings.cache,
@@ -102,6 +105,20 @@ pub async fn run(
         ),
         false => None,
     };
+    // A LISTEN connection that hears nothing (a transaction-pooling PgBouncer in front
+    // of it) would leave the cache off for ever, silently: the server stops and says
+    // which flag fixes it. Checked while serving (from the database meanwhile), so that
+    // startup is not held up by it.
+    let listens = change_listener.is_some();
+    let deaf = async {
+        if listens
+            && let Err(why) = cache::listener::hears_itself(&cache, FIRST_HEARTBEAT_WAIT).await
+        {
+            return why;
+        }
+        std::future::pending().await
+    };
+    let refused = std::sync::Mutex::new(None::<String>);
     let (writer_stop, writer_stopped) = tokio::sync::oneshot::channel::<()>();
     let (toucher, touch_task) = last_used::spawn(db.clone(), async move {
         let _ = writer_stopped.await;
@@ -144,8 +161,9 @@ pub async fn run(
         )?),
         None => None,
     };
+    let probe = db.dedicated()?;
     let monitor = tokio::spawn(health::monitor(
-        db.dedicated()?,
+        probe.clone(),
         health.clone(),
         settings.db_check_interval,
         db.trouble(),
@@ -158,6 +176,8 @@ pub async fn run(
             metrics: metrics.clone(),
             cache: cache.clone(),
             db: db.clone(),
+            probe: probe.clone(),
+            max_connections: settings.db_max_connections,
             health: health.clone(),
             forward_auth: ForwardAuth {
                 svc: svc.clone(),
@@ -179,7 +199,15 @@ pub async fn run(
     let incoming = transport::incoming(listeners.grpc, &settings.transport, tls, stop_rx.clone());
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain_signal = async {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            why = deaf => {
+                tracing::error!(error = %why, "stopping");
+                if let Ok(mut refused) = refused.lock() {
+                    *refused = Some(why);
+                }
+            }
+        }
         tracing::info!("shutting down: NOT_SERVING, draining calls");
         let _ = stop_tx.send(true);
         health.set(ServingStatus::NotServing).await;
@@ -239,7 +267,23 @@ pub async fn run(
     if let Some(task) = http_task {
         let _ = task.await;
     }
+    if let Some(why) = refused.lock().ok().and_then(|mut r| r.take()) {
+        return Err(Error::Config(why));
+    }
     served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+}
+
+/// Where the LISTEN connection goes: `--database-listen-url`, else the pool's database;
+/// named as the pool's sessions are.
+fn listen_target(settings: &ServeSettings, db: &Db) -> crate::db::Target {
+    let mut target = settings
+        .database_listen
+        .clone()
+        .unwrap_or_else(|| db.target().clone());
+    if let Some(name) = db.config().get_application_name() {
+        target.config.application_name(name);
+    }
+    target
 }
 
 /// Reflection over our API, health, and `google.rpc` (so grpcurl can print the

@@ -89,7 +89,7 @@ async fn run(
         cache.clone(),
         settings.heartbeat_every(),
     ));
-    let config = with_keepalives(listen.config.clone(), "listener");
+    let config = with_keepalives(listen.config.clone());
     // Said once per outage, not once per retry.
     let mut said_down = false;
     loop {
@@ -112,6 +112,34 @@ async fn run(
     sender.abort();
 }
 
+/// Waits, at startup, until the listener hears its first heartbeat, up to `limit`.
+/// Fails when heartbeats went out but none came back: the LISTEN connection hears
+/// nothing (a transaction-pooling PgBouncer in front of it), so revocations would never
+/// reach this replica. When none could even be sent (the database is down), it returns
+/// and the cache stays off until they can.
+pub async fn hears_itself(cache: &TokenCache, limit: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if cache.current() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match cache.heartbeats_sent() {
+        0 => {
+            tracing::warn!(waited = ?limit, "no heartbeat could be sent yet: the cache stays off until the database answers");
+            Ok(())
+        }
+        sent => Err(format!(
+            "the token-change listener hears no notifications: {sent} heartbeats went out \
+             through --database-url within {limit:?} and none arrived on the LISTEN \
+             connection. A PgBouncer in transaction or statement pooling mode cannot carry \
+             LISTEN: give --database-listen-url (AUTH_SERVICE_DATABASE_LISTEN_URL) a direct \
+             connection to the primary, or turn the cache off with --cache-capacity 0"
+        )),
+    }
+}
+
 /// A channel name of this process's own: `auth_heartbeat_` and 16 random hex digits.
 fn heartbeat_channel() -> String {
     let mut bytes = [0u8; 8];
@@ -126,11 +154,10 @@ fn heartbeat_channel() -> String {
     format!("auth_heartbeat_{hex}")
 }
 
-/// The connections' settings: a name in pg_stat_activity for operators (and tests), and
-/// TCP keepalives so that the kernel too notices a peer that vanished.
-fn with_keepalives(mut config: tokio_postgres::Config, role: &str) -> tokio_postgres::Config {
+/// The connections' settings: TCP keepalives, so that the kernel too notices a peer that
+/// vanished. (Their `application_name` is the replica's, as the pool's is.)
+fn with_keepalives(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
     config
-        .application_name(format!("auth-service-{role}"))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(1))
@@ -187,6 +214,8 @@ async fn listen_once(
     let ended = ended.await;
     cache.flush();
     driver.abort();
+    drop(client);
+    cache.connection(false);
     ended
 }
 
@@ -214,10 +243,11 @@ fn apply(cache: &TokenCache, heartbeats: &str, n: &tokio_postgres::Notification)
 /// [`SEND_TIMEOUT`]. A tick that comes while a heartbeat is still on its way is
 /// skipped, not queued: a late heartbeat proves less than a fresh one.
 async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, every: Duration) {
-    let config = with_keepalives(target.config.clone(), "heartbeat");
+    let config = with_keepalives(target.config.clone());
     loop {
         match target.connect(&config).await {
             Ok((client, connection)) => {
+                cache.connection(true);
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
@@ -225,7 +255,7 @@ async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, eve
                     let started = Instant::now();
                     let beat = sql::heartbeat(&channel, cache.clock_us());
                     match tokio::time::timeout(SEND_TIMEOUT, client.simple_query(&beat)).await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => cache.sent(),
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "heartbeat failed");
                             break;
@@ -237,6 +267,8 @@ async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, eve
                     }
                 }
                 connection.abort();
+                drop(client);
+                cache.connection(false);
             }
             Err(error) => tracing::debug!(%error, "heartbeat connection failed"),
         }

@@ -31,7 +31,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -121,6 +121,10 @@ pub struct TokenCache {
     max_staleness: Duration,
     clock_skew: TimeDelta,
     metrics: Arc<Metrics>,
+    /// The listener's connections open now (LISTEN, heartbeat), for the budget.
+    connections: AtomicUsize,
+    /// Heartbeats sent without an error, ever: with none heard, LISTEN hears nothing.
+    sent: AtomicU64,
 }
 
 impl TokenCache {
@@ -152,7 +156,28 @@ impl TokenCache {
             max_staleness: settings.max_staleness,
             clock_skew: settings.clock_skew,
             metrics,
+            connections: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
         }
+    }
+
+    /// The listener opened (`true`) or closed one of its connections.
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A heartbeat went out without an error.
+    pub fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Heartbeats sent without an error so far.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Whether the cache is configured at all (`--cache-capacity` above 0).
@@ -317,6 +342,7 @@ impl TokenCache {
             listening: self.listening(),
             lag: since(self.heard_sent_us.load(Ordering::Acquire)),
             since_heard: since(self.heard_at_us.load(Ordering::Acquire)),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 
@@ -372,8 +398,6 @@ impl Change {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::sync::atomic::AtomicU64;
-
     use uuid::Uuid;
 
     use super::*;
@@ -474,7 +498,12 @@ mod tests {
             available: 0,
             waiting: 0,
         };
-        let text = metrics.encode(&pool, &cache.state());
+        let db = crate::metrics::DbState {
+            pool,
+            open_connections: 0,
+            max_connections: 12,
+        };
+        let text = metrics.encode(&db, &cache.state());
         for line in [
             r#"auth_cache_bypasses_total{cause="stale"} 2"#,
             r#"auth_cache_requests_total{result="hit"} 1"#,

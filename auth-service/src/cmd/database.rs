@@ -70,9 +70,26 @@ pub enum Schema {
     Check,
 }
 
+/// How the connections of a command are laid out.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Sessions the command opens outside the pools (serve: the health probe, the
+    /// LISTEN and heartbeat connections), out of `--db-max-connections`.
+    pub outside_pools: usize,
+    /// A direct connection in session semantics (`--database-listen-url`), when the
+    /// main URL goes through a transaction-pooling PgBouncer: migrations run over it
+    /// (they take a session-level lock), and pooled sessions carry no startup options.
+    pub session: Option<Target>,
+}
+
 /// Connects (starting the embedded cluster if configured), and applies or checks the
 /// migrations.
-pub async fn open(settings: &DbSettings, role: Role, schema: Schema) -> Result<Opened> {
+pub async fn open(
+    settings: &DbSettings,
+    role: Role,
+    schema: Schema,
+    layout: Layout,
+) -> Result<Opened> {
     let (target, cluster, deciding) = match &settings.database {
         Database::Url(target) => (target.as_ref().clone(), None, None),
         Database::Embedded {
@@ -95,9 +112,28 @@ pub async fn open(settings: &DbSettings, role: Role, schema: Schema) -> Result<O
             )
         }
     };
-    let db = Db::connect_to(target, settings.pool_size, settings.timeout)?;
+    let mut target = target;
+    target.config.application_name(&settings.replica_name);
+    let pools = settings
+        .max_connections
+        .saturating_sub(layout.outside_pools);
+    let db = match &layout.session {
+        None => Db::connect_to(target, pools, settings.timeout)?,
+        Some(_) => Db::through_pooler(target, pools, settings.timeout)?,
+    };
     let opened = Opened { db, cluster };
-    let prepared = prepare(&opened.db, schema, opened.cluster.is_none()).await;
+    let prepared = match layout.session {
+        // One session for the migrations, outside the budget's pools: it is closed
+        // before the server opens its LISTEN connection.
+        Some(mut session) => {
+            session.config.application_name(&settings.replica_name);
+            let direct = Db::connect_to(session, crate::config::MIN_POOLED, settings.timeout)?;
+            let prepared = prepare(&direct, schema, true).await;
+            direct.close();
+            prepared
+        }
+        None => prepare(&opened.db, schema, opened.cluster.is_none()).await,
+    };
     // Released once connected (the pool keeps the connection): a one-shot command
     // deciding whether to stop the cluster now counts this process as a client.
     drop(deciding);

@@ -6,7 +6,7 @@ use super::{
 use crate::{config::DbSettings, error::Result};
 
 pub async fn migrate(db: &DbSettings) -> Result<()> {
-    let opened = database::open(db, Role::OneShot, Schema::Migrate).await?;
+    let opened = database::open(db, Role::OneShot, Schema::Migrate, Default::default()).await?;
     say("migrations applied");
     opened.close(Role::OneShot).await
 }

@@ -40,7 +40,11 @@ pub async fn serve(
     } else {
         Schema::Migrate
     };
-    let opened = database::open(db, Role::Server, schema).await?;
+    let layout = database::Layout {
+        outside_pools: settings.connections_outside_pools(),
+        session: settings.database_listen.clone(),
+    };
+    let opened = database::open(db, Role::Server, schema, layout).await?;
     if let Some(http) = http {
         tracing::info!(%http, "HTTP port listening (/metrics, /healthz, /readyz)");
     }

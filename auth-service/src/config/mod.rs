@@ -150,14 +150,23 @@ pub struct DbArgs {
     /// [default: found on PATH, via pg_config, or under /usr/lib/postgresql].
     #[arg(long, global = true, env = "AUTH_SERVICE_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
-    /// Maximum pooled database connections per process.
+    /// Most PostgreSQL sessions this process opens, of every kind: the request pool,
+    /// the connections shared by lookups, the health probe, and (serve, with the cache
+    /// on) the LISTEN and heartbeat connections. Size the database with: replicas x
+    /// this, plus headroom, at most max_connections. At the cap, work queues, then is
+    /// refused with UNAVAILABLE and a retry delay.
     #[arg(
         long,
         global = true,
-        env = "AUTH_SERVICE_DB_POOL_SIZE",
-        default_value_t = 16
+        env = "AUTH_SERVICE_DB_MAX_CONNECTIONS",
+        default_value_t = 12
     )]
-    pub db_pool_size: usize,
+    pub db_max_connections: usize,
+    /// This process's name in PostgreSQL (`application_name` of every session it
+    /// opens, so that pg_stat_activity counts them per replica): the pod name in
+    /// Kubernetes [default: host:pid].
+    #[arg(long, global = true, env = "AUTH_SERVICE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// How long one database operation (including waiting for a pooled connection)
     /// may take before the call fails with UNAVAILABLE.
     #[arg(long, global = true, env = "AUTH_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_db_wait)]
@@ -326,8 +335,24 @@ impl std::fmt::Debug for Database {
 #[derive(Debug, Clone)]
 pub struct DbSettings {
     pub database: Database,
-    pub pool_size: usize,
+    /// `--db-max-connections`: every session the process opens.
+    pub max_connections: usize,
+    /// `application_name` of every session.
+    pub replica_name: String,
     pub timeout: Duration,
+}
+
+/// The fewest pooled connections: one for writes, one shared by lookups.
+pub const MIN_POOLED: usize = 2;
+
+/// `host:pid`: what tells replicas apart in pg_stat_activity when nothing names them.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// The URL may carry a password: never printed.
@@ -341,7 +366,8 @@ impl std::fmt::Debug for DbArgs {
             .field("database_url_file", &self.database_url_file)
             .field("data_dir", &self.data_dir)
             .field("pg_bindir", &self.pg_bindir)
-            .field("db_pool_size", &self.db_pool_size)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("replica_name", &self.replica_name)
             .field("db_timeout", &self.db_timeout)
             .field("token_prefix", &self.token_prefix)
             .finish()
@@ -380,12 +406,18 @@ impl DbArgs {
                 pg_bindir: self.pg_bindir.clone(),
             },
         };
-        if self.db_pool_size == 0 {
-            return Err(Error::Config("--db-pool-size must be at least 1".into()));
+        if self.db_max_connections < MIN_POOLED {
+            return Err(Error::Config(format!(
+                "--db-max-connections must be at least {MIN_POOLED}"
+            )));
         }
         Ok(DbSettings {
             database,
-            pool_size: self.db_pool_size,
+            max_connections: self.db_max_connections,
+            replica_name: match &self.replica_name {
+                Some(name) if !name.trim().is_empty() => name.trim().to_owned(),
+                _ => default_replica_name(),
+            },
             timeout: self.db_timeout,
         })
     }

@@ -50,6 +50,25 @@ pub struct ServeArgs {
     /// until the listener catches up. From 10ms to 10s.
     #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_STALENESS", default_value = "250ms", value_parser = parse_staleness)]
     pub cache_max_staleness: Duration,
+    /// Where the cache's LISTEN connection goes, when --database-url goes through a
+    /// transaction-pooling PgBouncer (which cannot carry LISTEN): the primary itself, in
+    /// session semantics, e.g. a CloudNativePG cluster's `-rw` Service. Migrations run
+    /// over it too. With it, pooled sessions carry no startup options (set
+    /// statement_timeout on the role instead) [default: --database-url].
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_DATABASE_LISTEN_URL",
+        hide_env_values = true,
+        conflicts_with = "database_listen_url_file"
+    )]
+    pub database_listen_url: Option<String>,
+    /// A file holding --database-listen-url (a mounted Secret).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_DATABASE_LISTEN_URL_FILE",
+        value_name = "FILE"
+    )]
+    pub database_listen_url_file: Option<PathBuf>,
 
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key). Re-read on
     /// SIGHUP and when the file changes.
@@ -138,7 +157,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_PER_TOKEN", default_value_t = 4)]
     pub db_max_per_token: usize,
     /// Most calls waiting for a pooled database connection; more are refused at once
-    /// with UNAVAILABLE and a retry delay [default: 4 x --db-pool-size].
+    /// with UNAVAILABLE and a retry delay [default: 4 x --db-max-connections].
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_WAITING")]
     pub db_max_waiting: Option<usize>,
     /// Do not apply migrations (a separate `auth-service migrate` does, with a role that
@@ -220,6 +239,8 @@ pub struct ServeSettings {
     pub prefix: Prefix,
     pub db_check_interval: Duration,
     pub cache: CacheSettings,
+    /// `--db-max-connections`: every session the server opens.
+    pub db_max_connections: usize,
     /// Where the cache's LISTEN connection goes (`--database-listen-url`); `None`: the
     /// pool's database.
     pub database_listen: Option<crate::db::Target>,
@@ -248,6 +269,7 @@ impl ServeSettings {
             prefix: Prefix::default(),
             db_check_interval: Duration::from_secs(5),
             cache: CacheSettings::default(),
+            db_max_connections: 12,
             database_listen: None,
             transport: TransportSettings::default(),
             validate_allow: Vec::new(),
@@ -262,7 +284,41 @@ impl ServeSettings {
     }
 }
 
+impl ServeSettings {
+    /// The sessions a server opens outside its pools: the health probe, and with the
+    /// cache on, the LISTEN and heartbeat connections.
+    pub fn connections_outside_pools(&self) -> usize {
+        1 + if self.cache.capacity > 0 { 2 } else { 0 }
+    }
+}
+
 impl ServeArgs {
+    /// `--database-listen-url`, from the flag or its file.
+    fn database_listen(&self) -> Result<Option<crate::db::Target>> {
+        let (url, from) = match (&self.database_listen_url, &self.database_listen_url_file) {
+            (Some(url), _) => (url.clone(), "--database-listen-url"),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    Error::Config(format!(
+                        "--database-listen-url-file: cannot read {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                (
+                    text.trim().to_owned(),
+                    "the URL in --database-listen-url-file",
+                )
+            }
+            (None, None) => return Ok(None),
+        };
+        crate::db::Target::parse(&url).map(Some).map_err(|e| {
+            Error::Config(format!(
+                "{from} is not a PostgreSQL URL ({e}); expected e.g. \
+                 postgres://user:password@primary:5432/dbname?sslmode=verify-full"
+            ))
+        })
+    }
+
     /// The notifier's settings, with the secret read from its file.
     fn notify_settings(&self) -> Result<Option<NotifySettings>> {
         let Some(webhook) = &self.notify_webhook else {
@@ -347,7 +403,7 @@ impl ServeArgs {
             }),
             _ => None,
         };
-        Ok(ServeSettings {
+        let settings = ServeSettings {
             listen: self.listen,
             http_listen: self.http_listen,
             cache: CacheSettings {
@@ -356,7 +412,8 @@ impl ServeArgs {
                 max_staleness: self.cache_max_staleness,
                 ..CacheSettings::default()
             },
-            database_listen: None,
+            db_max_connections: db.db_max_connections,
+            database_listen: self.database_listen()?,
             policy: RenewalPolicy {
                 threshold: self.renew_threshold,
                 extension: self.renew_extension,
@@ -388,9 +445,24 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             auth_failure_limit: self.auth_failure_limit,
             db_max_per_token: self.db_max_per_token,
-            db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_pool_size),
+            db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_max_connections),
             no_migrate: self.no_migrate,
             notify: self.notify_settings()?,
-        })
+        };
+        let needed = settings.connections_outside_pools() + super::MIN_POOLED;
+        if db.db_max_connections < needed {
+            return Err(Error::Config(format!(
+                "--db-max-connections {} is too small for serve: it needs at least {needed} \
+                 (the health probe{}, and {} pooled)",
+                db.db_max_connections,
+                if settings.cache.capacity > 0 {
+                    ", the cache's LISTEN and heartbeat connections"
+                } else {
+                    ""
+                },
+                super::MIN_POOLED
+            )));
+        }
+        Ok(settings)
     }
 }

@@ -4,7 +4,12 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use futures_util::TryStreamExt;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, histogram::Histogram},
+};
+use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use crate::error::{Error, Result};
 
@@ -15,6 +20,7 @@ pub mod target;
 pub mod tokens;
 
 pub use crate::renewal::TokenRecord;
+pub use sql::Statement;
 pub use target::Target;
 pub use tokens::{CreatedToken, Lookup, Renewal, TokenListing};
 
@@ -79,6 +85,34 @@ pub fn known_migrations() -> Vec<Migration> {
     known
 }
 
+/// `statement`, the label of [`StatementSeconds`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabel {
+    pub statement: &'static str,
+}
+
+/// Buckets of the statement latency: from 100 µs (a lookup by the unique index) to
+/// 10 s (past the default `--db-timeout`).
+const STATEMENT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+fn statement_histogram() -> Histogram {
+    Histogram::new(STATEMENT_BUCKETS)
+}
+
+/// How long each statement took, by name, from sending it to its last row (the
+/// `metrics` module registers it as `auth_db_statement_duration_seconds`).
+pub type StatementSeconds = Family<StatementLabel, Histogram, fn() -> Histogram>;
+
+/// How `connections` sessions are split: a quarter (1 to 4) are shared by the pipelined
+/// lookups, the rest are the exclusive pool. Measured: four connections with many
+/// queries in flight each answer more lookups than sixteen with one each.
+pub fn split(connections: usize) -> (usize, usize) {
+    let shared = (connections / 4).clamp(1, 4);
+    (connections.saturating_sub(shared).max(1), shared)
+}
+
 /// A pooled database handle whose every operation fails with `UNAVAILABLE` after
 /// `timeout`, so a hung database cannot hang callers.
 #[derive(Clone)]
@@ -90,26 +124,53 @@ pub struct Db {
     /// Woken when a call finds the database unavailable, so that health can look at
     /// once instead of at its next probe.
     trouble: Arc<tokio::sync::Notify>,
+    statement_seconds: StatementSeconds,
+    /// Whether sessions carry startup options (not through a pooler).
+    session_options: bool,
 }
 
 impl Db {
-    /// Builds the pool over a plain connection (the embedded cluster, tests); no
-    /// connection is made until first use.
-    pub fn new(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> Result<Db> {
-        Db::connect_to(Target::plain(config), max_size, timeout)
+    /// Builds the pools over a plain connection (the embedded cluster, tests), with at
+    /// most `connections` sessions between them; no connection is made until first use.
+    pub fn new(
+        config: tokio_postgres::Config,
+        connections: usize,
+        timeout: Duration,
+    ) -> Result<Db> {
+        Db::connect_to(Target::plain(config), connections, timeout)
     }
 
-    /// Builds the pool for `target`, with its TLS; no connection is made until first use.
-    pub fn connect_to(target: Target, max_size: usize, timeout: Duration) -> Result<Db> {
+    /// Builds the pools for `target`, with its TLS and at most `connections` sessions
+    /// between them (see [`split`]); no connection is made until first use. Each
+    /// session asks the server to abandon a statement after `timeout`.
+    pub fn connect_to(target: Target, connections: usize, timeout: Duration) -> Result<Db> {
+        Db::build(target, connections, timeout, true)
+    }
+
+    /// [`Db::connect_to`] for a URL that goes through a transaction-pooling PgBouncer:
+    /// no startup options (PgBouncer refuses them), so `statement_timeout` must be set on
+    /// the role; the client's own timeout and cancel still apply.
+    pub fn through_pooler(target: Target, connections: usize, timeout: Duration) -> Result<Db> {
+        Db::build(target, connections, timeout, false)
+    }
+
+    fn build(
+        target: Target,
+        connections: usize,
+        timeout: Duration,
+        session_options: bool,
+    ) -> Result<Db> {
         let mut config = target.config.clone();
-        // The server abandons a statement we stopped waiting for (a lock wait, a
-        // slow disk) instead of keeping the connection busy behind it.
-        let options = format!(
-            "{} -c statement_timeout={}",
-            config.get_options().unwrap_or(""),
-            timeout.as_millis().max(1)
-        );
-        config.options(options.trim_start());
+        if session_options {
+            // The server abandons a statement we stopped waiting for (a lock wait, a
+            // slow disk) instead of keeping the connection busy behind it.
+            let options = format!(
+                "{} -c statement_timeout={}",
+                config.get_options().unwrap_or(""),
+                timeout.as_millis().max(1)
+            );
+            config.options(options.trim_start());
+        }
         let pool = |size: usize| {
             // `Fast` checks only that the connection is still open; a connection the
             // server closed (a restart) is dropped and replaced.
@@ -131,23 +192,114 @@ impl Db {
                 .build()
                 .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))
         };
-        // A quarter of the pool's size (1 to 4) serves the pipelined reads: measured,
-        // four connections with many queries in flight each answer more lookups than
-        // sixteen with one each.
-        let readers = (max_size / 4).clamp(1, 4);
+        let (exclusive, shared) = split(connections);
         Ok(Db {
-            pool: pool(max_size)?,
-            readers: Arc::new(shared::Shared::new(pool(2 * readers)?, readers)),
+            pool: pool(exclusive)?,
+            readers: Arc::new(shared::Shared::new(pool(shared)?, shared)),
             timeout,
             target,
             trouble: Arc::default(),
+            statement_seconds: Family::new_with_constructor(statement_histogram),
+            session_options,
         })
     }
 
     /// A separate one-connection handle on the same database, for the health probe:
-    /// a request pool exhausted by load must not make the probe fail.
+    /// a request pool exhausted by load must not make the probe fail. (Its shared
+    /// readers are never used, so never connected.)
     pub fn dedicated(&self) -> Result<Db> {
-        Db::connect_to(self.target.clone(), 1, self.timeout)
+        Db::build(self.target.clone(), 2, self.timeout, self.session_options)
+    }
+
+    /// The sessions this handle holds open now (both pools).
+    pub fn open_connections(&self) -> usize {
+        self.pool.status().size + self.readers.open()
+    }
+
+    /// The statement latency histograms, for the metrics registry.
+    pub fn statement_seconds(&self) -> &StatementSeconds {
+        &self.statement_seconds
+    }
+
+    /// Runs `statement` on `client` (unnamed, typed: see [`sql`]) and returns its rows,
+    /// timing it.
+    pub(crate) async fn query(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        Ok(self.rows(client, statement, params).await?.0)
+    }
+
+    /// [`Db::query`] for a statement that returns exactly one row.
+    pub(crate) async fn query_one(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row> {
+        self.query_opt(client, statement, params)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{}: no row", statement.name)))
+    }
+
+    /// [`Db::query`] for a statement that returns at most one row.
+    pub(crate) async fn query_opt(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let mut rows = self.query(client, statement, params).await?;
+        if rows.len() > 1 {
+            return Err(Error::Internal(format!(
+                "{}: more than one row",
+                statement.name
+            )));
+        }
+        Ok(rows.pop())
+    }
+
+    /// Runs `statement` for its effect: the number of rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        Ok(self.rows(client, statement, params).await?.1)
+    }
+
+    async fn rows(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, u64)> {
+        if params.len() != statement.params.len() {
+            return Err(Error::Internal(format!(
+                "{}: {} parameters for {} types",
+                statement.name,
+                params.len(),
+                statement.params.len()
+            )));
+        }
+        let started = std::time::Instant::now();
+        let typed = params.iter().copied().zip(statement.params.iter().cloned());
+        let stream = client.query_typed_raw(statement.sql, typed).await?;
+        futures_util::pin_mut!(stream);
+        let mut rows = Vec::new();
+        while let Some(row) = stream.try_next().await? {
+            rows.push(row);
+        }
+        let changed = stream.rows_affected().unwrap_or(0);
+        self.statement_seconds
+            .get_or_create(&StatementLabel {
+                statement: statement.name,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        Ok((rows, changed))
     }
 
     pub fn pool(&self) -> &Pool {
@@ -251,8 +403,13 @@ impl Db {
 
     /// How many other sessions are connected to the database server.
     pub async fn other_clients(&self) -> Result<i64> {
-        self.run(async |c| Ok(c.query_one(sql::OTHER_CLIENTS, &[]).await?.try_get(0)?))
-            .await
+        self.run(async |c| {
+            Ok(self
+                .query_one(c, &sql::OTHER_CLIENTS, &[])
+                .await?
+                .try_get(0)?)
+        })
+        .await
     }
 
     /// One trivial query: is the database reachable and answering?
@@ -274,14 +431,14 @@ impl Db {
     /// migrated (no history table). Needs only read access.
     pub async fn applied_migrations(&self) -> Result<Option<Vec<Migration>>> {
         let client = self.pool.get().await.map_err(Error::connecting)?;
-        let exists: bool = client
-            .query_one(sql::SCHEMA_HISTORY_EXISTS, &[])
+        let exists: bool = self
+            .query_one(&client, &sql::SCHEMA_HISTORY_EXISTS, &[])
             .await?
             .try_get(0)?;
         if !exists {
             return Ok(None);
         }
-        let rows = client.query(sql::SCHEMA_HISTORY, &[]).await?;
+        let rows = self.query(&client, &sql::SCHEMA_HISTORY, &[]).await?;
         let applied = rows
             .iter()
             .map(|r| {

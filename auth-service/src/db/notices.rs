@@ -48,10 +48,13 @@ impl Db {
         let lease = lease.as_secs_f64();
         let rows = self
             .run(async |c| {
-                let stale = c.prepare_cached(sql::RECLAIM_STALE_NOTICES).await?;
-                let mut rows = c.query(&stale, &[&lease]).await?;
-                let due = c.prepare_cached(sql::CLAIM_DUE_NOTICES).await?;
-                rows.extend(c.query(&due, &[&thresholds, &largest, &limit]).await?);
+                let mut rows = self
+                    .query(c, &sql::RECLAIM_STALE_NOTICES, &[&lease])
+                    .await?;
+                rows.extend(
+                    self.query(c, &sql::CLAIM_DUE_NOTICES, &[&thresholds, &largest, &limit])
+                        .await?,
+                );
                 Ok(rows)
             })
             .await?;
@@ -61,9 +64,9 @@ impl Db {
     /// Records a delivered notice, with its audit event (`kind = 'notify'`).
     pub async fn notice_sent(&self, n: &Notice, attempts: i32, caller: &str) -> Result<()> {
         self.run(async |c| {
-            let stmt = c.prepare_cached(sql::NOTICE_SENT).await?;
-            c.execute(
-                &stmt,
+            self.execute(
+                c,
+                &sql::NOTICE_SENT,
                 &[
                     &n.token_id,
                     &n.threshold_secs,
@@ -81,9 +84,9 @@ impl Db {
     /// Records a notice whose retries ran out.
     pub async fn notice_failed(&self, n: &Notice, attempts: i32) -> Result<()> {
         self.run(async |c| {
-            let stmt = c.prepare_cached(sql::NOTICE_FAILED).await?;
-            c.execute(
-                &stmt,
+            self.execute(
+                c,
+                &sql::NOTICE_FAILED,
                 &[&n.token_id, &n.threshold_secs, &n.expires_at, &attempts],
             )
             .await?;

@@ -30,8 +30,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// `pool` should allow twice as many connections as there are `slots`: a closed
-    /// connection is replaced while its last queries still hold it.
+    /// `pool` holds as many connections as there are `slots` (the budget is exact): a
+    /// closed connection's replacement waits until its last queries let go of it.
     pub fn new(pool: Pool, slots: usize) -> Shared {
         Shared {
             pool,
@@ -78,6 +78,11 @@ impl Shared {
         if let Ok(object) = Arc::try_unwrap(client) {
             drop(Object::take(object));
         }
+    }
+
+    /// The sessions open now.
+    pub fn open(&self) -> usize {
+        self.pool.status().size
     }
 
     /// Drops every held connection and closes the pool.

@@ -1,5 +1,20 @@
-//! Every SQL statement the service runs, in one place. All are prepared (and cached
-//! per connection) by `db::tokens`; parameters are always bound, never spliced.
+//! Every SQL statement the service runs, in one place, each with a name (for metrics
+//! and traces) and the types of its parameters. Parameters are always bound, never
+//! spliced.
+//!
+//! Statements are sent unnamed, with their parameter types (tokio-postgres'
+//! `query_typed`): parse, bind and execute in one round trip, and nothing prepared that
+//! outlives it. That is what a transaction-pooling PgBouncer (before 1.21) needs, where
+//! two statements of one session may run on two different server connections.
+use tokio_postgres::types::Type;
+
+/// A statement: its name in metrics and traces, its text, its parameters' types.
+#[derive(Debug)]
+pub struct Statement {
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub params: &'static [Type],
+}
 
 /// Renewal, in one round trip: read the token, extend it if it is inside the renewal
 /// window, and audit the extension.
@@ -18,7 +33,9 @@
 /// `cur` is this statement's snapshot, so a race loser sees the pre-renewal expiry
 /// there; `lost_race` tells the caller to re-read (`READ_BY_ID`) instead of reporting
 /// that stale value. `now()` is the database's clock: replicas with skewed clocks agree.
-pub const RENEW: &str = "
+pub const RENEW: Statement = Statement {
+    name: "renew",
+    sql: "
 WITH cur AS (
     SELECT id, created_at, expires_at, revoked_at,
            -- LEAST ignores NULL, so a NULL cap means no cap.
@@ -54,26 +71,44 @@ SELECT cur.id,
          AND cur.expires_at <= now() + make_interval(secs => $2::float8)
          AND cur.target > cur.expires_at, false) AS lost_race,
        now() AS db_now
-FROM cur LEFT JOIN upd ON upd.id = cur.id";
+FROM cur LEFT JOIN upd ON upd.id = cur.id",
+    params: &[
+        Type::BYTEA,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::TEXT,
+    ],
+};
 
 /// Re-read after a lost renewal race: a new statement, so a new snapshot that sees
 /// the winner's committed expiry. $1 token id.
-pub const READ_BY_ID: &str = "
+pub const READ_BY_ID: Statement = Statement {
+    name: "read_by_id",
+    sql: "
 SELECT created_at, expires_at, revoked_at, now() AS db_now
-FROM tokens WHERE id = $1";
+FROM tokens WHERE id = $1",
+    params: &[Type::UUID],
+};
 
 /// Everything `ValidateToken` and `LookupCurrentToken` return, plus what decides whether
 /// the token is live. Always one row: the token's columns are NULL for an unknown hash,
 /// and `db_now` is there either way (the cache judges expiry on the database clock).
 /// $1 token hash.
-pub const LOOKUP: &str = "
+pub const LOOKUP: Statement = Statement {
+    name: "lookup",
+    sql: "
 SELECT t.id, t.user_id, t.name, t.scopes, t.created_at, t.expires_at, t.revoked_at, n.db_now
 FROM (SELECT now() AS db_now) n
-LEFT JOIN tokens t ON t.token_hash = $1";
+LEFT JOIN tokens t ON t.token_hash = $1",
+    params: &[Type::BYTEA],
+};
 
 /// Self-revocation of a live token, audited in the same statement. When it returns
 /// no row, `LOOKUP` says why (unknown, expired, already revoked). $1 hash, $2 caller.
-pub const REVOKE_BY_HASH: &str = "
+pub const REVOKE_BY_HASH: Statement = Statement {
+    name: "revoke",
+    sql: "
 WITH upd AS (
     UPDATE tokens SET revoked_at = now()
     WHERE token_hash = $1
@@ -85,10 +120,14 @@ audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
     SELECT id, 'revoke', $2, expires_at, expires_at FROM upd
 )
-SELECT id, revoked_at FROM upd";
+SELECT id, revoked_at FROM upd",
+    params: &[Type::BYTEA, Type::TEXT],
+};
 
 /// Administrative revocation by id (`token revoke ID`). $1 id, $2 caller.
-pub const REVOKE_BY_ID: &str = "
+pub const REVOKE_BY_ID: Statement = Statement {
+    name: "revoke_by_id",
+    sql: "
 WITH upd AS (
     UPDATE tokens SET revoked_at = now()
     WHERE id = $1 AND revoked_at IS NULL
@@ -98,14 +137,22 @@ audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
     SELECT id, 'revoke', $2, expires_at, expires_at FROM upd
 )
-SELECT revoked_at FROM upd";
+SELECT revoked_at FROM upd",
+    params: &[Type::UUID, Type::TEXT],
+};
 
 /// Does a token with this id exist (to tell "unknown id" from "already revoked")?
-pub const EXISTS_BY_ID: &str = "SELECT revoked_at FROM tokens WHERE id = $1";
+pub const EXISTS_BY_ID: Statement = Statement {
+    name: "exists_by_id",
+    sql: "SELECT revoked_at FROM tokens WHERE id = $1",
+    params: &[Type::UUID],
+};
 
 /// Token creation with its audit row. $1 user, $2 name, $3 hash, $4 display prefix,
 /// $5 scopes, $6 lifetime seconds (NULL: never expires), $7 caller.
-pub const CREATE: &str = "
+pub const CREATE: Statement = Statement {
+    name: "create",
+    sql: "
 WITH ins AS (
     INSERT INTO tokens (user_id, name, token_hash, display_prefix, scopes, expires_at)
     VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::float8))
@@ -115,15 +162,29 @@ audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_after)
     SELECT id, 'create', $7, expires_at FROM ins
 )
-SELECT id, created_at, expires_at FROM ins";
+SELECT id, created_at, expires_at FROM ins",
+    params: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::FLOAT8,
+        Type::TEXT,
+    ],
+};
 
 /// `token list`: never the hash. $1 user or NULL for everyone.
-pub const LIST: &str = "
+pub const LIST: Statement = Statement {
+    name: "list",
+    sql: "
 SELECT id, user_id, name, display_prefix, scopes, created_at, expires_at,
        revoked_at, last_used_at, now() AS db_now
 FROM tokens
 WHERE $1::text IS NULL OR user_id = $1
-ORDER BY created_at, id";
+ORDER BY created_at, id",
+    params: &[Type::TEXT],
+};
 
 /// `token prune`: deletes up to $2 tokens that have been dead for longer than $1
 /// seconds by the database clock (expired, or revoked, that long ago), together with
@@ -143,7 +204,9 @@ ORDER BY created_at, id";
 ///   deletes see the same ids.
 ///
 /// The trigger of migration V2 notifies every cache of each deleted token.
-pub const PRUNE: &str = "
+pub const PRUNE: Statement = Statement {
+    name: "prune",
+    sql: "
 WITH doomed AS MATERIALIZED (
     SELECT id FROM tokens
     WHERE revoked_at < now() - make_interval(secs => $1::float8)
@@ -154,13 +217,19 @@ WITH doomed AS MATERIALIZED (
 events AS (
     DELETE FROM token_events WHERE token_id IN (SELECT id FROM doomed)
 )
-DELETE FROM tokens WHERE id IN (SELECT id FROM doomed)";
+DELETE FROM tokens WHERE id IN (SELECT id FROM doomed)",
+    params: &[Type::FLOAT8, Type::INT8],
+};
 
 /// Batched last-used stamp, written off the request path. $1 token ids, sorted by
 /// the caller so that replicas lock rows in one order and cannot deadlock.
-pub const TOUCH: &str = "
+pub const TOUCH: Statement = Statement {
+    name: "touch",
+    sql: "
 UPDATE tokens SET last_used_at = now()
-WHERE id = ANY($1)";
+WHERE id = ANY($1)",
+    params: &[Type::UUID_ARRAY],
+};
 
 /// The health probe, and the change listener's ping.
 pub const PING: &str = "SELECT 1";
@@ -188,18 +257,30 @@ pub const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
 
 /// Other sessions connected to this cluster (a running `serve`), so that a `token`
 /// command that started the embedded cluster does not stop it under them.
-pub const OTHER_CLIENTS: &str = "
+pub const OTHER_CLIENTS: Statement = Statement {
+    name: "other_clients",
+    sql: "
 SELECT count(*) FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    params: &[],
+};
 
 /// Whether refinery's history table exists where refinery looks for it (unqualified,
 /// through the search path). A database that was never migrated has none.
-pub const SCHEMA_HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
+pub const SCHEMA_HISTORY_EXISTS: Statement = Statement {
+    name: "schema_history_exists",
+    sql: "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+    params: &[],
+};
 
 /// The migrations applied, as refinery recorded them (its checksum is stored as text),
 /// for `serve --no-migrate`'s check. Read-only: the runtime role can run it.
-pub const SCHEMA_HISTORY: &str = "
-SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY version";
+pub const SCHEMA_HISTORY: Statement = Statement {
+    name: "schema_history",
+    sql: "
+SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY version",
+    params: &[],
+};
 
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
@@ -218,7 +299,9 @@ pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)"
 ///
 /// $1 thresholds in seconds (bigint[]), $2 the largest of them, $3 most rows per scan.
 /// Returns each claimed notice with what its body needs.
-pub const CLAIM_DUE_NOTICES: &str = "
+pub const CLAIM_DUE_NOTICES: Statement = Statement {
+    name: "claim_notices",
+    sql: "
 WITH due AS (
     SELECT t.id, t.user_id, t.name, t.expires_at, th.secs AS threshold_secs
     FROM tokens t
@@ -244,7 +327,9 @@ claimed AS (
     RETURNING token_id, threshold_secs, expires_at, delivery_id, attempts
 )
 SELECT c.token_id, d.user_id, d.name, c.expires_at, c.threshold_secs, c.delivery_id, c.attempts
-FROM claimed c JOIN due d ON d.id = c.token_id";
+FROM claimed c JOIN due d ON d.id = c.token_id",
+    params: &[Type::INT8_ARRAY, Type::INT8, Type::INT8],
+};
 
 /// Takes over notices whose replica died between claiming and finishing: unsent, not
 /// given up, claimed longer ago than the lease, and still owed (the token is live and
@@ -252,7 +337,9 @@ FROM claimed c JOIN due d ON d.id = c.token_id";
 /// loser's re-checked `claimed_at` no longer matches.
 ///
 /// $1 lease in seconds. Returns the same columns as `CLAIM_DUE_NOTICES`.
-pub const RECLAIM_STALE_NOTICES: &str = "
+pub const RECLAIM_STALE_NOTICES: Statement = Statement {
+    name: "reclaim_notices",
+    sql: "
 UPDATE token_notices n
 SET claimed_at = now()
 FROM tokens t
@@ -263,22 +350,38 @@ WHERE n.token_id = t.id
   AND t.revoked_at IS NULL
   AND t.expires_at = n.expires_at
   AND t.expires_at > now()
-RETURNING n.token_id, t.user_id, t.name, n.expires_at, n.threshold_secs, n.delivery_id, n.attempts";
+RETURNING n.token_id, t.user_id, t.name, n.expires_at, n.threshold_secs, n.delivery_id, n.attempts",
+    params: &[Type::FLOAT8],
+};
 
 /// A notice was delivered: mark it and audit it, in one statement.
 /// $1 token id, $2 threshold seconds, $3 expiry, $4 attempts made, $5 caller (the
 /// webhook's host).
-pub const NOTICE_SENT: &str = "
+pub const NOTICE_SENT: Statement = Statement {
+    name: "notice_sent",
+    sql: "
 WITH upd AS (
     UPDATE token_notices SET sent_at = now(), attempts = $4
     WHERE token_id = $1 AND threshold_secs = $2 AND expires_at = $3 AND sent_at IS NULL
     RETURNING token_id, expires_at
 )
 INSERT INTO token_events (token_id, kind, caller, expires_at_before, expires_at_after)
-SELECT token_id, 'notify', $5, expires_at, expires_at FROM upd";
+SELECT token_id, 'notify', $5, expires_at, expires_at FROM upd",
+    params: &[
+        Type::UUID,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::INT4,
+        Type::TEXT,
+    ],
+};
 
 /// A notice's retries ran out: it is not tried again. $1 token id, $2 threshold
 /// seconds, $3 expiry, $4 attempts made.
-pub const NOTICE_FAILED: &str = "
+pub const NOTICE_FAILED: Statement = Statement {
+    name: "notice_failed",
+    sql: "
 UPDATE token_notices SET failed_at = now(), attempts = $4
-WHERE token_id = $1 AND threshold_secs = $2 AND expires_at = $3 AND sent_at IS NULL";
+WHERE token_id = $1 AND threshold_secs = $2 AND expires_at = $3 AND sent_at IS NULL",
+    params: &[Type::UUID, Type::INT8, Type::TIMESTAMPTZ, Type::INT4],
+};

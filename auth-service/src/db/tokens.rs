@@ -71,7 +71,6 @@ impl Db {
         let cap = policy.max_lifetime.map(secs);
         let row = self
             .run(async |c| {
-                let stmt = c.prepare_cached(sql::RENEW).await?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
                     &&digest.hash[..],
                     &secs(policy.threshold),
@@ -79,7 +78,7 @@ impl Db {
                     &cap,
                     &caller,
                 ];
-                Ok(c.query_opt(&stmt, &params).await?)
+                self.query_opt(c, &sql::RENEW, &params).await
             })
             .await?
             .ok_or(Error::TokenUnknown)?;
@@ -97,10 +96,7 @@ impl Db {
             // Another caller extended the token while we waited on its row lock: our
             // snapshot holds the old expiry. Report the committed one, never a stale one.
             let row = self
-                .run(async |c| {
-                    let stmt = c.prepare_cached(sql::READ_BY_ID).await?;
-                    Ok(c.query_one(&stmt, &[&token_id]).await?)
-                })
+                .run(async |c| self.query_one(c, &sql::READ_BY_ID, &[&token_id]).await)
                 .await?;
             created_at = row.try_get(0)?;
             expires_at = row.try_get(1)?;
@@ -119,10 +115,7 @@ impl Db {
     /// or not the token exists. Liveness is judged by the caller.
     pub async fn lookup(&self, digest: &TokenDigest) -> Result<Lookup> {
         let row = self
-            .read(async |c| {
-                let stmt = c.prepare_cached(sql::LOOKUP).await?;
-                Ok(c.query_one(&stmt, &[&&digest.hash[..]]).await?)
-            })
+            .read(async |c| self.query_one(c, &sql::LOOKUP, &[&&digest.hash[..]]).await)
             .await?;
         let id: Option<Uuid> = row.try_get(0)?;
         let record = match id {
@@ -147,8 +140,8 @@ impl Db {
     pub async fn revoke_by_hash(&self, digest: &TokenDigest, caller: &str) -> Result<(Uuid, Time)> {
         let row = self
             .run(async |c| {
-                let stmt = c.prepare_cached(sql::REVOKE_BY_HASH).await?;
-                Ok(c.query_opt(&stmt, &[&&digest.hash[..], &caller]).await?)
+                self.query_opt(c, &sql::REVOKE_BY_HASH, &[&&digest.hash[..], &caller])
+                    .await
             })
             .await?;
         match row {
@@ -167,12 +160,13 @@ impl Db {
     /// `token revoke ID`.
     pub async fn revoke_by_id(&self, id: Uuid, caller: &str) -> Result<Time> {
         self.run(async |c| {
-            let stmt = c.prepare_cached(sql::REVOKE_BY_ID).await?;
-            if let Some(row) = c.query_opt(&stmt, &[&id, &caller]).await? {
+            if let Some(row) = self
+                .query_opt(c, &sql::REVOKE_BY_ID, &[&id, &caller])
+                .await?
+            {
                 return Ok(row.try_get(0)?);
             }
-            let stmt = c.prepare_cached(sql::EXISTS_BY_ID).await?;
-            match c.query_opt(&stmt, &[&id]).await? {
+            match self.query_opt(c, &sql::EXISTS_BY_ID, &[&id]).await? {
                 None => Err(Error::NotFound(format!("no token with id {id}"))),
                 Some(row) => {
                     let at: Option<Time> = row.try_get(0)?;
@@ -199,7 +193,6 @@ impl Db {
         let lifetime = lifetime.map(secs);
         let row = self
             .run(async |c| {
-                let stmt = c.prepare_cached(sql::CREATE).await?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
                     &user,
                     &name,
@@ -209,7 +202,7 @@ impl Db {
                     &lifetime,
                     &caller,
                 ];
-                Ok(c.query_one(&stmt, &params).await?)
+                self.query_one(c, &sql::CREATE, &params).await
             })
             .await?;
         Ok(CreatedToken {
@@ -222,10 +215,7 @@ impl Db {
     /// Every token (or one user's), oldest first, without secrets.
     pub async fn list(&self, user: Option<&str>) -> Result<Vec<TokenListing>> {
         let rows = self
-            .run(async |c| {
-                let stmt = c.prepare_cached(sql::LIST).await?;
-                Ok(c.query(&stmt, &[&user]).await?)
-            })
+            .run(async |c| self.query(c, &sql::LIST, &[&user]).await)
             .await?;
         rows.iter()
             .map(|r| {
@@ -256,8 +246,8 @@ impl Db {
         loop {
             let deleted = self
                 .run(async |c| {
-                    let stmt = c.prepare_cached(sql::PRUNE).await?;
-                    Ok(c.execute(&stmt, &[&secs(older_than), &limit]).await?)
+                    self.execute(c, &sql::PRUNE, &[&secs(older_than), &limit])
+                        .await
                 })
                 .await?;
             pruned += deleted;
@@ -270,8 +260,7 @@ impl Db {
     /// Stamps `last_used_at = now()` on a batch of tokens.
     pub async fn touch(&self, ids: &[Uuid]) -> Result<()> {
         self.run(async |c| {
-            let stmt = c.prepare_cached(sql::TOUCH).await?;
-            c.execute(&stmt, &[&ids]).await?;
+            self.execute(c, &sql::TOUCH, &[&ids]).await?;
             Ok(())
         })
         .await

@@ -138,6 +138,17 @@ pub enum Bypass {
     Stale,
 }
 
+/// The database connections at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct DbState {
+    /// The exclusive request pool.
+    pub pool: deadpool_postgres::Status,
+    /// Every session the replica holds open: pools, probe, LISTEN, heartbeat.
+    pub open_connections: usize,
+    /// `--db-max-connections`.
+    pub max_connections: usize,
+}
+
 /// The cache and its listener at scrape time.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CacheState {
@@ -150,6 +161,8 @@ pub struct CacheState {
     /// Since the newest heartbeat was heard (or the connection began listening; never:
     /// since the process started).
     pub since_heard: Duration,
+    /// The LISTEN and heartbeat connections open now.
+    pub connections: usize,
 }
 
 /// Buckets of `auth_cache_heartbeat_delay_seconds`: from 100 µs to past the default
@@ -192,6 +205,9 @@ pub struct Metrics {
     heartbeat_delay: Histogram,
     pool_connections: Family<StateLabel, Gauge>,
     pool_waiting: Gauge,
+    pool_max: Gauge,
+    db_connections: Gauge,
+    db_max_connections: Gauge,
     db_up: Gauge,
 }
 
@@ -226,6 +242,9 @@ impl Metrics {
             heartbeat_delay: Histogram::new(HEARTBEAT_BUCKETS),
             pool_connections: Family::default(),
             pool_waiting: Gauge::default(),
+            pool_max: Gauge::default(),
+            db_connections: Gauge::default(),
+            db_max_connections: Gauge::default(),
             db_up: Gauge::default(),
             registry: Registry::default(),
         };
@@ -324,6 +343,22 @@ impl Metrics {
             m.pool_waiting.clone(),
         );
         registry.register(
+            "auth_db_pool_max_connections",
+            "Most connections of the exclusive request pool",
+            m.pool_max.clone(),
+        );
+        registry.register(
+            "auth_db_connections",
+            "PostgreSQL sessions this replica holds open, of every kind (pools, health \
+             probe, LISTEN, heartbeat)",
+            m.db_connections.clone(),
+        );
+        registry.register(
+            "auth_db_max_connections",
+            "The most sessions this replica opens (--db-max-connections)",
+            m.db_max_connections.clone(),
+        );
+        registry.register(
             "auth_db_up",
             "1 while the database answers the health probe, 0 otherwise",
             m.db_up.clone(),
@@ -357,6 +392,17 @@ impl Metrics {
             }),
             ..m
         }
+    }
+
+    /// Registers the database's statement latency (see [`crate::db::StatementSeconds`])
+    /// as `auth_db_statement_duration_seconds{statement}`.
+    pub fn register_statements(&mut self, family: crate::db::StatementSeconds) {
+        self.registry.register_with_unit(
+            "auth_db_statement_duration",
+            "Database statements, from sending one to its last row, by statement name",
+            prometheus_client::registry::Unit::Seconds,
+            family,
+        );
     }
 
     /// An RPC to the method numbered `method` (see [`grpc::method`]) started.
@@ -470,7 +516,12 @@ impl Metrics {
 
     /// Sets the gauges that are read at scrape time, then encodes everything in the
     /// OpenMetrics text format.
-    pub fn encode(&self, pool: &deadpool_postgres::Status, cache: &CacheState) -> String {
+    pub fn encode(&self, db: &DbState, cache: &CacheState) -> String {
+        let pool = &db.pool;
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pool_max.set(gauge(pool.max_size));
+        self.db_connections.set(gauge(db.open_connections));
+        self.db_max_connections.set(gauge(db.max_connections));
         let in_use = pool.size.saturating_sub(pool.available);
         self.pool_connections
             .get_or_create(&StateLabel { state: "idle" })
@@ -497,12 +548,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn pool(size: usize, available: usize, waiting: usize) -> deadpool_postgres::Status {
-        deadpool_postgres::Status {
-            max_size: 16,
-            size,
-            available,
-            waiting,
+    fn pool(size: usize, available: usize, waiting: usize) -> DbState {
+        DbState {
+            pool: deadpool_postgres::Status {
+                max_size: 16,
+                size,
+                available,
+                waiting,
+            },
+            open_connections: 9,
+            max_connections: 12,
         }
     }
 
@@ -523,6 +578,7 @@ mod tests {
             listening: true,
             lag: Duration::from_millis(30),
             since_heard: Duration::from_secs(2),
+            connections: 2,
         };
         m.cache_bypassed(Bypass::NotListening);
         m.heartbeat_delay(Duration::from_micros(700));
@@ -546,6 +602,9 @@ mod tests {
             r#"auth_db_pool_connections{state="in_use"} 3"#,
             r#"auth_db_pool_waiting 2"#,
             r#"auth_db_up 1"#,
+            r#"auth_db_connections 9"#,
+            r#"auth_db_max_connections 12"#,
+            r#"auth_db_pool_max_connections 16"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

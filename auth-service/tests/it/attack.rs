@@ -11,7 +11,6 @@ use std::{
 use auth_test_support::{cluster, grpc::*, process};
 use bytes::Bytes;
 
-
 /// A served child process, killed when dropped: a failed assertion must not leave a
 /// server running after the test.
 pub(crate) struct Served(Child);

@@ -3,9 +3,7 @@
 //! listener turns the cache off instead of leaving it stale, expiry stays on the
 //! database clock with a skewed replica, a disabled cache answers the same, and the
 //! metrics count what happened without ever showing a token.
-use std::{
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use auth_api::v1::{RenewCurrentTokenRequest, RevokeCurrentTokenRequest};
 use auth_service::{cache::CacheSettings, db::Db, renewal::RenewalPolicy, token};
@@ -250,7 +248,7 @@ async fn a_lost_listener_turns_the_cache_off_so_a_missed_revoke_is_never_served(
     let listeners: Vec<i32> = admin
         .query(
             "SELECT pid FROM pg_stat_activity \
-             WHERE application_name = 'auth-service-listener' AND datname = current_database()",
+             WHERE query LIKE 'LISTEN %' AND datname = current_database()",
             &[],
         )
         .await

@@ -14,10 +14,7 @@ use auth_api::v1::{
 use auth_test_support::{cluster, grpc::*};
 
 pub(crate) fn run(args: &[&str]) -> Output {
-    crate::service()
-        .args(args)
-        .output()
-        .unwrap()
+    crate::service().args(args).output().unwrap()
 }
 
 pub(crate) fn text(b: &[u8]) -> String {

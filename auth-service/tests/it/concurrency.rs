@@ -31,8 +31,8 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
     for s in &servers {
         clients.push(s.client().await.unwrap());
     }
-    // Hold the token's row lock while the calls arrive, so the 60 that reach the
-    // database (3 pools of 20) all read the old expiry and then queue on the lock:
+    // Hold the token's row lock while the calls arrive, so the ones that reach the
+    // database (one per exclusive pooled connection) all read the old expiry and then queue on the lock:
     // a real race every time, not only when timing happens to allow it.
     let lock = fixtures::RowLock::take(&config, id).await.unwrap();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(500));
@@ -46,16 +46,18 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
             })
         })
         .collect();
-    let probe = Db::new(config.clone(), 1, Duration::from_secs(5)).unwrap();
+    let probe = Db::new(config.clone(), 2, Duration::from_secs(5)).unwrap();
+    // Every exclusive pooled connection of the three replicas.
+    let racing = 3 * auth_service::db::split(20).0;
     for _ in 0..300 {
-        if fixtures::lock_waiters(&probe).await.unwrap() >= 60 {
+        if fixtures::lock_waiters(&probe).await.unwrap() >= racing as i64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
         fixtures::lock_waiters(&probe).await.unwrap(),
-        60,
+        racing as i64,
         "every pooled connection is racing"
     );
     lock.release().await.unwrap();

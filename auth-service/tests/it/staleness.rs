@@ -14,7 +14,7 @@ use auth_api::v1::RevokeCurrentTokenRequest;
 use auth_service::{
     cache::{CacheSettings, DEFAULT_MAX_STALENESS, Entry, TokenCache, listener},
     db::{Db, Target},
-    metrics::Metrics,
+    metrics::{DbState, Metrics},
     renewal::{RenewalPolicy, TokenRecord},
 };
 use auth_test_support::{
@@ -39,12 +39,16 @@ async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
-fn pool_status() -> deadpool_postgres::Status {
-    deadpool_postgres::Status {
-        max_size: 1,
-        size: 0,
-        available: 0,
-        waiting: 0,
+fn db_state() -> DbState {
+    DbState {
+        pool: deadpool_postgres::Status {
+            max_size: 1,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        },
+        open_connections: 0,
+        max_connections: 12,
     }
 }
 
@@ -103,7 +107,7 @@ async fn an_eviction_never_waits_for_a_stalled_heartbeat() {
         || cache.entry_count() == 0,
     )
     .await;
-    let text = metrics.encode(&pool_status(), &cache.state());
+    let text = metrics.encode(&db_state(), &cache.state());
     assert_eq!(
         metric(&text, r#"auth_cache_evictions_total{cause="notify"}"#),
         1.0,

@@ -364,7 +364,7 @@ async fn db_load(
     let mut clients = Vec::new();
     for _ in 0..connections {
         let (client, _task) = cluster::connect(config).await?;
-        let stmt = client.prepare(sql::LOOKUP).await?;
+        let stmt = client.prepare(sql::LOOKUP.sql).await?;
         clients.push((client, stmt));
     }
     let clients = Arc::new(clients);
