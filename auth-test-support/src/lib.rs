@@ -10,6 +10,8 @@
 //! - [`webhook`]: a real HTTP receiver for the expiry webhooks, recording what arrives;
 //! - [`nginx`]: a real nginx on loopback from a generated configuration, and an echo
 //!   upstream;
+//! - [`pgbouncer`]: a real PgBouncer in transaction pooling mode in front of a test
+//!   cluster;
 //! - [`fixtures`]: tokens made and altered directly in the database, and what tests
 //!   read back (expiry, audit trail, last use, row locks), with their test-only SQL;
 //! - [`certs`]: a CA and server and client certificates made in the test (rcgen);
@@ -26,6 +28,7 @@ pub mod agent;
 pub mod grpc;
 pub mod http;
 pub mod nginx;
+pub mod pgbouncer;
 pub mod server;
 pub mod webhook;
 

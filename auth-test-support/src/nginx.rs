@@ -18,20 +18,12 @@ use crate::Result;
 
 /// The nginx binary: `$NGINX`, else `nginx` on the PATH, else Debian's `/usr/sbin/nginx`.
 fn binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NGINX") {
-        return Ok(path.into());
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file());
-    on_path.ok_or_else(|| {
-        "nginx is not installed: the proxy tests need a real nginx with the auth_request \
-         module (apt-get install nginx-light; .ci/run installs it)"
-            .into()
-    })
+    crate::process::find_program(
+        "nginx",
+        "NGINX",
+        "the proxy tests need a real nginx with the auth_request module \
+         (apt-get install nginx-light)",
+    )
 }
 
 /// A running nginx, killed when dropped.

@@ -2,6 +2,26 @@
 //! attacks and the benchmark measure them (CPU time, a limit on open files).
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 
+/// An installed program: `$<override_var>` when set, else `name` on the PATH, else in
+/// `/usr/sbin` (where Debian puts daemons such as nginx and pgbouncer, off a normal
+/// user's PATH). The error says how to install it (`.ci/run` does).
+pub fn find_program(
+    name: &str,
+    override_var: &str,
+    install: &str,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(path) = std::env::var_os(override_var) {
+        return Ok(path.into());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} is not installed: {install} (.ci/run installs it)").into())
+}
+
 /// `program` with a cleared environment but for `PATH`, `HOME`, `TMPDIR` and `USER`,
 /// so that what a developer's shell exports (`AUTH_SERVICE_DATABASE_URL`, `RUST_LOG`,
 /// ...) cannot change what a test sees. Tests add what they mean to set.

@@ -95,6 +95,15 @@ impl TestServer {
         Ok(AuthServiceClient::connect(self.url()).await?)
     }
 
+    /// Waits, up to `limit`, for the server to stop on its own; returns what `run`
+    /// returned.
+    pub async fn stopped_within(
+        mut self,
+        limit: Duration,
+    ) -> Result<auth_service::error::Result<()>> {
+        Ok(tokio::time::timeout(limit, &mut self.task).await??)
+    }
+
     /// Graceful shutdown; returns what `run` returned.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.stop.take() {

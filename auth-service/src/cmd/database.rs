@@ -118,8 +118,22 @@ pub async fn open(
         .max_connections
         .saturating_sub(layout.outside_pools);
     let db = match &layout.session {
-        None => Db::connect_to(target, pools, settings.timeout)?,
-        Some(_) => Db::through_pooler(target, pools, settings.timeout)?,
+        None => Db::connect_to(target.clone(), pools, settings.timeout)?,
+        Some(_) => Db::through_pooler(target.clone(), pools, settings.timeout)?,
+    };
+    // PgBouncer refuses the startup option that carries statement_timeout: then the URL
+    // goes through a pooler, whatever the flags say, and sessions go without it.
+    let db = match db.pool().get().await {
+        Err(deadpool_postgres::PoolError::Backend(e)) if refuses_startup_options(&e) => {
+            tracing::info!(
+                "the database URL goes through a pooler that refuses startup options \
+                 (PgBouncer): sessions carry no statement_timeout; set it on the role \
+                 (ALTER ROLE ... SET statement_timeout)"
+            );
+            db.close();
+            Db::through_pooler(target, pools, settings.timeout)?
+        }
+        _ => db,
     };
     let opened = Opened { db, cluster };
     let prepared = match layout.session {
@@ -142,6 +156,17 @@ pub async fn open(
         return Err(e);
     }
     Ok(opened)
+}
+
+/// PgBouncer's answer to a startup option it does not pass on: `FATAL: unsupported
+/// startup parameter: options`, SQLSTATE 08P01 (protocol violation). The code alone is
+/// not enough (any protocol violation has it); the message is PgBouncer's own, checked
+/// by the PgBouncer tests against the real thing.
+fn refuses_startup_options(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::PROTOCOL_VIOLATION
+            && db.message().contains("unsupported startup parameter")
+    })
 }
 
 /// Brings the schema up to date (`Schema::Migrate`) or checks it (`Schema::Check`).

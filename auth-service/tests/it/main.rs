@@ -17,6 +17,7 @@ mod forward_auth;
 mod notify;
 mod ops;
 mod outage;
+mod pgbouncer;
 mod pgtls;
 mod renew;
 mod robust;
