@@ -32,6 +32,7 @@ names that a recording rule defines are left out, as they are never scraped.
 import json
 import re
 import sys
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -385,12 +386,10 @@ def self_test():
         raise AssertionError(f"{bad!r} was not refused")
     for text, want in (("expr: up == 0\n", ["up == 0"]), ("  - expr: 'a{b=\"c\"}'  \n", ['a{b="c"}']),
                        ("expr: |\n  a\n\n    / b\nfor: 1m\n", ["a\n\n  / b\n"])):
-        tmp = HERE / ".check_alerts_self_test.yaml"
-        try:
-            tmp.write_text(text)
-            got = read_exprs(tmp)
-        finally:
-            tmp.unlink()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "rules.yaml"
+            path.write_text(text)
+            got = read_exprs(path)
         assert got == want, f"{text!r}: got {got}, want {want}"
     print("check_alerts.py self-test: every problem is caught, PromQL names are read right")
     return 0
