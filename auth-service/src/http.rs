@@ -56,9 +56,11 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let cache = state.cache.state();
     let db = DbState {
         pool: state.db.pool().status(),
-        open_connections: state.db.open_connections()
-            + state.probe.open_connections()
-            + cache.connections,
+        open_connections: state
+            .db
+            .open_connections()
+            .saturating_add(state.probe.open_connections())
+            .saturating_add(cache.connections),
         max_connections: state.max_connections,
     };
     let body = state.metrics.encode(&db, &cache);

@@ -5,7 +5,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use auth_api::v1::auth_service_server::AuthServiceServer;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -214,23 +213,34 @@ pub async fn run(
         let _ = draining.send(());
     };
     let t = &settings.transport;
-    let serving = Server::builder()
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .max_concurrent_streams(t.max_concurrent_streams)
-        // A request's data beyond this waits for the handler: a peer cannot park more
-        // than a window's worth of bytes per stream, or per connection, in our memory.
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .timeout(t.request_timeout)
-        .http2_keepalive_interval(Some(t.keepalive_interval))
-        .http2_keepalive_timeout(Some(t.keepalive_timeout))
-        .layer(GrpcMetricsLayer::new(metrics.clone()))
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
         .add_service(ext_authz)
-        .serve_with_incoming_shutdown(incoming, drain_signal);
+        .prepare();
+    let service = tower::ServiceBuilder::new()
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .service(routes);
+    let serving = transport::http2::serve(
+        incoming,
+        service,
+        transport::http2::Http2Settings {
+            max_concurrent_streams: t.max_concurrent_streams,
+            // A request's data beyond this waits for the handler: a peer cannot park
+            // more than a window's worth of bytes per stream, or per connection, in our
+            // memory.
+            stream_window: STREAM_WINDOW_BYTES,
+            connection_window: CONNECTION_WINDOW_BYTES,
+            max_header_list: MAX_HEADER_LIST_BYTES,
+            keepalive_interval: t.keepalive_interval,
+            keepalive_timeout: t.keepalive_timeout,
+            max_age: t.max_connection_age,
+            age_grace: t.max_connection_age_grace,
+            request_timeout: t.request_timeout,
+        },
+        drain_signal,
+    );
     // Draining waits for every call in flight; one that never finishes must not keep
     // the process alive: after the grace period the rest are dropped (cancelled).
     let grace = settings.shutdown_grace;
@@ -240,13 +250,12 @@ pub async fn run(
         }
         tokio::time::sleep(grace).await;
     };
-    let served = tokio::select! {
-        served = serving => served,
+    tokio::select! {
+        () = serving => {}
         () = grace_over => {
             tracing::warn!(grace = ?grace, "shutdown grace period over: cancelling the calls still in flight");
-            Ok(())
         }
-    };
+    }
     // The calls are done (or cancelled): the writer flushes what is queued and ends.
     let _ = writer_stop.send(());
     let _ = monitor.await;
@@ -270,7 +279,7 @@ pub async fn run(
     if let Some(why) = refused.lock().ok().and_then(|mut r| r.take()) {
         return Err(Error::Config(why));
     }
-    served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+    Ok(())
 }
 
 /// Where the LISTEN connection goes: `--database-listen-url`, else the pool's database;

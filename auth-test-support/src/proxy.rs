@@ -1,5 +1,7 @@
-//! A TCP front for a server's Unix socket that can go silent: the connections it carries
-//! stay open but nothing passes any more, and new ones are refused.
+//! TCP fronts for the tests.
+//!
+//! [`Front`] relays to a server's Unix socket and can go silent: the connections it
+//! carries stay open but nothing passes any more, and new ones are refused.
 //!
 //! That is what a client sees when the server's machine vanishes (a crash, a partition)
 //! and something in between keeps the client's side of each connection open: HAProxy
@@ -81,5 +83,50 @@ async fn relay(mut client: TcpStream, socket: PathBuf, mut silenced: watch::Rece
     if silent {
         // Keep both ends open and pass nothing.
         std::future::pending::<()>().await;
+    }
+}
+
+/// A TCP front for gRPC servers that sends each new connection to the backend set at
+/// that moment, and leaves open connections where they are: what a Kubernetes Service
+/// (kube-proxy) does with a long-lived HTTP/2 connection.
+pub struct Switch {
+    pub addr: SocketAddr,
+    backend: watch::Sender<SocketAddr>,
+    task: JoinHandle<()>,
+}
+
+impl Switch {
+    /// Relays new connections to `backend`.
+    pub async fn start(backend: SocketAddr) -> Result<Switch> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = watch::channel(backend);
+        let task = tokio::spawn(async move {
+            let mut relays = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let to = *rx.borrow();
+                relays.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Ok(Switch {
+            addr,
+            backend: tx,
+            task,
+        })
+    }
+
+    /// New connections go to `backend` from now on.
+    pub fn send_new_connections_to(&self, backend: SocketAddr) {
+        let _ = self.backend.send(backend);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

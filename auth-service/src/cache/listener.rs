@@ -189,6 +189,7 @@ async fn listen_once(
             );
         }
     };
+    let open = cache.connection_open();
     let ended = async {
         if let Err(e) = client.batch_execute(&sql::listen(channel)).await {
             return (format!("LISTEN failed: {e}"), false);
@@ -215,7 +216,7 @@ async fn listen_once(
     cache.flush();
     driver.abort();
     drop(client);
-    cache.connection(false);
+    drop(open);
     ended
 }
 
@@ -247,7 +248,7 @@ async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, eve
     loop {
         match target.connect(&config).await {
             Ok((client, connection)) => {
-                cache.connection(true);
+                let open = cache.connection_open();
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
@@ -268,7 +269,7 @@ async fn heartbeats(target: Target, channel: String, cache: Arc<TokenCache>, eve
                 }
                 connection.abort();
                 drop(client);
-                cache.connection(false);
+                drop(open);
             }
             Err(error) => tracing::debug!(%error, "heartbeat connection failed"),
         }

@@ -106,6 +106,15 @@ pub struct Loaded {
     pub cached: bool,
 }
 
+/// See [`TokenCache::connection_open`].
+pub struct OpenConnection<'a>(&'a AtomicUsize);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The cache, shared by the handlers and the listener.
 pub struct TokenCache {
     entries: Option<Cache<Key, Arc<Entry>>>,
@@ -161,13 +170,11 @@ impl TokenCache {
         }
     }
 
-    /// The listener opened (`true`) or closed one of its connections.
-    pub fn connection(&self, opened: bool) {
-        if opened {
-            self.connections.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Counts one of the listener's connections as open until the guard is dropped
+    /// (the connection closed, or the task holding it was cancelled).
+    pub fn connection_open(&self) -> OpenConnection<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(&self.connections)
     }
 
     /// A heartbeat went out without an error.

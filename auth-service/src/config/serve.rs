@@ -143,6 +143,14 @@ pub struct ServeArgs {
     /// How long a PING may go unanswered.
     #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
     pub keepalive_timeout: Duration,
+    /// At this age (±10 %), a connection gets a GOAWAY: its calls finish, and the
+    /// client reconnects, so that a long-lived channel spreads over the replicas an
+    /// autoscaler adds (grpc-go's MaxConnectionAge). 0 turns it off.
+    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_age)]
+    pub max_connection_age: Duration,
+    /// How long calls may go on after that GOAWAY before the connection is cut.
+    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_db_wait)]
+    pub max_connection_age_grace: Duration,
     /// After SIGTERM, how long in-flight calls may take to finish before they are
     /// cancelled and the process exits.
     #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_db_wait)]
@@ -206,6 +214,14 @@ pub struct ServeArgs {
         requires = "notify_webhook"
     )]
     pub notify_secret_file: Option<PathBuf>,
+}
+
+/// `--max-connection-age`: a duration, or 0 for never.
+fn parse_age(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_db_wait(s)
 }
 
 /// `--cache-max-staleness`: 10ms to 10s. Below, heartbeats would cost more than they
@@ -432,6 +448,9 @@ impl ServeArgs {
                 handshake_timeout: self.handshake_timeout,
                 keepalive_interval: self.keepalive_interval,
                 keepalive_timeout: self.keepalive_timeout,
+                max_connection_age: (!self.max_connection_age.is_zero())
+                    .then_some(self.max_connection_age),
+                max_connection_age_grace: self.max_connection_age_grace,
             },
             validate_allow: self
                 .validate_allow

@@ -55,6 +55,10 @@ pub struct TransportSettings {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// A connection gets a GOAWAY at this age (±10 %); `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may go on after that GOAWAY before the connection is cut.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for TransportSettings {
@@ -68,10 +72,13 @@ impl Default for TransportSettings {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Some(Duration::from_secs(300)),
+            max_connection_age_grace: Duration::from_secs(30),
         }
     }
 }
 
+pub mod http2;
 pub mod identity;
 pub mod tls;
 

@@ -19,6 +19,7 @@ mod ops;
 mod outage;
 mod pgbouncer;
 mod pgtls;
+mod rebalance;
 mod renew;
 mod robust;
 mod staleness;
