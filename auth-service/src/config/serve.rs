@@ -306,6 +306,12 @@ impl ServeSettings {
     pub fn connections_outside_pools(&self) -> usize {
         1 + if self.cache.capacity > 0 { 2 } else { 0 }
     }
+
+    /// What `--db-max-connections` leaves the pools.
+    pub fn pooled_connections(&self) -> usize {
+        self.db_max_connections
+            .saturating_sub(self.connections_outside_pools())
+    }
 }
 
 impl ServeArgs {

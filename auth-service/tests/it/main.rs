@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attack;
+mod budget;
 mod cache;
 mod cli;
 mod concurrency;
