@@ -14,7 +14,9 @@
 //!   for the same statement (a raw tokio-postgres loop over as many connections as the
 //!   pool, without and with pipelining);
 //! - how long a revoke and a renewal take to show on the other two of three replicas;
-//! - the server's RSS before and after 100k distinct tokens are cached.
+//! - the server's RSS before and after 100k distinct tokens are cached;
+//! - with `--via-pgbouncer`, cold `ValidateToken` through a real PgBouncer in
+//!   transaction mode ÷ the direct cold rate.
 //!
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
@@ -62,6 +64,8 @@ struct Options {
     propagation: usize,
     /// Interleaved rounds of the h2load phases.
     rounds: usize,
+    /// Also measure the cold path through a real PgBouncer in transaction mode.
+    via_pgbouncer: bool,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -73,11 +77,16 @@ fn options() -> Result<Options, BoxError> {
         cached: 100_000,
         propagation: 200,
         rounds: 3,
+        via_pgbouncer: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).ok_or("every flag takes a value")?;
-        match pair[0].as_str() {
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--via-pgbouncer" {
+            o.via_pgbouncer = true;
+            continue;
+        }
+        let value = args.next().ok_or("every flag but --via-pgbouncer takes a value")?;
+        match flag.as_str() {
             "--seconds" => o.seconds = value.parse()?,
             "--concurrency" => o.concurrency = value.parse()?,
             "--connections" => o.connections = value.parse()?,
@@ -88,7 +97,7 @@ fn options() -> Result<Options, BoxError> {
             other => {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
-                     --tokens T --cached M --propagation P --rounds R"
+                     --tokens T --cached M --propagation P --rounds R [--via-pgbouncer]"
                 )
                 .into());
             }
@@ -384,6 +393,34 @@ async fn db_load(
     .await)
 }
 
+/// The cold path through a real PgBouncer 1.18 in transaction mode (20 server
+/// connections), against the direct cold rate measured in the same run.
+async fn via_pgbouncer(
+    bin: &Path,
+    config: &tokio_postgres::Config,
+    tokens: Arc<Vec<String>>,
+    direct: f64,
+    o: &Options,
+) -> Result<(), BoxError> {
+    let bouncer = auth_test_support::pgbouncer::PgBouncer::start(config, 20).await?;
+    let pooled = cluster::conninfo(&bouncer.config(config));
+    let server = Server::spawn(bin, &pooled, &["--cache-capacity", "0"])?;
+    let channels = server.channels(o.connections).await?;
+    println!("\nthrough PgBouncer 1.18, pool_mode = transaction (server with --cache-capacity 0):");
+    let through = validate_load(&channels, tokens.clone(), o).await;
+    row(
+        &format!("ValidateToken, cold, {} tokens, via PgBouncer", tokens.len()),
+        &through,
+    );
+    println!(
+        "  cold through PgBouncer / cold direct               {:>5.2}x  ({} errors)",
+        through.rate() / direct,
+        through.failed
+    );
+    server.stop();
+    Ok(())
+}
+
 /// Warms `token` on every replica, changes it through `change` on the first, and
 /// measures how long each other replica takes to answer `seen` for it.
 async fn propagation<C, CF, S>(
@@ -513,7 +550,9 @@ async fn main() -> Result<(), BoxError> {
             .map(|d| d.hash.to_vec())
             .collect(),
     );
-    println!("database and cold path (server with --cache-capacity 0, pool of 16):");
+    println!(
+        "database and cold path (server with --cache-capacity 0, the default --db-max-connections):"
+    );
     let cold_many = validate_load(&cold_channels, many.clone(), &o).await;
     row(
         &format!("ValidateToken, cold, {} tokens", tokens.len()),
@@ -684,6 +723,9 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "\nh2load not installed (apt-get install nghttp2-client): independent figures skipped"
         );
+    }
+    if o.via_pgbouncer {
+        via_pgbouncer(&bin, &config, many.clone(), cold_many.rate(), &o).await?;
     }
     cold.stop();
 
