@@ -151,6 +151,7 @@ impl DbAdmission {
             return Err(Error::Overloaded {
                 what: format!("{waiting} calls are already waiting for a database connection"),
                 retry_after: SHED_RETRY,
+                shed: crate::error::Shed::Queue,
             });
         }
         let mut map = self
@@ -164,6 +165,7 @@ impl DbAdmission {
                        one server runs at once"
                     .into(),
                 retry_after: SHED_RETRY,
+                shed: crate::error::Shed::Token,
             });
         }
         *n += 1;

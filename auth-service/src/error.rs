@@ -44,6 +44,7 @@ pub enum Error {
     Overloaded {
         what: String,
         retry_after: std::time::Duration,
+        shed: Shed,
     },
     /// Too many credential failures from this peer: retry after the delay.
     #[error("too many failed credentials from {peer} in the last minute; retry in {}", humantime::format_duration(*retry_after))]
@@ -69,6 +70,27 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why work was shed, for `auth_db_shed_total{cause}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// As many calls wait for a pooled connection as `--db-max-waiting` allows.
+    Queue,
+    /// The token has `--db-max-per-token` operations in flight.
+    Token,
+    /// Too many calls already wait for one token's coalesced answer.
+    Waiters,
+}
+
+impl Shed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shed::Queue => "queue",
+            Shed::Token => "token",
+            Shed::Waiters => "waiters",
+        }
+    }
+}
 
 /// RFC 3339 in UTC, second precision: what people and logs see.
 pub fn fmt_time(t: DateTime<Utc>) -> String {

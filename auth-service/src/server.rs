@@ -145,6 +145,7 @@ pub async fn run(
             throttle: throttle.clone(),
             admission: DbAdmission::new(settings.db_max_per_token, settings.db_max_waiting),
             validate_allow: settings.validate_allow.clone().into(),
+            coalesce: settings.coalesce,
         },
     ));
     let auth =

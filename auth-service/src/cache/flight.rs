@@ -11,12 +11,15 @@
 //!
 //! A leader that is cancelled (its caller went away) ends its flight without an
 //! answer; its waiters then race to lead a new one.
+//!
+//! The same mechanism coalesces renewals and revocations of one token (see
+//! `service`), with bounds on the waiters: past them a caller is shed, not queued.
 use std::{
     collections::HashMap,
     future::Future,
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -24,7 +27,7 @@ use std::{
 use tokio::sync::watch;
 
 use super::Key;
-use crate::error::Result;
+use crate::error::{Error, Result, Shed};
 
 /// What a flight answers, shared by its leader and waiters.
 type Answer<T> = Option<Result<T>>;
@@ -33,26 +36,50 @@ struct Flight<T> {
     id: u64,
     started: Instant,
     answer: watch::Receiver<Answer<T>>,
+    waiting: usize,
 }
 
 /// The flights in the air, by key.
 pub struct Flights<T> {
     flights: Mutex<HashMap<Key, Flight<T>>>,
     next_id: AtomicU64,
+    /// Most callers waiting on one flight, and on all of them.
+    per_key: usize,
+    total: usize,
+    waiting: AtomicUsize,
 }
 
 impl<T> Default for Flights<T> {
     fn default() -> Self {
-        Flights {
-            flights: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
+        Flights::bounded(usize::MAX, usize::MAX)
+    }
+}
+
+/// How long a shed waiter is told to wait before it retries.
+const SHED_RETRY: Duration = Duration::from_secs(1);
+
+/// One waiter, counted on its flight and in the total until it is done.
+struct Waiting<'a, T> {
+    flights: &'a Flights<T>,
+    key: Key,
+    id: u64,
+}
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        self.flights.waiting.fetch_sub(1, Ordering::Relaxed);
+        if let Some(f) = self.flights.lock().get_mut(&self.key)
+            && f.id == self.id
+        {
+            f.waiting = f.waiting.saturating_sub(1);
         }
     }
 }
 
 enum Role<T> {
     Lead(watch::Sender<Answer<T>>, u64),
-    Wait(watch::Receiver<Answer<T>>),
+    Wait(watch::Receiver<Answer<T>>, u64),
+    Shed,
 }
 
 /// Ends the leader's flight when it is done or cancelled, unless it was detached (and
@@ -73,6 +100,18 @@ impl<T> Drop for Landing<'_, T> {
 }
 
 impl<T> Flights<T> {
+    /// Flights whose waiters are bounded: at most `per_key` on one flight and `total`
+    /// on all; a caller past either is answered [`Error::Overloaded`] at once.
+    pub fn bounded(per_key: usize, total: usize) -> Self {
+        Flights {
+            flights: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            per_key,
+            total,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Flight<T>>> {
         // The map stays consistent whatever panicked while holding it.
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
@@ -91,8 +130,18 @@ impl<T: Clone> Flights<T> {
         loop {
             let role = {
                 let mut flights = self.lock();
-                match flights.get(key) {
-                    Some(f) if f.started.elapsed() < max_age => Role::Wait(f.answer.clone()),
+                match flights.get_mut(key) {
+                    Some(f) if f.started.elapsed() < max_age => {
+                        if f.waiting >= self.per_key
+                            || self.waiting.load(Ordering::Relaxed) >= self.total
+                        {
+                            Role::Shed
+                        } else {
+                            f.waiting += 1;
+                            self.waiting.fetch_add(1, Ordering::Relaxed);
+                            Role::Wait(f.answer.clone(), f.id)
+                        }
+                    }
                     _ => {
                         let (tx, rx) = watch::channel(None);
                         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +151,7 @@ impl<T: Clone> Flights<T> {
                                 id,
                                 started: Instant::now(),
                                 answer: rx,
+                                waiting: 0,
                             },
                         );
                         Role::Lead(tx, id)
@@ -119,13 +169,30 @@ impl<T: Clone> Flights<T> {
                     tx.send_replace(Some(answer.clone()));
                     return (answer, true);
                 }
-                Role::Wait(mut rx) => {
+                Role::Wait(mut rx, id) => {
+                    let _waiting = Waiting {
+                        flights: self,
+                        key: *key,
+                        id,
+                    };
                     if let Ok(answer) = rx.wait_for(Option::is_some).await
                         && let Some(answer) = answer.as_ref()
                     {
                         return (answer.clone(), false);
                     }
                     // The leader was cancelled before it had an answer: lead anew.
+                }
+                Role::Shed => {
+                    return (
+                        Err(Error::Overloaded {
+                            what: "too many calls are already waiting for this token's \
+                                   answer"
+                                .into(),
+                            retry_after: SHED_RETRY,
+                            shed: Shed::Waiters,
+                        }),
+                        false,
+                    );
                 }
             }
         }

@@ -269,6 +269,8 @@ pub struct ServeSettings {
     pub auth_failure_limit: u32,
     pub db_max_per_token: usize,
     pub db_max_waiting: usize,
+    /// Bounds on the callers waiting for a coalesced renewal or revocation.
+    pub coalesce: crate::service::CoalesceLimits,
     /// Check the schema at startup instead of migrating it.
     pub no_migrate: bool,
     /// Expiry notifications; `None`: off.
@@ -294,6 +296,7 @@ impl ServeSettings {
             auth_failure_limit: 60,
             db_max_per_token: 4,
             db_max_waiting: 64,
+            coalesce: Default::default(),
             no_migrate: false,
             notify: None,
         }
@@ -471,6 +474,7 @@ impl ServeArgs {
             auth_failure_limit: self.auth_failure_limit,
             db_max_per_token: self.db_max_per_token,
             db_max_waiting: self.db_max_waiting.unwrap_or(4 * db.db_max_connections),
+            coalesce: Default::default(),
             no_migrate: self.no_migrate,
             notify: self.notify_settings()?,
         };

@@ -113,6 +113,8 @@ pub enum RenewalResult {
     Noop,
     /// A concurrent call extended it first.
     LostRace,
+    /// Answered from a concurrent renewal of the same token in this process.
+    Coalesced,
 }
 
 /// Why a cache entry left, for `auth_cache_evictions_total`.
@@ -209,6 +211,7 @@ pub struct Metrics {
     db_connections: Gauge,
     db_max_connections: Gauge,
     db_up: Gauge,
+    shed: Family<CauseLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -246,6 +249,7 @@ impl Metrics {
             db_connections: Gauge::default(),
             db_max_connections: Gauge::default(),
             db_up: Gauge::default(),
+            shed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -359,6 +363,14 @@ impl Metrics {
             m.db_max_connections.clone(),
         );
         registry.register(
+            "auth_db_shed",
+            "Calls refused at once with UNAVAILABLE and a retry delay instead of queued, by \
+             cause: the pool's queue is full (queue), the token has --db-max-per-token \
+             operations in flight (token), too many calls wait for one token's coalesced \
+             answer (waiters)",
+            m.shed.clone(),
+        );
+        registry.register(
             "auth_db_up",
             "1 while the database answers the health probe, 0 otherwise",
             m.db_up.clone(),
@@ -442,6 +454,7 @@ impl Metrics {
             RenewalResult::Renewed => "renewed",
             RenewalResult::Noop => "noop",
             RenewalResult::LostRace => "lost_race",
+            RenewalResult::Coalesced => "coalesced",
         };
         self.renewals.get_or_create(&ResultLabel { result }).inc();
     }
@@ -507,6 +520,15 @@ impl Metrics {
         self.cache_evictions
             .get_or_create(&CauseLabel { cause })
             .inc_by(n);
+    }
+
+    /// A call was shed.
+    pub fn shed(&self, cause: crate::error::Shed) {
+        self.shed
+            .get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            })
+            .inc();
     }
 
     /// The health probe's verdict.

@@ -7,12 +7,14 @@ use auth_api::v1::{
     RenewCurrentTokenResponse, RevokeCurrentTokenRequest, RevokeCurrentTokenResponse,
     ValidateTokenRequest, ValidateTokenResponse, auth_service_server::AuthService,
 };
+use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::{
     admission::{DbAdmission, FailureThrottle},
-    cache::{Entry, Loaded, TokenCache, TokenView},
-    db::Db,
+    cache::{Entry, Loaded, TokenCache, TokenView, flight::Flights},
+    db::{Db, Renewal},
     error::{Error, Result},
     last_used::Toucher,
     metrics::Metrics,
@@ -37,6 +39,28 @@ pub struct AuthSvc {
     throttle: Arc<FailureThrottle>,
     admission: DbAdmission,
     validate_allow: Arc<[String]>,
+    /// Renewals and revocations of one token in flight in this process, which later
+    /// ones wait for instead of queueing their own statement.
+    renewals: Flights<Renewal>,
+    revocations: Flights<(Uuid, DateTime<Utc>)>,
+}
+
+/// Most callers waiting for one token's coalesced renewal (or revocation), and for all
+/// tokens': a fleet of daemons sharing a token that all start at once is answered, and
+/// memory stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalesceLimits {
+    pub per_token: usize,
+    pub total: usize,
+}
+
+impl Default for CoalesceLimits {
+    fn default() -> Self {
+        CoalesceLimits {
+            per_token: 10_000,
+            total: 100_000,
+        }
+    }
 }
 
 /// What the handlers need besides the database and the renewal rules.
@@ -48,6 +72,7 @@ pub struct Shared {
     pub admission: DbAdmission,
     /// Callers allowed to validate; empty: anyone.
     pub validate_allow: Arc<[String]>,
+    pub coalesce: CoalesceLimits,
 }
 
 impl AuthSvc {
@@ -62,6 +87,8 @@ impl AuthSvc {
             throttle: shared.throttle,
             admission: shared.admission,
             validate_allow: shared.validate_allow,
+            renewals: Flights::bounded(shared.coalesce.per_token, shared.coalesce.total),
+            revocations: Flights::bounded(shared.coalesce.per_token, shared.coalesce.total),
         }
     }
 
@@ -128,10 +155,13 @@ impl AuthSvc {
         Ok(respond(&token))
     }
 
-    /// The status for an error, counting credential rejections.
+    /// The status for an error, counting credential rejections and shed work.
     pub(crate) fn status(&self, error: Error) -> Status {
         if let Some(reason) = error.reason() {
             self.metrics.rejected(reason);
+        }
+        if let Error::Overloaded { shed, .. } = &error {
+            self.metrics.shed(*shed);
         }
         Status::from(error)
     }

@@ -16,16 +16,29 @@ pub(super) async fn handle(
 ) -> Result<Response<RenewCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
-    let _admitted = svc
-        .admission
-        .admit(digest.hash, svc.db.pool().status().waiting)?;
-    let renewal = svc.db.renew(&digest, &svc.policy, &caller).await?;
-    svc.metrics
-        .renewal(match (renewal.renewed, renewal.lost_race) {
-            (true, _) => RenewalResult::Renewed,
-            (false, true) => RenewalResult::LostRace,
-            (false, false) => RenewalResult::Noop,
-        });
+    // Concurrent renewals of one token share one statement: the first runs it, the
+    // others wait for its answer and report the expiry it left, not renewed by them.
+    let (renewal, led) = svc
+        .renewals
+        .run(&digest.hash, std::time::Duration::MAX, || async {
+            let _admitted = svc
+                .admission
+                .admit(digest.hash, svc.db.pool().status().waiting)?;
+            svc.db.renew(&digest, &svc.policy, &caller).await
+        })
+        .await;
+    let mut renewal = renewal?;
+    if led {
+        svc.metrics
+            .renewal(match (renewal.renewed, renewal.lost_race) {
+                (true, _) => RenewalResult::Renewed,
+                (false, true) => RenewalResult::LostRace,
+                (false, false) => RenewalResult::Noop,
+            });
+    } else {
+        renewal.renewed = false;
+        svc.metrics.renewal(RenewalResult::Coalesced);
+    }
     if renewal.renewed {
         // This replica answers with the new expiry at once; the others hear of it from
         // the change notification.

@@ -13,10 +13,17 @@ pub(super) async fn handle(
 ) -> Result<Response<RevokeCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let caller = credentials::caller(&request);
-    let _admitted = svc
-        .admission
-        .admit(digest.hash, svc.db.pool().status().waiting)?;
-    let (token_id, revoked_at) = svc.db.revoke_by_hash(&digest, &caller).await?;
+    // Concurrent revocations of one token share one statement and its answer.
+    let (revoked, _led) = svc
+        .revocations
+        .run(&digest.hash, std::time::Duration::MAX, || async {
+            let _admitted = svc
+                .admission
+                .admit(digest.hash, svc.db.pool().status().waiting)?;
+            svc.db.revoke_by_hash(&digest, &caller).await
+        })
+        .await;
+    let (token_id, revoked_at) = revoked?;
     svc.cache.evict(&digest.hash);
     tracing::Span::current().record("token_id", tracing::field::display(token_id));
     tracing::info!(%caller, "token revoked by its holder");

@@ -480,3 +480,58 @@ async fn metrics_count_known_traffic_and_never_show_a_token() {
         s.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flush_concurrent_misses_cost_one_lookup_per_token() {
+    const LOOKUPS: &str = r#"auth_db_statement_duration_seconds_count{statement="lookup"}"#;
+    let (config, servers) = replicas(1, CacheSettings::default()).await;
+    let s = &servers[0];
+    let mut tokens = Vec::new();
+    for _ in 0..20 {
+        tokens.push(token_expiring_in(&s.db, 86400.0).await.1);
+    }
+    // The listener reconnects: the cache is flushed, and starts empty.
+    let (admin, _task) = cluster::connect(&config).await.unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE 'LISTEN %' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let flushed = |text: &str| metric(text, r#"auth_cache_evictions_total{cause="flush"}"#);
+    let before = s.http_get("/metrics").await.unwrap().1;
+    wait_listening(s).await;
+    let after_flush = s.http_get("/metrics").await.unwrap().1;
+    assert!(
+        metric(&after_flush, "auth_cache_listening") == 1.0
+            && flushed(&after_flush) >= flushed(&before),
+        "the listener came back"
+    );
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(s.client().await.unwrap());
+    }
+    let lookups_before = metric(&after_flush, LOOKUPS);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2000));
+    let calls: Vec<_> = (0..2000)
+        .map(|i| {
+            let mut c = clients[i % clients.len()].clone();
+            let (t, barrier) = (tokens[i % tokens.len()].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                validate(&mut c, &t).await
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    let lookups = metric(&s.http_get("/metrics").await.unwrap().1, LOOKUPS) - lookups_before;
+    eprintln!("2000 concurrent validations of 20 tokens after a flush: {lookups} lookups");
+    assert!(lookups <= 20.0, "{lookups} lookups for 20 tokens");
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}

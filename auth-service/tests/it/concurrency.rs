@@ -1,44 +1,127 @@
-//! 500 concurrent renews of one token, spread over 3 service instances (each with
-//! its own pool, like replicas) sharing one database: exactly one extends it.
-
+//! Concurrent renewals of one token.
+//!
+//! - In the database: 60 renewal statements racing on one row (three pools' worth,
+//!   queued behind its lock) extend it exactly once: the compare-and-set.
+//! - In the service: 1,000 concurrent renewals on one replica, and 300 over three, are
+//!   all answered OK from one statement per replica, exactly one says `renewed`, every
+//!   answer carries the same expiry, and the audit trail shows one renewal. A renew
+//!   storm is answered, not shed.
+//! - The waiters are bounded: past the bound, calls are shed at once with RetryInfo,
+//!   and counted.
 use std::time::Duration;
 
-use auth_service::{db::Db, renewal::RenewalPolicy};
+use auth_api::v1::RenewCurrentTokenResponse;
+use auth_service::{db::Db, renewal::RenewalPolicy, service::CoalesceLimits};
 use auth_test_support::{
     cluster,
     fixtures::{self, gap, token_expiring_in},
     grpc::*,
+    http::metric,
     server::{self, TestServer},
 };
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const RENEW_STATEMENTS: &str = r#"auth_db_statement_duration_seconds_count{statement="renew"}"#;
+
+/// How many renewal rows the audit trail holds for `id`.
+async fn renew_events(db: &Db, id: uuid::Uuid) -> usize {
+    fixtures::events(db, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.0 == "renew")
+        .count()
+}
+
+/// Waits until `n` sessions wait for a row lock.
+async fn until_lock_waiters(probe: &Db, n: i64) -> i64 {
+    for _ in 0..300 {
+        let waiting = fixtures::lock_waiters(probe).await.unwrap();
+        if waiting >= n {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fixtures::lock_waiters(probe).await.unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_renews_across_replicas_extend_exactly_once() {
+async fn racing_renewal_statements_extend_exactly_once() {
+    let config = cluster::fresh_database().await.unwrap();
+    let db = Db::new(config.clone(), 80, Duration::from_secs(10)).unwrap();
+    let (id, token) = token_expiring_in(&db, 2.0 * 86400.0).await;
+    let digest = auth_service::token::parse(&Default::default(), &token).unwrap();
+    let (before, _) = fixtures::stored_expiry(&db, id).await.unwrap();
+    // Hold the row lock while the statements arrive, so that all of them read the old
+    // expiry and then queue on the lock: a real race every time.
+    let lock = fixtures::RowLock::take(&config, id).await.unwrap();
+    let racing = auth_service::db::split(80).0;
+    let calls: Vec<_> = (0..racing)
+        .map(|_| {
+            let (db, digest) = (db.clone(), digest.clone());
+            tokio::spawn(async move { db.renew(&digest, &RenewalPolicy::default(), "test").await })
+        })
+        .collect();
+    let probe = Db::new(config.clone(), 2, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        until_lock_waiters(&probe, racing as i64).await,
+        racing as i64,
+        "every statement is racing"
+    );
+    lock.release().await.unwrap();
+    let mut renewals = Vec::new();
+    for call in calls {
+        renewals.push(call.await.unwrap().unwrap());
+    }
+    assert_eq!(renewals.iter().filter(|r| r.renewed).count(), 1);
+    let first = renewals[0].expires_at;
+    assert!(renewals.iter().all(|r| r.expires_at == first));
+    let (stored, db_now) = fixtures::stored_expiry(&db, id).await.unwrap();
+    assert_ne!(stored, before);
+    assert_eq!(stored, first, "the stored row holds that value");
+    assert!(gap(stored.unwrap(), db_now + 90 * DAY) < 60.0);
+    assert_eq!(
+        renew_events(&db, id).await,
+        1,
+        "the audit trail shows one renewal"
+    );
+}
+
+/// `replicas` servers on one database, a token inside its renewal window, and `calls`
+/// concurrent renewals of it spread over them, released together while the row is
+/// locked. Returns the answers, the servers and the token's id.
+async fn storm(
+    replicas: usize,
+    calls: usize,
+    limits: CoalesceLimits,
+) -> (
+    Vec<Result<RenewCurrentTokenResponse, tonic::Status>>,
+    Vec<TestServer>,
+    uuid::Uuid,
+) {
     let config = cluster::fresh_database().await.unwrap();
     let mut servers = Vec::new();
-    for _ in 0..3 {
-        let db = Db::new(config.clone(), 20, Duration::from_secs(10)).unwrap();
-        // No shedding: the point is that every pooled connection races in the database.
+    for _ in 0..replicas {
+        let db = Db::new(config.clone(), 8, Duration::from_secs(10)).unwrap();
         let mut settings = server::settings(RenewalPolicy::default());
-        settings.db_max_per_token = 1000;
-        settings.db_max_waiting = 1000;
+        settings.coalesce = limits;
         servers.push(TestServer::start(db, settings).await.unwrap());
     }
-    let db = &servers[0].db;
-    let (id, token) = token_expiring_in(db, 2.0 * 86400.0).await;
-    let (before, _) = fixtures::stored_expiry(db, id).await.unwrap();
-
+    let (id, token) = token_expiring_in(&servers[0].db, 2.0 * 86400.0).await;
+    // Enough connections that every call is in flight at once (a connection carries
+    // at most 100 streams).
     let mut clients = Vec::new();
-    for s in &servers {
-        clients.push(s.client().await.unwrap());
+    for _ in 0..calls.div_ceil(100 * replicas) {
+        for s in &servers {
+            clients.push(s.client().await.unwrap());
+        }
     }
-    // Hold the token's row lock while the calls arrive, so the ones that reach the
-    // database (one per exclusive pooled connection) all read the old expiry and then queue on the lock:
-    // a real race every time, not only when timing happens to allow it.
     let lock = fixtures::RowLock::take(&config, id).await.unwrap();
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(500));
-    let calls: Vec<_> = (0..500)
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(calls));
+    let handles: Vec<_> = (0..calls)
         .map(|i| {
-            let mut client = clients[i % 3].clone();
+            let mut client = clients[i % clients.len()].clone();
             let (token, barrier) = (token.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
@@ -46,49 +129,90 @@ async fn concurrent_renews_across_replicas_extend_exactly_once() {
             })
         })
         .collect();
+    // One statement per replica reaches the row; the rest wait in the service.
     let probe = Db::new(config.clone(), 2, Duration::from_secs(5)).unwrap();
-    // Every exclusive pooled connection of the three replicas.
-    let racing = 3 * auth_service::db::split(20).0;
-    for _ in 0..300 {
-        if fixtures::lock_waiters(&probe).await.unwrap() >= racing as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting = until_lock_waiters(&probe, replicas as i64).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         fixtures::lock_waiters(&probe).await.unwrap(),
-        racing as i64,
-        "every pooled connection is racing"
+        waiting,
+        "no more statements come"
     );
     lock.release().await.unwrap();
-    let mut responses = Vec::new();
-    for call in calls {
-        responses.push(call.await.unwrap().unwrap());
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
     }
+    (answers, servers, id)
+}
 
-    let winners = responses.iter().filter(|r| r.renewed).count();
-    assert_eq!(winners, 1, "exactly one renew extends the token");
-    let first = responses[0].expires_at;
-    assert!(
-        responses.iter().all(|r| r.expires_at == first),
-        "every caller sees the same, extended expiry"
-    );
-    let (stored, db_now) = fixtures::stored_expiry(db, id).await.unwrap();
-    assert_ne!(stored, before);
-    assert_eq!(
-        stored.map(auth_api::time::to_timestamp),
-        first,
-        "the stored row holds that value"
-    );
-    assert!(gap(stored.unwrap(), db_now + 90 * DAY) < 60.0);
-    let renewals = fixtures::events(db, id)
-        .await
-        .unwrap()
+async fn answered_once(replicas: usize, calls: usize) {
+    let (answers, servers, id) = storm(replicas, calls, CoalesceLimits::default()).await;
+    let answers: Vec<RenewCurrentTokenResponse> = answers
         .into_iter()
-        .filter(|e| e.0 == "renew")
-        .count();
-    assert_eq!(renewals, 1, "the audit trail shows one renewal");
+        .map(|a| a.expect("every call is answered OK"))
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.renewed).count(),
+        1,
+        "exactly one says renewed"
+    );
+    let first = answers[0].expires_at;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.expires_at == first && a.next_renewal_at == answers[0].next_renewal_at),
+        "every answer carries the same expiry and next renewal"
+    );
+    let mut statements = 0.0;
+    for s in &servers {
+        statements += metric(&s.http_get("/metrics").await.unwrap().1, RENEW_STATEMENTS);
+    }
+    assert_eq!(statements, replicas as f64, "one statement per replica");
+    assert_eq!(renew_events(&servers[0].db, id).await, 1, "one audit row");
+    let (stored, _) = fixtures::stored_expiry(&servers[0].db, id).await.unwrap();
+    assert_eq!(stored.map(auth_api::time::to_timestamp), first);
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_renewals_on_one_replica_are_answered_by_one_statement() {
+    answered_once(1, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_renewals_over_three_replicas_extend_exactly_once() {
+    answered_once(3, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_past_the_bound_are_shed_with_retry_info() {
+    let limits = CoalesceLimits {
+        per_token: 5,
+        total: 100,
+    };
+    let (answers, servers, _) = storm(1, 40, limits).await;
+    let (mut ok, mut shed) = (0, 0);
+    for a in &answers {
+        match a {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                let retry = status.get_error_details().retry_info().cloned();
+                assert!(retry.and_then(|r| r.retry_delay).is_some(), "RetryInfo");
+                shed += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 6, "the leader and five waiters");
+    assert_eq!(shed, 34);
+    let (_, text) = servers[0].http_get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, r#"auth_db_shed_total{cause="waiters"}"#),
+        34.0
+    );
     for s in servers {
         s.shutdown().await.unwrap();
     }
