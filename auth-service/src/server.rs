@@ -77,7 +77,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let mut metrics = Metrics::new();
-    metrics.register_statements(db.statement_seconds().clone());
+    metrics.register_db(&db);
     let metrics = Arc::new(metrics);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter, metrics.clone()).await;

@@ -102,6 +102,10 @@ pub struct Entry {
     offset_us: i64,
     /// When this entry last stamped the token as used (Unix seconds, local clock).
     last_touch: AtomicI64,
+    /// When it was loaded, on the cache's clock (for the TTL).
+    loaded_at_us: u64,
+    /// Unknown, revoked or expired when it was read: kept apart from live tokens.
+    negative: bool,
 }
 
 /// How often a token's `last_used_at` is stamped at most, from one entry.
@@ -115,11 +119,37 @@ impl Entry {
         db_now: DateTime<Utc>,
         local_now: DateTime<Utc>,
     ) -> Entry {
+        let negative =
+            record.is_none_or(|r| check_live(r.revoked_at, r.expires_at, db_now).is_err());
         Entry {
             found: record.map(Packed::new),
             offset_us: (db_now - local_now).num_microseconds().unwrap_or(0),
             last_touch: AtomicI64::new(i64::MIN),
+            loaded_at_us: 0,
+            negative,
         }
+    }
+
+    /// The same entry, loaded at `at_us` on the cache's clock.
+    pub fn loaded_at(mut self, at_us: u64) -> Entry {
+        self.loaded_at_us = at_us;
+        self
+    }
+
+    /// When it was loaded, on the cache's clock.
+    pub fn loaded_at_us(&self) -> u64 {
+        self.loaded_at_us
+    }
+
+    /// Whether the token was unknown, revoked or expired when it was read.
+    pub fn is_negative(&self) -> bool {
+        self.negative
+    }
+
+    /// The bytes it takes: itself behind its `Arc`, and its strings.
+    pub fn bytes(&self) -> u64 {
+        let strings = self.found.as_ref().map_or(0, |p| p.text.len());
+        (std::mem::size_of::<Entry>() + 16 + strings) as u64
     }
 
     /// The database's `now()`, estimated from the local clock reading `local_now`.

@@ -37,7 +37,6 @@ use std::{
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
-use moka::{notification::RemovalCause, sync::Cache};
 
 use crate::{
     error::Result,
@@ -47,6 +46,7 @@ use crate::{
 mod entry;
 pub mod flight;
 pub mod listener;
+mod store;
 
 pub use entry::{Entry, TokenView};
 
@@ -62,6 +62,8 @@ pub const HEARTBEAT_PER_BOUND: f64 = 2.5;
 pub struct CacheSettings {
     /// Most entries held; 0 turns the cache off.
     pub capacity: u64,
+    /// Most bytes the entries take (estimated).
+    pub max_bytes: u64,
     /// Longest an entry is kept (a safety net on top of invalidation).
     pub ttl: Duration,
     /// The bound: no entry is served unless every change committed more than this
@@ -71,6 +73,9 @@ pub struct CacheSettings {
     pub clock_skew: TimeDelta,
 }
 
+/// The default `--cache-max-bytes`: 24 MiB, which holds the default 100,000 entries.
+pub const DEFAULT_MAX_BYTES: u64 = 24 << 20;
+
 /// The default `--cache-max-staleness`.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 
@@ -78,6 +83,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             capacity: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
             ttl: Duration::from_secs(300),
             max_staleness: DEFAULT_MAX_STALENESS,
             clock_skew: TimeDelta::zero(),
@@ -117,7 +123,7 @@ impl Drop for OpenConnection<'_> {
 
 /// The cache, shared by the handlers and the listener.
 pub struct TokenCache {
-    entries: Option<Cache<Key, Arc<Entry>>>,
+    entries: Option<store::Store>,
     flights: flight::Flights<Loaded>,
     epoch: AtomicU64,
     listening: AtomicBool,
@@ -140,19 +146,14 @@ impl TokenCache {
     /// A cache that answers nothing until [`TokenCache::resume`] (the listener) says it
     /// is listening, and a heartbeat says it is current.
     pub fn new(settings: CacheSettings, metrics: Arc<Metrics>) -> TokenCache {
-        let entries = (settings.capacity > 0).then(|| {
-            let evictions = metrics.clone();
-            Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .eviction_listener(move |_key, _value, cause| match cause {
-                    RemovalCause::Expired => evictions.evicted(Eviction::Ttl, 1),
-                    RemovalCause::Size => evictions.evicted(Eviction::Capacity, 1),
-                    // Explicit removals are counted where they are made (notify, flush);
-                    // a replaced entry did not leave.
-                    RemovalCause::Explicit | RemovalCause::Replaced => {}
-                })
-                .build()
+        let ttl_us = u64::try_from(settings.ttl.as_micros()).unwrap_or(u64::MAX);
+        let entries = (settings.capacity > 0 && settings.max_bytes > 0).then(|| {
+            store::Store::new(
+                settings.capacity,
+                settings.max_bytes,
+                ttl_us,
+                metrics.clone(),
+            )
         });
         TokenCache {
             entries,
@@ -222,7 +223,7 @@ impl TokenCache {
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         let entries = self.entries.as_ref()?;
         let found = match self.bypass() {
-            None => entries.get(key),
+            None => entries.get(key, self.clock_us()),
             Some(cause) => {
                 self.metrics.cache_bypassed(cause);
                 None
@@ -238,7 +239,7 @@ impl TokenCache {
     pub async fn get_or_load<F, Fut>(&self, key: &Key, load: F) -> Result<Loaded>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Arc<Entry>>>,
+        Fut: Future<Output = Result<Entry>>,
     {
         if let Some(entry) = self.get(key) {
             return Ok(Loaded {
@@ -250,7 +251,8 @@ impl TokenCache {
             .flights
             .run(key, self.max_staleness, || async {
                 let ticket = self.ticket();
-                let entry = load().await?;
+                let at = self.clock_us();
+                let entry = Arc::new(load().await?.loaded_at(at));
                 let cached = self.insert(ticket, *key, entry.clone());
                 Ok(Loaded { entry, cached })
             })
@@ -279,7 +281,7 @@ impl TokenCache {
         // A notification that arrived between the check above and the insert may have
         // found nothing to evict: look again, and take the entry back if so.
         if !current() {
-            entries.invalidate(&key);
+            entries.remove(&key);
             return false;
         }
         true
@@ -291,7 +293,7 @@ impl TokenCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.flights.detach(key);
         if let Some(entries) = &self.entries
-            && entries.remove(key).is_some()
+            && entries.remove(key)
         {
             self.metrics.evicted(Eviction::Notify, 1);
         }
@@ -350,6 +352,7 @@ impl TokenCache {
             lag: since(self.heard_sent_us.load(Ordering::Acquire)),
             since_heard: since(self.heard_at_us.load(Ordering::Acquire)),
             connections: self.connections.load(Ordering::Relaxed),
+            bytes: self.entries.as_ref().map_or(0, store::Store::bytes),
         }
     }
 
@@ -358,9 +361,7 @@ impl TokenCache {
         self.heard_sent_us.store(NEVER, Ordering::Release);
         self.flights.detach_all();
         if let Some(entries) = &self.entries {
-            entries.run_pending_tasks();
-            let dropped = entries.entry_count();
-            entries.invalidate_all();
+            let dropped = entries.clear();
             if dropped > 0 {
                 self.metrics.evicted(Eviction::Flush, dropped);
             }
@@ -369,10 +370,7 @@ impl TokenCache {
 
     /// How many entries are held (approximate between maintenance runs).
     pub fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |e| {
-            e.run_pending_tasks();
-            e.entry_count()
-        })
+        self.entries.as_ref().map_or(0, store::Store::len)
     }
 }
 
@@ -531,7 +529,7 @@ mod tests {
                 let mut released = released.clone();
                 async move {
                     let _ = released.wait_for(|r| *r).await;
-                    Ok(entry("loaded"))
+                    Ok(Arc::try_unwrap(entry("loaded")).unwrap())
                 }
             }
         };
@@ -557,6 +555,62 @@ mod tests {
         let again = cache.get_or_load(&[6; 32], load).await.unwrap();
         assert!(again.cached);
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_spray_of_unknown_tokens_cannot_push_out_live_ones() {
+        // A tenth of the default sizes: 10,000 entries, 2.4 MiB.
+        let cache = TokenCache::new(
+            CacheSettings {
+                capacity: 10_000,
+                max_bytes: DEFAULT_MAX_BYTES / 10,
+                ..CacheSettings::default()
+            },
+            Arc::new(Metrics::new()),
+        );
+        cache.resume();
+        let now = Utc::now();
+        let live: Vec<Key> = (0..1000u32)
+            .map(|i| {
+                let mut key = [1u8; 32];
+                key[..4].copy_from_slice(&i.to_le_bytes());
+                key
+            })
+            .collect();
+        for key in &live {
+            assert!(cache.insert(cache.ticket(), *key, entry("alive")));
+        }
+        let (mut hits, mut asked) = (0, 0);
+        // 30,000 made-up tokens (a tenth of 300,000), each looked up and cached as
+        // unknown, while the live ones are validated in a loop.
+        for i in 0..30_000u32 {
+            let mut unknown = [2u8; 32];
+            unknown[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(
+                cache.ticket(),
+                unknown,
+                Arc::new(Entry::new(None, now, now)),
+            );
+            if i % 10 == 0 {
+                cache.heard(cache.clock_us());
+                let key = &live[(i as usize / 10) % live.len()];
+                asked += 1;
+                hits += usize::from(cache.get(key).is_some());
+            }
+        }
+        let ratio = hits as f64 / asked as f64;
+        assert!(ratio >= 0.95, "live hit ratio {ratio}");
+        let store = cache.entries.as_ref().unwrap();
+        assert!(
+            store.bytes() <= DEFAULT_MAX_BYTES / 10,
+            "{} bytes",
+            store.bytes()
+        );
+        assert!(
+            store.negative_len() <= 1250,
+            "{} negative entries",
+            store.negative_len()
+        );
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub async fn open(
         }
         _ => db,
     };
+    let db = db.max_batch(settings.max_batch);
     let opened = Opened { db, cluster };
     let prepared = match layout.session {
         // One session for the migrations, outside the budget's pools: it is closed

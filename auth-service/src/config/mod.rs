@@ -162,6 +162,15 @@ pub struct DbArgs {
         default_value_t = 12
     )]
     pub db_max_connections: usize,
+    /// Most cache misses looked up in one statement when they queue (they are batched
+    /// only while every shared connection is busy; 1 turns batching off).
+    #[arg(
+        long,
+        global = true,
+        env = "AUTH_SERVICE_DB_MAX_BATCH",
+        default_value_t = crate::db::batch::MAX_BATCH
+    )]
+    pub db_max_batch: usize,
     /// This process's name in PostgreSQL (`application_name` of every session it
     /// opens, so that pg_stat_activity counts them per replica): the pod name in
     /// Kubernetes [default: host:pid].
@@ -337,6 +346,8 @@ pub struct DbSettings {
     pub database: Database,
     /// `--db-max-connections`: every session the process opens.
     pub max_connections: usize,
+    /// `--db-max-batch`.
+    pub max_batch: usize,
     /// `application_name` of every session.
     pub replica_name: String,
     pub timeout: Duration,
@@ -367,6 +378,7 @@ impl std::fmt::Debug for DbArgs {
             .field("data_dir", &self.data_dir)
             .field("pg_bindir", &self.pg_bindir)
             .field("db_max_connections", &self.db_max_connections)
+            .field("db_max_batch", &self.db_max_batch)
             .field("replica_name", &self.replica_name)
             .field("db_timeout", &self.db_timeout)
             .field("token_prefix", &self.token_prefix)
@@ -411,9 +423,15 @@ impl DbArgs {
                 "--db-max-connections must be at least {MIN_POOLED}"
             )));
         }
+        if self.db_max_batch == 0 {
+            return Err(Error::Config(
+                "--db-max-batch must be at least 1 (1 turns batching off)".into(),
+            ));
+        }
         Ok(DbSettings {
             database,
             max_connections: self.db_max_connections,
+            max_batch: self.db_max_batch,
             replica_name: match &self.replica_name {
                 Some(name) if !name.trim().is_empty() => name.trim().to_owned(),
                 _ => default_replica_name(),

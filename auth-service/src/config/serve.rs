@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Most token lookups kept in memory per replica; 0 turns the cache off.
     #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// Most bytes the cached lookups take (estimated per entry: the entry, its strings,
+    /// the key and the cache's slot). An eighth is kept for unknown, revoked and expired
+    /// answers, so that a spray of made-up tokens cannot push out live ones.
+    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
+    pub cache_max_bytes: u64,
     /// Longest a cached lookup is kept. Changes reach every replica's cache at once
     /// through database notifications; this is only a safety net.
     #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
@@ -433,6 +438,7 @@ impl ServeArgs {
             http_listen: self.http_listen,
             cache: CacheSettings {
                 capacity: self.cache_capacity,
+                max_bytes: self.cache_max_bytes,
                 ttl: self.cache_ttl,
                 max_staleness: self.cache_max_staleness,
                 ..CacheSettings::default()

@@ -13,6 +13,7 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use crate::error::{Error, Result};
 
+pub mod batch;
 pub mod notices;
 mod shared;
 pub mod sql;
@@ -113,6 +114,11 @@ pub fn split(connections: usize) -> (usize, usize) {
     (connections.saturating_sub(shared).max(1), shared)
 }
 
+/// The split a handle was built with: (exclusive, shared).
+fn split_of(db: &Db) -> (usize, usize) {
+    (db.pool.status().max_size, db.readers.slots())
+}
+
 /// A pooled database handle whose every operation fails with `UNAVAILABLE` after
 /// `timeout`, so a hung database cannot hang callers.
 #[derive(Clone)]
@@ -127,6 +133,10 @@ pub struct Db {
     statement_seconds: StatementSeconds,
     /// Whether sessions carry startup options (not through a pooler).
     session_options: bool,
+    /// The queue of cold lookups (see [`batch`]).
+    batcher: Arc<batch::Batcher>,
+    /// Tokens looked up, one per distinct hash per statement.
+    lookups: prometheus_client::metrics::counter::Counter,
 }
 
 impl Db {
@@ -201,6 +211,10 @@ impl Db {
             trouble: Arc::default(),
             statement_seconds: Family::new_with_constructor(statement_histogram),
             session_options,
+            // Two statements in flight per shared connection: one being answered, one
+            // already sent (tokio-postgres pipelines them); the rest queue and batch.
+            batcher: Arc::new(batch::Batcher::new(2 * shared, batch::MAX_BATCH)),
+            lookups: Default::default(),
         })
     }
 
@@ -214,6 +228,19 @@ impl Db {
     /// The sessions this handle holds open now (both pools).
     pub fn open_connections(&self) -> usize {
         self.pool.status().size + self.readers.open()
+    }
+
+    /// The same handle with at most `n` lookups per batched statement (1: no batching).
+    pub fn max_batch(mut self, n: usize) -> Db {
+        let (_, shared) = split_of(&self);
+        self.batcher = Arc::new(batch::Batcher::new(2 * shared, n));
+        self
+    }
+
+    /// Tokens looked up so far (a batch counts each of its distinct tokens), for the
+    /// metrics registry.
+    pub fn lookups(&self) -> &prometheus_client::metrics::counter::Counter {
+        &self.lookups
     }
 
     /// The statement latency histograms, for the metrics registry.

@@ -80,6 +80,11 @@ impl Shared {
         }
     }
 
+    /// How many connections are shared.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The sessions open now.
     pub fn open(&self) -> usize {
         self.pool.status().size

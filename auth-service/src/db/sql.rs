@@ -104,6 +104,19 @@ LEFT JOIN tokens t ON t.token_hash = $1",
     params: &[Type::BYTEA],
 };
 
+/// `LOOKUP` for many tokens in one statement (see `db::batch`): one row per hash, in
+/// no particular order, the hash first, then `LOOKUP`'s columns; the same `now()` for
+/// all. $1 token hashes (distinct).
+pub const LOOKUP_BATCH: Statement = Statement {
+    name: "lookup_batch",
+    sql: "
+SELECT h.hash, t.id, t.user_id, t.name, t.scopes, t.created_at, t.expires_at, t.revoked_at,
+       now() AS db_now
+FROM unnest($1::bytea[]) AS h(hash)
+LEFT JOIN tokens t ON t.token_hash = h.hash",
+    params: &[Type::BYTEA_ARRAY],
+};
+
 /// Self-revocation of a live token, audited in the same statement. When it returns
 /// no row, `LOOKUP` says why (unknown, expired, already revoked). $1 hash, $2 caller.
 pub const REVOKE_BY_HASH: Statement = Statement {

@@ -56,6 +56,27 @@ pub struct TokenListing {
     pub db_now: Time,
 }
 
+/// A `LOOKUP` row (its columns from `at` on): the token, if any, and `now()`.
+fn lookup_from(row: &tokio_postgres::Row, at: usize) -> Result<Lookup> {
+    let id: Option<Uuid> = row.try_get(at)?;
+    let record = match id {
+        None => None,
+        Some(id) => Some(TokenRecord {
+            id,
+            user_id: row.try_get(at + 1)?,
+            name: row.try_get(at + 2)?,
+            scopes: row.try_get(at + 3)?,
+            created_at: row.try_get(at + 4)?,
+            expires_at: row.try_get(at + 5)?,
+            revoked_at: row.try_get(at + 6)?,
+        }),
+    };
+    Ok(Lookup {
+        record,
+        db_now: row.try_get(at + 7)?,
+    })
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -112,28 +133,39 @@ impl Db {
     }
 
     /// `ValidateToken` / `LookupCurrentToken` on a cache miss: one round trip, whether
-    /// or not the token exists. Liveness is judged by the caller.
+    /// or not the token exists, alone or batched with other lookups queued at the same
+    /// time (see [`super::batch`]). Liveness is judged by the caller.
     pub async fn lookup(&self, digest: &TokenDigest) -> Result<Lookup> {
+        self.batched_lookup(digest.hash).await
+    }
+
+    /// One lookup, one statement (the batcher's single path; public for the tests).
+    pub async fn lookup_one(&self, hash: &[u8; 32]) -> Result<Lookup> {
         let row = self
-            .read(async |c| self.query_one(c, &sql::LOOKUP, &[&&digest.hash[..]]).await)
+            .read(async |c| self.query_one(c, &sql::LOOKUP, &[&&hash[..]]).await)
             .await?;
-        let id: Option<Uuid> = row.try_get(0)?;
-        let record = match id {
-            None => None,
-            Some(id) => Some(TokenRecord {
-                id,
-                user_id: row.try_get(1)?,
-                name: row.try_get(2)?,
-                scopes: row.try_get(3)?,
-                created_at: row.try_get(4)?,
-                expires_at: row.try_get(5)?,
-                revoked_at: row.try_get(6)?,
-            }),
-        };
-        Ok(Lookup {
-            record,
-            db_now: row.try_get(7)?,
-        })
+        self.lookups.inc();
+        lookup_from(&row, 0)
+    }
+
+    /// Several lookups, one statement: each hash with what `lookup_one` would say (the
+    /// batcher's batch path; public for the tests).
+    pub async fn lookup_many(&self, hashes: &[[u8; 32]]) -> Result<Vec<([u8; 32], Lookup)>> {
+        let mut distinct: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let rows = self
+            .read(async |c| self.query(c, &sql::LOOKUP_BATCH, &[&distinct]).await)
+            .await?;
+        self.lookups.inc_by(distinct.len() as u64);
+        rows.iter()
+            .map(|row| {
+                let hash: &[u8] = row.try_get(0)?;
+                let hash = <[u8; 32]>::try_from(hash)
+                    .map_err(|_| Error::Internal("a stored hash is not 32 bytes".into()))?;
+                Ok((hash, lookup_from(row, 1)?))
+            })
+            .collect()
     }
 
     /// `RevokeCurrentToken`: revokes a live token; otherwise says why it cannot.

@@ -165,6 +165,8 @@ pub struct CacheState {
     pub since_heard: Duration,
     /// The LISTEN and heartbeat connections open now.
     pub connections: usize,
+    /// The entries' estimated bytes (each at least its share of the count bound).
+    pub bytes: u64,
 }
 
 /// Buckets of `auth_cache_heartbeat_delay_seconds`: from 100 µs to past the default
@@ -198,6 +200,7 @@ pub struct Metrics {
     notices: Family<ResultLabel, Counter>,
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
+    cache_bytes: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
     cache_bypass_stale: Counter,
     cache_bypass_not_listening: Counter,
@@ -236,6 +239,7 @@ impl Metrics {
             notices: Family::default(),
             cache_requests: Family::default(),
             cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
             cache_evictions: Family::default(),
             cache_bypass_stale: Counter::default(),
             cache_bypass_not_listening: Counter::default(),
@@ -296,6 +300,12 @@ impl Metrics {
             "auth_cache_entries",
             "Token lookups held in the in-process cache",
             m.cache_entries.clone(),
+        );
+        registry.register(
+            "auth_cache_bytes",
+            "The cached entries' estimated bytes, as --cache-max-bytes counts them (each \
+             entry at least its share of --cache-capacity)",
+            m.cache_bytes.clone(),
         );
         registry.register(
             "auth_cache_evictions",
@@ -408,6 +418,17 @@ impl Metrics {
 
     /// Registers the database's statement latency (see [`crate::db::StatementSeconds`])
     /// as `auth_db_statement_duration_seconds{statement}`.
+    pub fn register_db(&mut self, db: &crate::db::Db) {
+        self.register_statements(db.statement_seconds().clone());
+        self.registry.register(
+            "auth_db_lookups",
+            "Tokens looked up in the database on cache misses (a batched statement counts \
+             each distinct token it read)",
+            db.lookups().clone(),
+        );
+    }
+
+    /// Registers the statement histograms alone (tests of the database layer).
     pub fn register_statements(&mut self, family: crate::db::StatementSeconds) {
         self.registry.register_with_unit(
             "auth_db_statement_duration",
@@ -556,6 +577,8 @@ impl Metrics {
         self.cache_entries
             .set(i64::try_from(cache.entries).unwrap_or(i64::MAX));
         self.cache_listening.set(i64::from(cache.listening));
+        self.cache_bytes
+            .set(i64::try_from(cache.bytes).unwrap_or(i64::MAX));
         self.listener_lag.set(cache.lag.as_secs_f64());
         self.heartbeat_age.set(cache.since_heard.as_secs_f64());
         let mut out = String::new();
@@ -601,6 +624,7 @@ mod tests {
             lag: Duration::from_millis(30),
             since_heard: Duration::from_secs(2),
             connections: 2,
+            bytes: 4096,
         };
         m.cache_bypassed(Bypass::NotListening);
         m.heartbeat_delay(Duration::from_micros(700));
@@ -614,6 +638,7 @@ mod tests {
             r#"auth_cache_requests_total{result="hit"} 1"#,
             r#"auth_cache_evictions_total{cause="flush"} 3"#,
             r#"auth_cache_entries 7"#,
+            r#"auth_cache_bytes 4096"#,
             r#"auth_cache_bypasses_total{cause="not_listening"} 1"#,
             r#"auth_cache_bypasses_total{cause="stale"} 0"#,
             r#"auth_cache_listening 1"#,

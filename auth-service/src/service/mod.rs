@@ -135,11 +135,11 @@ impl AuthSvc {
                 let found = self.db.lookup(digest).await?;
                 // Unknown, revoked and expired answers are cached too, so that a flood
                 // of bad tokens does not reach the database.
-                Ok(Arc::new(Entry::new(
+                Ok(Entry::new(
                     found.record.as_ref(),
                     found.db_now,
                     self.cache.local_now(),
-                )))
+                ))
             })
             .await?;
         let local_now = self.cache.local_now();

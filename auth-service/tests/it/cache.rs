@@ -483,7 +483,7 @@ async fn metrics_count_known_traffic_and_never_show_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_flush_concurrent_misses_cost_one_lookup_per_token() {
-    const LOOKUPS: &str = r#"auth_db_statement_duration_seconds_count{statement="lookup"}"#;
+    const LOOKUPS: &str = "auth_db_lookups_total";
     let (config, servers) = replicas(1, CacheSettings::default()).await;
     let s = &servers[0];
     let mut tokens = Vec::new();

@@ -15,6 +15,7 @@ mod embedded;
 mod ext_authz;
 mod failover;
 mod forward_auth;
+mod lookup;
 mod notify;
 mod ops;
 mod outage;
