@@ -85,7 +85,9 @@ fn options() -> Result<Options, BoxError> {
             o.via_pgbouncer = true;
             continue;
         }
-        let value = args.next().ok_or("every flag but --via-pgbouncer takes a value")?;
+        let value = args
+            .next()
+            .ok_or("every flag but --via-pgbouncer takes a value")?;
         match flag.as_str() {
             "--seconds" => o.seconds = value.parse()?,
             "--concurrency" => o.concurrency = value.parse()?,
@@ -409,7 +411,10 @@ async fn via_pgbouncer(
     println!("\nthrough PgBouncer 1.18, pool_mode = transaction (server with --cache-capacity 0):");
     let through = validate_load(&channels, tokens.clone(), o).await;
     row(
-        &format!("ValidateToken, cold, {} tokens, via PgBouncer", tokens.len()),
+        &format!(
+            "ValidateToken, cold, {} tokens, via PgBouncer",
+            tokens.len()
+        ),
         &through,
     );
     println!(
