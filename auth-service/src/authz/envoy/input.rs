@@ -18,6 +18,8 @@ use tonic::{
     codec::{Codec, DecodeBuf, Decoder},
 };
 
+use crate::error::Error;
+
 /// What a Check reads from its request.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckInput {
@@ -147,6 +149,18 @@ impl CheckInput {
         })
     }
 
+    /// The one `authorization` value presented (`None`: none). More than one is
+    /// `TOKEN_MALFORMED`: which one the upstream would read is not ours to guess.
+    pub fn credential(&self) -> Result<Option<&[u8]>, Error> {
+        match &self.authorization[..] {
+            [] => Ok(None),
+            [value] => Ok(Some(value)),
+            _ => Err(Error::TokenMalformed(
+                "the request has more than one `authorization` header: send exactly one".into(),
+            )),
+        }
+    }
+
     /// The required-scope extension as text. A value that is not UTF-8 names no scope a
     /// token could hold: it stays unsatisfiable (U+FFFD), never empty.
     pub fn required_scope(&self) -> Option<String> {
@@ -201,6 +215,7 @@ impl Codec for CheckCodec {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use auth_api::ErrorReason;
     use envoy_types::pb::envoy::{
         config::core::v3::{HeaderMap, HeaderValue},
         service::auth::v3::{
@@ -334,6 +349,24 @@ mod tests {
             .unwrap();
         http.header_map.as_mut().unwrap().headers[0].value = "Bearer d".into();
         assert_eq!(read(&r).authorization, [Bytes::from_static(b"Bearer d")]);
+    }
+
+    #[test]
+    fn none_one_or_more_authorization_values() {
+        let input = |values: &[&'static str]| CheckInput {
+            authorization: values
+                .iter()
+                .map(|v| Bytes::from_static(v.as_bytes()))
+                .collect(),
+            extension: None,
+        };
+        assert_eq!(input(&[]).credential().unwrap(), None);
+        assert_eq!(
+            input(&["Bearer a"]).credential().unwrap(),
+            Some(&b"Bearer a"[..])
+        );
+        let two = input(&["Bearer a", "Bearer a"]).credential().unwrap_err();
+        assert_eq!(two.reason(), Some(ErrorReason::TokenMalformed));
     }
 
     #[test]

@@ -64,16 +64,9 @@ impl ExtAuthz {
         let check = request.get_ref();
         let required = check.required_scope();
         let required: Vec<&str> = required.iter().map(String::as_str).collect();
-        let verdict = match &check.authorization[..] {
-            [] => super::decide(svc, None, &required).await,
-            [value] => super::decide(svc, Some(value), &required).await,
-            // Two values: which one the upstream would read is not ours to guess.
-            _ => Ok(super::rejected(
-                svc,
-                Error::TokenMalformed(
-                    "the request has more than one `authorization` header: send exactly one".into(),
-                ),
-            )),
+        let verdict = match check.credential() {
+            Ok(authorization) => super::decide(svc, authorization, &required).await,
+            Err(e) => Ok(super::rejected(svc, e)),
         };
         let verdict = match verdict {
             Ok(verdict) => verdict,
