@@ -23,8 +23,8 @@ use crate::error::Error;
 /// What a Check reads from its request.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckInput {
-    /// Every value of the checked request's `authorization` header (from
-    /// `attributes.request.http.headers`, else from `header_map`; the key in any case).
+    /// Every value of the checked request's `authorization` header, the key in any
+    /// case: those in `attributes.request.http.headers`, then those in `header_map`.
     pub authorization: Vec<Bytes>,
     /// `attributes.context_extensions[key]` for the one key asked for (the last, as a
     /// protobuf map keeps it).
@@ -92,6 +92,17 @@ mod wire {
         pub raw_value: Bytes,
     }
 
+    impl HeaderValue {
+        /// The value Envoy set: `raw_value` when `encode_raw_headers` is on, else `value`.
+        pub fn into_value(self) -> Bytes {
+            if self.raw_value.is_empty() {
+                self.value
+            } else {
+                self.raw_value
+            }
+        }
+    }
+
     /// The entry message of a `map<string, string>`, as the protobuf encoding defines
     /// it.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -119,38 +130,29 @@ impl CheckInput {
             .map(|e| e.value);
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
         let named = |key: &[u8]| key.eq_ignore_ascii_case(b"authorization");
-        let headers: Vec<Bytes> = http
+        // From both forms: Envoy fills one, so a value in each is two headers.
+        let mut authorization: Vec<Bytes> = http
             .headers
             .into_iter()
             .filter(|e| named(&e.key))
             .map(|e| e.value)
             .collect();
-        let authorization = if headers.is_empty() {
-            http.header_map
-                .unwrap_or_default()
-                .headers
+        let header_map = http.header_map.unwrap_or_default().headers;
+        authorization.extend(
+            header_map
                 .into_iter()
                 .filter(|h| named(&h.key))
-                // Envoy sets one of the two; `raw_value` when `encode_raw_headers` is on.
-                .map(|h| {
-                    if h.raw_value.is_empty() {
-                        h.value
-                    } else {
-                        h.raw_value
-                    }
-                })
-                .collect()
-        } else {
-            headers
-        };
+                .map(wire::HeaderValue::into_value),
+        );
         Ok(CheckInput {
             authorization,
             extension,
         })
     }
 
-    /// The one `authorization` value presented (`None`: none). More than one is
-    /// `TOKEN_MALFORMED`: which one the upstream would read is not ours to guess.
+    /// The one `authorization` value presented (`None`: none). More than one (two
+    /// headers, or one in `headers` and one in `header_map`) is `TOKEN_MALFORMED`:
+    /// which one the upstream would read is not ours to guess.
     pub fn credential(&self) -> Result<Option<&[u8]>, Error> {
         match &self.authorization[..] {
             [] => Ok(None),
@@ -367,6 +369,26 @@ mod tests {
         );
         let two = input(&["Bearer a", "Bearer a"]).credential().unwrap_err();
         assert_eq!(two.reason(), Some(ErrorReason::TokenMalformed));
+    }
+
+    /// Envoy fills `headers`, or `header_map` when `encode_raw_headers` is on, never
+    /// both: an `authorization` in each is two sources, refused whichever holds the
+    /// good token (it was allowed one way round and denied the other).
+    #[test]
+    fn an_authorization_in_headers_and_in_header_map_is_two_either_way() {
+        let (good, unknown) = ("Bearer pat_good", "Bearer pat_unknown");
+        for (in_headers, in_header_map) in [(good, unknown), (unknown, good)] {
+            let input = read(&full(
+                &s(&[("authorization", in_headers)]),
+                &[("authorization".into(), in_header_map.as_bytes().to_vec())],
+                &[],
+            ));
+            let mut values = input.authorization.clone();
+            values.sort();
+            assert_eq!(values, [Bytes::from(good), Bytes::from(unknown)]);
+            let refused = input.credential().unwrap_err();
+            assert_eq!(refused.reason(), Some(ErrorReason::TokenMalformed));
+        }
     }
 
     #[test]

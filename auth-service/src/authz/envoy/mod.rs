@@ -3,8 +3,9 @@
 //!
 //! - The token comes from the request's `authorization` header, in
 //!   `attributes.request.http.headers` (or `header_map`, when Envoy's
-//!   `encode_raw_headers` is on); the required scopes from
-//!   `attributes.context_extensions["required_scope"]`, set per route.
+//!   `encode_raw_headers` is on; a value in both is two, refused as two headers are);
+//!   the required scopes from `attributes.context_extensions["required_scope"]`, set
+//!   per route.
 //! - A live token with every scope: `OK`, and the identity headers set upstream with
 //!   overwrite semantics, so that a client's own `x-auth-user-id` never gets through.
 //! - A credential problem: `UNAUTHENTICATED` with a 401 denied response; a missing
