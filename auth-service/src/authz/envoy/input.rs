@@ -1,6 +1,6 @@
 //! The parts of an ext_authz `CheckRequest` that the decision reads: the checked
 //! request's `authorization` header and the route's `required_scope` extension, decoded
-//! by prost into partial messages (below, in [`wire`]) whose `bytes` fields are slices of
+//! by prost into partial messages (below, in `wire`) whose `bytes` fields are slices of
 //! the received buffer. Every other field is skipped unread.
 //!
 //! Why not envoy-types' `CheckRequest`: it decodes every header of the checked request
@@ -9,8 +9,33 @@
 //! partial messages keep Envoy's field numbers (`external_auth.proto`,
 //! `attribute_context.proto`, `base.proto`) and declare only the path to the two values,
 //! maps as repeated entry messages (wire-identical), strings as `bytes`: no map, no copy,
-//! no UTF-8 check. Tests encode envoy-types' messages, and arbitrary bytes, and read them
-//! here.
+//! no UTF-8 check.
+//!
+//! # Duplicates: protobuf's rules
+//!
+//! What is read is what the message holds by the encoding's own rules, as envoy-types
+//! (or Envoy, or any protobuf library) decodes it: in a map (`headers`,
+//! `context_extensions`) the last entry of a key wins; an embedded message that appears
+//! twice (`attributes`, `request`, `http`, `header_map`) is one message, merged, so the
+//! fields of both count; a repeated field (`header_map.headers`) keeps every element.
+//! Map keys are compared exactly: `authorization` and `Authorization` are two keys, so two
+//! values (Envoy lowercases every key).
+//!
+//! Why not refuse duplicates (fail closed): Envoy never sends one, and whoever can craft
+//! a CheckRequest is a caller on `--validate-allow`, the proxy, which can put any one
+//! `authorization` value it likes in it anyway: refusing duplicates stops no one. It
+//! would cost a decision that depends on the encoding rather than on the message, so
+//! that a re-encoding (a gRPC-aware hop between Envoy and this service, a replay from a
+//! log) could change the answer, and a reader that no reference decoder can be tested
+//! against. Two *values* in the decoded message are another matter: two `header_map`
+//! headers, two keys that differ in case, or one in `headers` and one in `header_map`
+//! stay `TOKEN_MALFORMED` ([`CheckInput::credential`]).
+//!
+//! More lenient than envoy-types, never less: strings are not checked for UTF-8, and
+//! the fields not declared are skipped, not decoded, so some messages envoy-types
+//! refuses are read here. Whatever envoy-types decodes is read here, as it reads it: the
+//! tests (envoy-types' messages, duplicates and merged messages, arbitrary bytes) and
+//! the `envoy_check` fuzz target compare the two.
 use bytes::{Buf, Bytes};
 use prost::Message;
 use tonic::{
@@ -24,10 +49,10 @@ use crate::error::Error;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckInput {
     /// Every value of the checked request's `authorization` header, the key in any
-    /// case: those in `attributes.request.http.headers`, then those in `header_map`.
+    /// case: those in `attributes.request.http.headers` (one per distinct key), then
+    /// those in `header_map`.
     pub authorization: Vec<Bytes>,
-    /// `attributes.context_extensions[key]` for the one key asked for (the last, as a
-    /// protobuf map keeps it).
+    /// `attributes.context_extensions["required_scope"]`.
     pub extension: Option<Bytes>,
 }
 
@@ -114,6 +139,19 @@ mod wire {
     }
 }
 
+/// The values of a protobuf map's entries whose key `wanted` accepts, as the decoded
+/// map holds them: one per distinct key, its last entry's (in the order of the keys).
+/// Without a map: the entries wanted are few, most often one.
+fn map_values(entries: Vec<wire::Entry>, wanted: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+    let mut found: Vec<wire::Entry> = entries.into_iter().filter(|e| wanted(&e.key)).collect();
+    // The latest first; a stable sort keeps that order within a key, and `dedup_by`
+    // keeps the first of each run: the key's last entry.
+    found.reverse();
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    found.dedup_by(|later, kept| later.key == kept.key);
+    found.into_iter().map(|e| e.value).collect()
+}
+
 impl CheckInput {
     /// Reads `message` (an encoded `CheckRequest`). The values are slices of it.
     pub fn parse(message: &Bytes) -> Result<CheckInput, prost::DecodeError> {
@@ -122,21 +160,11 @@ impl CheckInput {
         let Some(attributes) = request.attributes else {
             return Ok(CheckInput::default());
         };
-        let extension = attributes
-            .context_extensions
-            .into_iter()
-            // The last entry of the key, as a protobuf map keeps it.
-            .rfind(|e| e.key == EXTENSION)
-            .map(|e| e.value);
+        let extension = map_values(attributes.context_extensions, |key| key == EXTENSION).pop();
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
         let named = |key: &[u8]| key.eq_ignore_ascii_case(b"authorization");
         // From both forms: Envoy fills one, so a value in each is two headers.
-        let mut authorization: Vec<Bytes> = http
-            .headers
-            .into_iter()
-            .filter(|e| named(&e.key))
-            .map(|e| e.value)
-            .collect();
+        let mut authorization = map_values(http.headers, named);
         let header_map = http.header_map.unwrap_or_default().headers;
         authorization.extend(
             header_map

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::{
         attribute_context::{HttpRequest, Request},
     },
 };
-use proptest::prelude::*;
+use proptest::{collection::vec, option, prelude::*};
 use prost::Message;
 
 use super::*;
@@ -51,6 +51,119 @@ fn full(
 
 fn read(r: &CheckRequest) -> CheckInput {
     CheckInput::parse(&Bytes::from(r.encode_to_vec())).unwrap()
+}
+
+/// What the decision must read from a CheckRequest as envoy-types decodes it: the
+/// specification the reader is held to. The values sorted: a map has no order, and
+/// more than one is refused whatever the order.
+fn expected(r: &CheckRequest) -> CheckInput {
+    let attributes = r.attributes.clone().unwrap_or_default();
+    let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+    let named = |key: &str| key.eq_ignore_ascii_case("authorization");
+    let mut authorization: Vec<Bytes> = http
+        .headers
+        .into_iter()
+        .filter(|(k, _)| named(k))
+        .map(|(_, v)| Bytes::from(v))
+        .collect();
+    let header_map = http.header_map.unwrap_or_default().headers;
+    authorization.extend(header_map.into_iter().filter(|h| named(&h.key)).map(|h| {
+        if h.raw_value.is_empty() {
+            Bytes::from(h.value)
+        } else {
+            Bytes::from(h.raw_value)
+        }
+    }));
+    authorization.sort();
+    CheckInput {
+        authorization,
+        extension: attributes
+            .context_extensions
+            .get(EXTENSION_NAME)
+            .map(|v| Bytes::from(v.clone())),
+    }
+}
+
+const EXTENSION_NAME: &str = "required_scope";
+
+fn sorted(mut input: CheckInput) -> CheckInput {
+    input.authorization.sort();
+    input
+}
+
+/// Reads `bytes` here and through envoy-types' decoder, asserts that both read the
+/// same, and returns what was read here.
+fn agree(bytes: &[u8]) -> CheckInput {
+    let here = CheckInput::parse(&Bytes::copy_from_slice(bytes)).unwrap();
+    let envoy = CheckRequest::decode(bytes).unwrap();
+    assert_eq!(sorted(here.clone()), expected(&envoy));
+    here
+}
+
+/// Envoy's messages on the path to the two values, each field repeated: what the
+/// protobuf encoding allows and envoy-types cannot write, a key twice in one map and an
+/// embedded message twice in its parent (which protobuf merges into one). Field numbers
+/// and wire types are Envoy's.
+mod loose {
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CheckRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<AttributeContext>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AttributeContext {
+        #[prost(message, repeated, tag = "4")]
+        pub request: Vec<Request>,
+        #[prost(message, repeated, tag = "10")]
+        pub context_extensions: Vec<Entry>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Request {
+        #[prost(message, repeated, tag = "2")]
+        pub http: Vec<HttpRequest>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HttpRequest {
+        #[prost(message, repeated, tag = "3")]
+        pub headers: Vec<Entry>,
+        #[prost(message, repeated, tag = "13")]
+        pub header_map: Vec<HeaderMap>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Entry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    pub fn entry(key: &str, value: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// One of each message, with these headers and extensions.
+    pub fn once(headers: Vec<Entry>, context_extensions: Vec<Entry>) -> CheckRequest {
+        CheckRequest {
+            attributes: vec![AttributeContext {
+                request: vec![Request {
+                    http: vec![HttpRequest {
+                        headers,
+                        header_map: Vec::new(),
+                    }],
+                }],
+                context_extensions,
+            }],
+        }
+    }
 }
 
 fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -175,6 +288,84 @@ fn an_authorization_in_headers_and_in_header_map_is_two_either_way() {
     }
 }
 
+/// A map holds one value per key: the last entry of a key wins, in `headers` and in
+/// `context_extensions` alike (both were refused or kept as two before).
+#[test]
+fn a_key_twice_in_a_map_keeps_its_last_entry_as_protobuf_does() {
+    use loose::entry;
+    let r = loose::once(
+        vec![
+            entry("authorization", "Bearer first"),
+            entry("accept", "*/*"),
+            entry("authorization", "Bearer last"),
+        ],
+        vec![
+            entry("required_scope", "admin"),
+            entry("other", "x"),
+            entry("required_scope", "repo"),
+        ],
+    );
+    let input = agree(&r.encode_to_vec());
+    assert_eq!(input.authorization, [Bytes::from("Bearer last")]);
+    assert_eq!(input.required_scope().as_deref(), Some("repo"));
+    assert_eq!(input.credential().unwrap(), Some(&b"Bearer last"[..]));
+
+    // Keys that differ in case are two keys of the map, so two headers (Envoy
+    // lowercases every key; only a crafted message has both).
+    let r = loose::once(
+        vec![
+            entry("authorization", "Bearer a"),
+            entry("Authorization", "Bearer b"),
+        ],
+        Vec::new(),
+    );
+    let input = agree(&r.encode_to_vec());
+    assert_eq!(input.authorization.len(), 2);
+    assert!(input.credential().is_err());
+}
+
+/// An embedded message that appears twice is one message, merged: the fields of both
+/// count. Two encoded CheckRequests one after the other are the encoding of their
+/// merge, so `attributes`, `request` and `http` each appear twice here.
+#[test]
+fn a_message_twice_is_merged_and_the_fields_of_both_count() {
+    let concat =
+        |a: &CheckRequest, b: &CheckRequest| [a.encode_to_vec(), b.encode_to_vec()].concat();
+    let first = full(
+        &s(&[("authorization", "Bearer first")]),
+        &[],
+        &s(&[("required_scope", "repo")]),
+    );
+    let second = full(
+        &s(&[("authorization", "Bearer last"), ("accept", "*/*")]),
+        &[],
+        &[],
+    );
+    let input = agree(&concat(&first, &second));
+    assert_eq!(input.authorization, [Bytes::from("Bearer last")]);
+    assert_eq!(
+        input.required_scope().as_deref(),
+        Some("repo"),
+        "the first message's extension still counts"
+    );
+
+    // The token in one, the scope in the other, either way round.
+    let token = full(&s(&[("authorization", "Bearer t")]), &[], &[]);
+    let scope = full(&[], &[], &s(&[("required_scope", "admin")]));
+    for (a, b) in [(&token, &scope), (&scope, &token)] {
+        let input = agree(&concat(a, b));
+        assert_eq!(input.authorization, [Bytes::from("Bearer t")]);
+        assert_eq!(input.required_scope().as_deref(), Some("admin"));
+    }
+
+    // `header_map` twice: its `headers` is a repeated field, not a map, so the two
+    // lists add up: two values.
+    let raw = |v: &str| full(&[], &[("authorization".into(), v.into())], &[]);
+    let input = agree(&concat(&raw("Bearer a"), &raw("Bearer b")));
+    assert_eq!(input.authorization.len(), 2);
+    assert!(input.credential().is_err());
+}
+
 #[test]
 fn truncated_or_garbled_input_is_an_error_not_a_panic() {
     let bytes = full(&s(&[("authorization", "Bearer x")]), &[], &[]).encode_to_vec();
@@ -188,37 +379,115 @@ fn truncated_or_garbled_input_is_an_error_not_a_panic() {
     );
 }
 
+/// A header name: often `authorization`, in any of three cases.
+fn header_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[a-z-]{1,12}",
+        1 => Just("authorization".to_owned()),
+        1 => Just("Authorization".to_owned()),
+        1 => Just("AUTHORIZATION".to_owned()),
+    ]
+}
+
+/// A `header_map` header: its value in `raw_value` (as Envoy with
+/// `encode_raw_headers` sends it, any bytes), in `value`, or in both.
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    (header_key(), ".{0,30}", vec(any::<u8>(), 0..30), 0..3u8).prop_map(
+        |(key, value, raw_value, form)| HeaderValue {
+            key,
+            value: if form == 0 { String::new() } else { value },
+            raw_value: if form == 1 { Vec::new() } else { raw_value },
+        },
+    )
+}
+
+/// A CheckRequest as envoy-types builds it (each message once, maps without
+/// duplicates): `headers`, `header_map` or both, and context extensions.
+fn envoy_request() -> impl Strategy<Value = CheckRequest> {
+    (
+        proptest::collection::hash_map(header_key(), ".{0,40}", 0..12),
+        option::of(vec(header_value(), 0..8)),
+        option::of(".{0,30}"),
+        proptest::collection::hash_map("[a-z_]{1,15}", ".{0,20}", 0..4),
+    )
+        .prop_map(|(headers, header_map, scope, mut ext)| {
+            if let Some(scope) = scope {
+                ext.insert(EXTENSION_NAME.into(), scope);
+            }
+            let mut r = full(&[], &[], &[]);
+            let attributes = r.attributes.as_mut().unwrap();
+            attributes.context_extensions = ext;
+            let http = attributes.request.as_mut().unwrap().http.as_mut().unwrap();
+            http.headers = headers;
+            http.header_map = header_map.map(|headers| HeaderMap { headers });
+            r
+        })
+}
+
+/// A [`loose::CheckRequest`]: messages repeated, map keys repeated.
+fn loose_request() -> impl Strategy<Value = loose::CheckRequest> {
+    let entry = |key: BoxedStrategy<String>| {
+        (key, ".{0,20}").prop_map(|(key, value)| loose::Entry { key, value })
+    };
+    let extension_key = prop_oneof![Just(EXTENSION_NAME.to_owned()), "[a-z_]{1,8}"].boxed();
+    let http = (
+        vec(entry(header_key().boxed()), 0..5),
+        vec(
+            vec(header_value(), 0..3).prop_map(|headers| HeaderMap { headers }),
+            0..3,
+        ),
+    )
+        .prop_map(|(headers, header_map)| loose::HttpRequest {
+            headers,
+            header_map,
+        });
+    let request = vec(http, 0..3).prop_map(|http| loose::Request { http });
+    let attributes = (vec(request, 0..3), vec(entry(extension_key), 0..4)).prop_map(
+        |(request, context_extensions)| loose::AttributeContext {
+            request,
+            context_extensions,
+        },
+    );
+    vec(attributes, 0..3).prop_map(|attributes| loose::CheckRequest { attributes })
+}
+
 proptest! {
-    /// Whatever headers and extensions envoy-types encodes, the walk finds exactly
-    /// the `authorization` header and the `required_scope` extension.
+    /// Whatever envoy-types encodes, in `headers`, `header_map` or both, the reader
+    /// finds exactly the `authorization` values and the `required_scope` extension.
     #[test]
-    fn agrees_with_envoy_types(
-        headers in proptest::collection::hash_map("[a-zA-Z-]{1,12}", ".{0,40}", 0..12),
-        auth in proptest::option::of(".{0,60}"),
-        scope in proptest::option::of(".{0,30}"),
-        extra in proptest::collection::hash_map("[a-z_]{1,12}", ".{0,20}", 0..4),
-    ) {
-        let mut headers: Vec<(String, String)> = headers
-            .into_iter()
-            .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
-            .collect();
-        if let Some(a) = &auth {
-            headers.push(("authorization".into(), a.clone()));
-        }
-        let mut ext: Vec<(String, String)> =
-            extra.into_iter().filter(|(k, _)| k != "required_scope").collect();
-        if let Some(sc) = &scope {
-            ext.push(("required_scope".into(), sc.clone()));
-        }
-        let input = read(&full(&headers, &[], &ext));
-        let want: Vec<Bytes> = auth.iter().map(|a| Bytes::from(a.clone())).collect();
-        prop_assert_eq!(&input.authorization, &want);
-        prop_assert_eq!(input.required_scope(), scope);
+    fn agrees_with_envoy_types(r in envoy_request()) {
+        let bytes = r.encode_to_vec();
+        prop_assert_eq!(sorted(CheckInput::parse(&Bytes::from(bytes)).unwrap()), expected(&r));
     }
 
-    /// Arbitrary bytes never panic.
+    /// With duplicate map entries and messages that appear twice (merged), alone or
+    /// around a whole envoy-types CheckRequest, the reader reads what envoy-types'
+    /// decoder makes of the same bytes.
     #[test]
-    fn any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = CheckInput::parse(&Bytes::from(bytes));
+    fn follows_protobuf_merge_rules_as_envoy_types_decodes(
+        loose in loose_request(),
+        around in option::of((any::<bool>(), envoy_request())),
+    ) {
+        let mut bytes = loose.encode_to_vec();
+        if let Some((before, r)) = around {
+            bytes = if before {
+                [r.encode_to_vec(), bytes].concat()
+            } else {
+                [bytes, r.encode_to_vec()].concat()
+            };
+        }
+        let envoy = CheckRequest::decode(&bytes[..]).unwrap();
+        let here = CheckInput::parse(&Bytes::from(bytes)).unwrap();
+        prop_assert_eq!(sorted(here), expected(&envoy));
+    }
+
+    /// Arbitrary bytes never panic, and where envoy-types reads them, so does the
+    /// reader, the same way.
+    #[test]
+    fn any_bytes(bytes in vec(any::<u8>(), 0..300)) {
+        let here = CheckInput::parse(&Bytes::from(bytes.clone()));
+        if let Ok(envoy) = CheckRequest::decode(&bytes[..]) {
+            prop_assert_eq!(sorted(here.unwrap()), expected(&envoy));
+        }
     }
 }
