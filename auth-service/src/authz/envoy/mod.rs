@@ -26,7 +26,9 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
-use self::input::CheckInput;
+/// The reader of Check requests, public for the `envoy_check` fuzz target (in `fuzz/`):
+/// `CheckInput::parse` on arbitrary bytes, then what the adapter asks of it.
+pub use self::input::CheckInput;
 pub use self::server::AuthorizationServer;
 use super::{Granted, Verdict};
 use crate::{

@@ -1,12 +1,13 @@
-//! The reader against envoy-types: its messages encoded, read here, compared; and
-//! arbitrary bytes, never a panic.
+//! The reader against envoy-types: its messages encoded (as Envoy sends them, and with
+//! duplicates and merged messages), read here and by envoy-types, compared; arbitrary
+//! bytes, never a panic; and the seeds of the `envoy_check` fuzz target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use auth_api::ErrorReason;
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
     service::auth::v3::{
         AttributeContext, CheckRequest,
-        attribute_context::{HttpRequest, Request},
+        attribute_context::{self, HttpRequest, Request},
     },
 };
 use proptest::{collection::vec, option, prelude::*};
@@ -489,5 +490,106 @@ proptest! {
         if let Ok(envoy) = CheckRequest::decode(&bytes[..]) {
             prop_assert_eq!(sorted(here.unwrap()), expected(&envoy));
         }
+    }
+}
+
+/// A peer as Envoy describes one: its socket address and principal.
+fn peer(ip: &str, port: u32, principal: &str) -> attribute_context::Peer {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address::PortSpecifier,
+    };
+    attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }),
+        principal: principal.into(),
+        ..Default::default()
+    }
+}
+
+/// Writes the seeds of the `envoy_check` fuzz target: CheckRequests as Envoy sends them
+/// (`headers`, or `header_map` with `encode_raw_headers`), with peers, the checked
+/// request's pseudo-headers and a scope, and the odd shapes the reader decides on (both
+/// forms, a key twice, a merged message), so that the fuzzer starts from real messages.
+/// Each is checked against envoy-types before it is written. Run by hand after a change
+/// of what the reader reads:
+/// `cargo test -p auth-service --lib write_envoy_check_seeds -- --ignored`
+#[test]
+#[ignore = "writes fuzz/seeds/envoy_check in the work tree; run by hand"]
+fn write_envoy_check_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/envoy_check");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The shape of a real token (the `bearer` target's seed).
+    let bearer = "Bearer pat_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa3Wb5zX";
+    let request = s(&[
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/billing/invoices?page=2"),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "5b0e3f4c-9a0e-4c1b-8e55-0d6f6f1f2a11"),
+    ]);
+    let authorized = [request.clone(), s(&[("authorization", bearer)])].concat();
+    let scope = s(&[("required_scope", "billing:read"), ("route", "billing")]);
+    let as_raw = |headers: &[(String, String)]| -> Vec<(String, Vec<u8>)> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect()
+    };
+    let with_peers = |mut r: CheckRequest| {
+        let attributes = r.attributes.as_mut().unwrap();
+        attributes.source = Some(peer("203.0.113.7", 53122, ""));
+        attributes.destination = Some(peer(
+            "10.0.0.12",
+            8443,
+            "spiffe://cluster.local/ns/billing/sa/api",
+        ));
+        r.encode_to_vec()
+    };
+    let concat = |a: CheckRequest, b: CheckRequest| [a.encode_to_vec(), b.encode_to_vec()].concat();
+    let seeds = [
+        ("headers", with_peers(full(&authorized, &[], &scope))),
+        (
+            "header_map",
+            with_peers(full(&[], &as_raw(&authorized), &scope)),
+        ),
+        ("no_credential", with_peers(full(&request, &[], &[]))),
+        (
+            "headers_and_header_map",
+            with_peers(full(
+                &authorized,
+                &as_raw(&s(&[("authorization", bearer)])),
+                &[],
+            )),
+        ),
+        (
+            "key_twice",
+            loose::once(
+                vec![
+                    loose::entry("authorization", "Bearer pat_x"),
+                    loose::entry("authorization", bearer),
+                ],
+                vec![
+                    loose::entry("required_scope", "admin"),
+                    loose::entry("required_scope", "billing:read"),
+                ],
+            )
+            .encode_to_vec(),
+        ),
+        (
+            "merged",
+            concat(full(&authorized, &[], &[]), full(&request, &[], &scope)),
+        ),
+    ];
+    for (name, bytes) in seeds {
+        agree(&bytes);
+        std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
