@@ -170,6 +170,33 @@ async fn a_good_token_passes_with_its_identity_and_a_forged_identity_is_overwrit
     http.header_map.as_mut().unwrap().headers.push(second);
     let r = client.check(raw_form).await.unwrap().into_inner();
     assert_eq!(denial(&r).3["reason"], "TOKEN_MALFORMED");
+
+    // One in `headers` and one in `header_map`: two as well, whichever holds the good
+    // token.
+    let unknown = format!(
+        "Bearer {}",
+        auth_service::token::generate(&Default::default())
+            .unwrap()
+            .expose()
+    );
+    for (in_headers, in_header_map) in [(&bearer, &unknown), (&unknown, &bearer)] {
+        let mut both = envoy_check(&[("authorization", in_headers)], None);
+        let http = both
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "authorization".into(),
+                value: String::new(),
+                raw_value: in_header_map.clone().into_bytes(),
+            }],
+        });
+        let r = client.check(both).await.unwrap().into_inner();
+        assert_eq!(denial(&r).3["reason"], "TOKEN_MALFORMED");
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //!
 //! - The token comes from the request's `authorization` header, in
 //!   `attributes.request.http.headers` (or `header_map`, when Envoy's
-//!   `encode_raw_headers` is on); the required scopes from
-//!   `attributes.context_extensions["required_scope"]`, set per route.
+//!   `encode_raw_headers` is on; a value in both is two, refused as two headers are);
+//!   the required scopes from `attributes.context_extensions["required_scope"]`, set
+//!   per route.
 //! - A live token with every scope: `OK`, and the identity headers set upstream with
 //!   overwrite semantics, so that a client's own `x-auth-user-id` never gets through.
 //! - A credential problem: `UNAUTHENTICATED` with a 401 denied response; a missing
@@ -25,7 +26,9 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
-use self::input::CheckInput;
+/// The reader of Check requests, public for the `envoy_check` fuzz target (in `fuzz/`):
+/// `CheckInput::parse` on arbitrary bytes, then what the adapter asks of it.
+pub use self::input::CheckInput;
 pub use self::server::AuthorizationServer;
 use super::{Granted, Verdict};
 use crate::{
@@ -64,16 +67,9 @@ impl ExtAuthz {
         let check = request.get_ref();
         let required = check.required_scope();
         let required: Vec<&str> = required.iter().map(String::as_str).collect();
-        let verdict = match &check.authorization[..] {
-            [] => super::decide(svc, None, &required).await,
-            [value] => super::decide(svc, Some(value), &required).await,
-            // Two values: which one the upstream would read is not ours to guess.
-            _ => Ok(super::rejected(
-                svc,
-                Error::TokenMalformed(
-                    "the request has more than one `authorization` header: send exactly one".into(),
-                ),
-            )),
+        let verdict = match check.credential() {
+            Ok(authorization) => super::decide(svc, authorization, &required).await,
+            Err(e) => Ok(super::rejected(svc, e)),
         };
         let verdict = match verdict {
             Ok(verdict) => verdict,
