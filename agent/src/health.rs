@@ -230,6 +230,7 @@ pub fn render_metrics(s: &Snapshot, now: SystemTime) -> String {
         "When the next renewal attempt is due (Unix time)",
         s.next_attempt_at.map(unix_secs),
     );
+    registry.register_collector(Box::new(auth_telemetry::process::ProcessMetrics));
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -20,7 +20,7 @@ pub fn filter(default: &str) -> EnvFilter {
 /// Installs the global subscriber (colours only on a terminal in text mode: journald
 /// and log collectors would store the escape codes).
 pub fn init(default: &str, format: LogFormat) {
-    auth_telemetry::init(format, filter(default));
+    auth_telemetry::init(format, filter(default), None);
 }
 
 /// The last line of a command that failed (stderr), in the log format: `auth-agent:

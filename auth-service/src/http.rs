@@ -12,6 +12,7 @@ use axum::{
     routing::{any, get},
 };
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::{
     authz::forward::{self, ForwardAuth},
@@ -31,6 +32,8 @@ pub struct HttpState {
     pub probe: Db,
     /// `--db-max-connections`.
     pub max_connections: usize,
+    /// The trace exporter, for its dropped-span count.
+    pub traces: Option<auth_telemetry::otel::Traces>,
     pub health: Health,
     /// The token checks and who may ask, for forward-auth.
     pub forward_auth: ForwardAuth,
@@ -44,15 +47,49 @@ impl FromRef<HttpState> for ForwardAuth {
 
 /// The routes, for serving and for tests.
 pub fn router(state: HttpState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/authz/forward-auth", any(forward::handle))
+        .route(FORWARD_AUTH, any(forward::handle))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+/// The forward-auth route: the one whose requests get a server span of their own.
+const FORWARD_AUTH: &str = "/authz/forward-auth";
+
+/// Times every request (`http_server_request_duration_seconds`, by route, method and
+/// status), and gives forward-auth requests a server span joined to the caller's trace.
+async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = match request.uri().path() {
+        "/metrics" => "/metrics",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        FORWARD_AUTH => FORWARD_AUTH,
+        _ => "other",
+    };
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let span = if route == FORWARD_AUTH {
+        let span = crate::trace::http_server(&method, route);
+        crate::trace::join(&span, crate::trace::trace_headers(request.headers()));
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let response = next.run(request).instrument(span.clone()).await;
+    crate::trace::http_status(&span, response.status().as_u16());
+    metrics.http_request(route, &method, response.status(), started.elapsed());
+    response
+}
+
+async fn metrics_page(State(state): State<HttpState>) -> impl IntoResponse {
     let cache = state.cache.state();
     let db = DbState {
         pool: state.db.pool().status(),
@@ -63,6 +100,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
             .saturating_add(cache.connections),
         max_connections: state.max_connections,
     };
+    if let Some(traces) = &state.traces {
+        state.metrics.otel_dropped(traces.dropped());
+    }
     let body = state.metrics.encode(&db, &cache);
     (
         [(

@@ -19,7 +19,8 @@
 //! - [`embedded`]: the private PostgreSQL cluster of the default mode;
 //! - [`pem`]: PEM certificates, keys and roots, and the crypto provider of every TLS end;
 //! - [`error`]: the one error type and its mapping to gRPC status codes;
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging and traces setup;
+//! - [`trace`]: the spans of a call (server, cache, database, webhook), W3C context in.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod authz;
@@ -48,5 +49,6 @@ pub mod pem;
 
 pub mod error;
 pub mod telemetry;
+pub mod trace;
 
 pub use error::Error;

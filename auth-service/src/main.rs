@@ -16,14 +16,38 @@ use tokio::signal::unix::{SignalKind, signal};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    telemetry::init(if serving { "info" } else { "warn" }, cli.log_format);
+    // Traces (serve only): set up before logging, which hands them the spans.
+    let traces = match &cli.command {
+        Command::Serve(args) => match args.otel() {
+            Ok(Some(otel)) => match auth_telemetry::otel::Traces::new(&otel) {
+                Ok(traces) => Some(traces),
+                Err(e) => {
+                    telemetry::init("info", cli.log_format, None);
+                    telemetry::failed(&auth_service::Error::Config(e));
+                    return ExitCode::from(2);
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                telemetry::init("info", cli.log_format, None);
+                telemetry::failed(&e);
+                return ExitCode::from(e.exit_code());
+            }
+        },
+        _ => None,
+    };
+    telemetry::init(
+        if serving { "info" } else { "warn" },
+        cli.log_format,
+        traces.as_ref(),
+    );
     // Only `serve` catches SIGTERM/Ctrl-C; a one-shot command dies on them as usual.
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = if serving {
         Box::pin(shutdown_signal())
     } else {
         Box::pin(std::future::pending())
     };
-    match cmd::execute(cli, shutdown).await {
+    match cmd::execute(cli, traces, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             telemetry::failed(&e);

@@ -178,6 +178,7 @@ pub async fn run(
             db: db.clone(),
             probe: probe.clone(),
             max_connections: settings.db_max_connections,
+            traces: settings.traces.clone(),
             health: health.clone(),
             forward_auth: ForwardAuth {
                 svc: svc.clone(),
@@ -256,6 +257,11 @@ pub async fn run(
         () = grace_over => {
             tracing::warn!(grace = ?grace, "shutdown grace period over: cancelling the calls still in flight");
         }
+    }
+    // The spans of the calls go out within the grace, whatever the collector does.
+    if let Some(traces) = settings.traces.clone() {
+        let flushed = tokio::task::spawn_blocking(move || traces.shutdown(grace));
+        let _ = tokio::time::timeout(grace, flushed).await;
     }
     // The calls are done (or cancelled): the writer flushes what is queued and ends.
     let _ = writer_stop.send(());

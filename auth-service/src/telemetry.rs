@@ -12,13 +12,14 @@ pub use auth_telemetry::LogFormat;
 pub const LOG_ENV: &str = "AUTH_SERVICE_LOG";
 
 /// `level` is the default for our own crate (`info` for `serve`, `warn` for the
-/// one-shot commands, whose output is for a person).
-pub fn init(level: &str, format: LogFormat) {
+/// one-shot commands, whose output is for a person). With `traces`, this crate's spans
+/// are exported too.
+pub fn init(level: &str, format: LogFormat, traces: Option<&auth_telemetry::otel::Traces>) {
     let filter = auth_telemetry::filter(
         &[LOG_ENV, "RUST_LOG"],
         &format!("{level},h2=warn,hyper=warn,tower=warn,tokio_postgres=warn,refinery_core=warn"),
     );
-    auth_telemetry::init(format, filter);
+    auth_telemetry::init(format, filter, traces.map(|t| (t, &["auth_service"][..])));
 }
 
 /// A line for the person running a command, on stderr, in the log format.

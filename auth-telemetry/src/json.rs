@@ -51,6 +51,11 @@ where
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
 
+        // The trace this event belongs to, when traces are on (before any span's
+        // extensions are borrowed: reading the context may start the span).
+        let trace = ctx.lookup_current().and_then(|current| {
+            tracing::dispatcher::get_default(|dispatch| crate::otel::ids(&current.id(), dispatch))
+        });
         // Outermost span first, so that an inner span's field of the same name wins.
         let mut span_fields = Fields::new();
         let mut span = None;
@@ -66,6 +71,10 @@ where
         ctx.format_fields(Writer::new(&mut formatted), event)?;
         let mut event_fields = object(&formatted);
         let message = event_fields.remove("message");
+        if let Some((trace_id, span_id)) = trace {
+            event_fields.insert("trace_id".into(), Value::String(trace_id));
+            event_fields.insert("span_id".into(), Value::String(span_id));
+        }
 
         let line = serialize(&Parts {
             level: *meta.level(),

@@ -5,7 +5,9 @@
 //! - [`LogFormat`], [`filter`], [`init`]: choosing and installing the global subscriber;
 //! - [`say`], [`failed`]: a command's lines for the person running it, in the same
 //!   format as the logs, so that a log shipper reading stderr sees one format;
-//! - [`json`]: the flat JSON event format and the line [`say`] writes in JSON mode.
+//! - [`json`]: the flat JSON event format and the line [`say`] writes in JSON mode;
+//! - [`otel`]: traces over OTLP, and W3C trace context in and out;
+//! - [`process`]: the standard process metrics, for both binaries' `/metrics`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -15,9 +17,14 @@ use std::{
 };
 
 use tracing::Level;
-use tracing_subscriber::{EnvFilter, fmt::format::JsonFields};
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry, filter::filter_fn, fmt::format::JsonFields, layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 pub mod json;
+pub mod otel;
+pub mod process;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -41,28 +48,45 @@ pub fn filter(vars: &[&str], default: &str) -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new(default))
 }
 
-/// Installs the global subscriber: `filter`, to stderr, in `format`. A second call
-/// changes nothing.
-pub fn init(format: LogFormat, filter: EnvFilter) {
+/// Installs the global subscriber: `filter`, to stderr, in `format`; and, with
+/// `traces`, every span of the `targets` crates (at any level, whatever `filter` says)
+/// to the OpenTelemetry exporter. A second call changes nothing.
+pub fn init(
+    format: LogFormat,
+    filter: EnvFilter,
+    traces: Option<(&otel::Traces, &'static [&'static str])>,
+) {
     let _ = FORMAT.set(format);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Its fallback report uses `eprintln!`, which panics when stderr is gone (a
         // closed pipe): a lost log line must never take the process down.
         .log_internal_errors(false);
-    let _ = match format {
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         // Colours only on a terminal: journald and log collectors would store the codes.
-        LogFormat::Text => builder
+        LogFormat::Text => logs
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
         // Span fields are recorded as JSON objects, so that `FlatJson` can merge them.
-        LogFormat::Json => builder
+        LogFormat::Json => logs
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
             .event_format(json::FlatJson)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    let spans = traces.map(|(traces, targets)| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer("auth"))
+            .with_filter(filter_fn(move |meta| {
+                meta.is_span() && targets.iter().any(|t| meta.target().starts_with(t))
+            }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
 }
 
 /// A line for the person running a command (stderr), written whatever the log filter:

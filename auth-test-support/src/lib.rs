@@ -8,6 +8,7 @@
 //! - [`grpc`]: client-side helpers (bearer metadata, the ErrorInfo reason, calls);
 //! - [`http`]: a minimal HTTP/1.1 client for the side ports;
 //! - [`webhook`]: a real HTTP receiver for the expiry webhooks, recording what arrives;
+//! - [`otlp`]: a real OTLP trace receiver, recording the spans exported to it;
 //! - [`nginx`]: a real nginx on loopback from a generated configuration, and an echo
 //!   upstream;
 //! - [`pgbouncer`]: a real PgBouncer in transaction pooling mode in front of a test
@@ -28,6 +29,7 @@ pub mod agent;
 pub mod grpc;
 pub mod http;
 pub mod nginx;
+pub mod otlp;
 pub mod pgbouncer;
 pub mod server;
 pub mod webhook;

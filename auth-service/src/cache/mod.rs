@@ -37,6 +37,7 @@ use std::{
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tracing::Instrument;
 
 use crate::{
     error::Result,
@@ -221,16 +222,27 @@ impl TokenCache {
     /// The entry for `key`, while the cache is enabled, listening and current. Counts
     /// the hit, miss or bypass.
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        let entries = self.entries.as_ref()?;
-        let found = match self.bypass() {
-            None => entries.get(key, self.clock_us()),
+        self.decide(key).0
+    }
+
+    /// [`TokenCache::get`], and what happened: `hit`, `miss`, `bypass` or `off`.
+    fn decide(&self, key: &Key) -> (Option<Arc<Entry>>, &'static str) {
+        let Some(entries) = self.entries.as_ref() else {
+            return (None, "off");
+        };
+        let (found, result) = match self.bypass() {
+            None => {
+                let found = entries.get(key, self.clock_us());
+                let result = if found.is_some() { "hit" } else { "miss" };
+                (found, result)
+            }
             Some(cause) => {
                 self.metrics.cache_bypassed(cause);
-                None
+                (None, "bypass")
             }
         };
         self.metrics.cache_request(found.is_some());
-        found
+        (found, result)
     }
 
     /// The entry for `key` from the cache, else from `load` (the database), which
@@ -241,7 +253,10 @@ impl TokenCache {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry>>,
     {
-        if let Some(entry) = self.get(key) {
+        let span = crate::trace::cache_lookup();
+        let (found, result) = self.decide(key);
+        span.record("auth.cache.result", result);
+        if let Some(entry) = found {
             return Ok(Loaded {
                 entry,
                 cached: true,
@@ -256,6 +271,7 @@ impl TokenCache {
                 let cached = self.insert(ticket, *key, entry.clone());
                 Ok(Loaded { entry, cached })
             })
+            .instrument(span)
             .await;
         loaded
     }

@@ -11,11 +11,20 @@ pub mod migrate;
 pub mod serve;
 pub mod token;
 
-/// Runs one parsed command line; `shutdown` ends `serve`.
-pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Runs one parsed command line; `shutdown` ends `serve`, which exports its spans
+/// through `traces` when they are on.
+pub async fn execute(
+    cli: Cli,
+    traces: Option<auth_telemetry::otel::Traces>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let db = cli.db.settings()?;
     match cli.command {
-        Command::Serve(args) => serve::serve(&db, args.settings(&cli.db)?, shutdown).await,
+        Command::Serve(args) => {
+            let mut settings = args.settings(&cli.db)?;
+            settings.traces = traces;
+            serve::serve(&db, settings, shutdown).await
+        }
         Command::Migrate => migrate::migrate(&db).await,
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
         Command::Token(args) => token::token(&db, &cli.db.prefix()?, args).await,

@@ -93,7 +93,10 @@ impl Db {
                             Err(crate::error::Error::Internal("a lookup batch was dropped".into()))
                         });
                     }
-                    tokio::spawn(self.clone().run_batch(batch, permit));
+                    // The statement's span joins the trace of the caller that runs it.
+                    tokio::spawn(tracing::Instrument::in_current_span(
+                        self.clone().run_batch(batch, permit),
+                    ));
                 }
             }
         }

@@ -313,14 +313,20 @@ impl Db {
             )));
         }
         let started = std::time::Instant::now();
-        let typed = params.iter().copied().zip(statement.params.iter().cloned());
-        let stream = client.query_typed_raw(statement.sql, typed).await?;
-        futures_util::pin_mut!(stream);
-        let mut rows = Vec::new();
-        while let Some(row) = stream.try_next().await? {
-            rows.push(row);
-        }
-        let changed = stream.rows_affected().unwrap_or(0);
+        let run = async {
+            let typed = params.iter().copied().zip(statement.params.iter().cloned());
+            let stream = client.query_typed_raw(statement.sql, typed).await?;
+            futures_util::pin_mut!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                rows.push(row);
+            }
+            Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
+        };
+        // The statement's name only: never its parameters.
+        let (rows, changed) =
+            tracing::Instrument::instrument(run, crate::trace::db_statement(statement.name))
+                .await?;
         self.statement_seconds
             .get_or_create(&StatementLabel {
                 statement: statement.name,

@@ -2,6 +2,10 @@
 //! included) the way grpc-ecosystem's interceptors do: started, handled by code, and the
 //! handling time. The code comes from the `grpc-status` header of a trailers-only
 //! response, or from the trailers at the end of the body.
+//!
+//! The same layer opens each call's server span (see [`crate::trace`]), joined to the
+//! caller's `traceparent`, and ends it with the status code when the body ends. Check
+//! opens its own, once it has read the checked request's trace context.
 use std::{
     future::Future,
     pin::Pin,
@@ -12,6 +16,7 @@ use std::{
 
 use http_body::{Body, Frame};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use super::{GrpcLabels, Metrics};
 
@@ -71,26 +76,12 @@ pub fn method(path: &str) -> usize {
 /// A `grpc-status` value as grpc-go's `codes.Code.String()` spells it, which is what
 /// dashboards built on go-grpc-prometheus expect in `grpc_code`.
 pub fn code_name(status: &[u8]) -> &'static str {
-    match status {
-        b"0" => "OK",
-        b"1" => "Canceled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "Unknown",
-    }
+    std::str::from_utf8(status)
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|n| CODE_NAMES.get(n))
+        .copied()
+        .unwrap_or("Unknown")
 }
 
 /// The layer: wraps the server's router.
@@ -130,6 +121,8 @@ struct Recorder {
     method: usize,
     started: Instant,
     done: bool,
+    /// The call's server span, ended when the recorder is dropped (the body's end).
+    span: tracing::Span,
 }
 
 impl Recorder {
@@ -138,9 +131,40 @@ impl Recorder {
             self.done = true;
             self.metrics
                 .grpc_handled(self.method, code, self.started.elapsed().as_secs_f64());
+            crate::trace::grpc_status(&self.span, code_number(code));
         }
     }
 }
+
+/// The number of a code [`code_name`] spelled.
+fn code_number(name: &str) -> i32 {
+    CODE_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| i32::try_from(i).ok())
+        .unwrap_or(2)
+}
+
+/// The codes by number, as [`code_name`] spells them.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
 
 impl Drop for Recorder {
     fn drop(&mut self) {
@@ -166,13 +190,21 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let method = method(request.uri().path());
         self.metrics.grpc_started(method);
+        let span = match KNOWN.get(method) {
+            // Check joins the checked request's trace: it opens its own span.
+            Some(("envoy.service.auth.v3.Authorization", "Check", _)) => tracing::Span::none(),
+            Some((service, name, _)) => crate::trace::grpc_server(service, name),
+            None => crate::trace::grpc_server("unknown", "unknown"),
+        };
+        crate::trace::join(&span, crate::trace::trace_headers(request.headers()));
         let mut recorder = Recorder {
             metrics: self.metrics.clone(),
             method,
             started: Instant::now(),
             done: false,
+            span: span.clone(),
         };
-        let call = self.inner.call(request);
+        let call = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let response = match call.await {
                 Ok(response) => response,

@@ -54,6 +54,15 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// `http_route`, `http_request_method`, `http_response_status_code`, as OpenTelemetry's
+/// HTTP server metric names them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub http_route: &'static str,
+    pub http_request_method: &'static str,
+    pub http_response_status_code: u16,
+}
+
 /// `adapter` and `decision`, for `auth_authz_decisions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -215,6 +224,8 @@ pub struct Metrics {
     db_max_connections: Gauge,
     db_up: Gauge,
     shed: Family<CauseLabel, Counter>,
+    http_seconds: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    otel_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -254,6 +265,8 @@ impl Metrics {
             db_max_connections: Gauge::default(),
             db_up: Gauge::default(),
             shed: Family::default(),
+            http_seconds: Family::new_with_constructor(handling_histogram),
+            otel_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -372,6 +385,19 @@ impl Metrics {
             "The most sessions this replica opens (--db-max-connections)",
             m.db_max_connections.clone(),
         );
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Requests on the HTTP port (forward-auth, metrics, probes), by route, method and \
+             status, from the request to the response's head",
+            prometheus_client::registry::Unit::Seconds,
+            m.http_seconds.clone(),
+        );
+        registry.register(
+            "auth_otel_spans_dropped",
+            "Spans lost on the way to the trace collector (in batches it refused or never \
+             answered)",
+            m.otel_dropped.clone(),
+        );
         registry.register(
             "auth_db_shed",
             "Calls refused at once with UNAVAILABLE and a retry delay instead of queued, by \
@@ -385,11 +411,50 @@ impl Metrics {
             "1 while the database answers the health probe, 0 otherwise",
             m.db_up.clone(),
         );
+        registry.register_collector(Box::new(auth_telemetry::process::ProcessMetrics));
         registry.register(
             "auth_build",
             "The running build",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        // Every series of the bounded families from the start, at 0: rules and
+        // dashboards see them before the first event (and `rate()` has a baseline).
+        for reason in [
+            ErrorReason::MissingCredentials,
+            ErrorReason::TokenMalformed,
+            ErrorReason::TokenUnknown,
+            ErrorReason::TokenExpired,
+            ErrorReason::TokenRevoked,
+        ] {
+            let _ = m.rejections.get_or_create(&ReasonLabel {
+                reason: reason.as_str_name(),
+            });
+        }
+        for result in ["renewed", "noop", "lost_race", "coalesced"] {
+            let _ = m.renewals.get_or_create(&ResultLabel { result });
+        }
+        for result in ["sent", "retried", "failed"] {
+            let _ = m.notices.get_or_create(&ResultLabel { result });
+        }
+        for cause in ["notify", "flush", "ttl", "capacity"] {
+            let _ = m.cache_evictions.get_or_create(&CauseLabel { cause });
+        }
+        for cause in ["queue", "token", "waiters"] {
+            let _ = m.shed.get_or_create(&CauseLabel { cause });
+        }
+        for adapter in ["ext_authz", "forward_auth"] {
+            for decision in [
+                "allow",
+                "unauthenticated",
+                "forbidden",
+                "caller_not_allowed",
+                "unavailable",
+            ] {
+                let _ = m
+                    .authz_decisions
+                    .get_or_create(&DecisionLabels { adapter, decision });
+            }
+        }
         let methods = grpc::methods()
             .map(|labels| MethodHandles {
                 started: m.grpc_started.get_or_create_owned(&labels),
@@ -541,6 +606,41 @@ impl Metrics {
         self.cache_evictions
             .get_or_create(&CauseLabel { cause })
             .inc_by(n);
+    }
+
+    /// A request on the HTTP port was answered.
+    pub fn http_request(
+        &self,
+        route: &'static str,
+        method: &http::Method,
+        status: http::StatusCode,
+        took: Duration,
+    ) {
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::POST => "POST",
+            http::Method::HEAD => "HEAD",
+            http::Method::PUT => "PUT",
+            http::Method::DELETE => "DELETE",
+            http::Method::OPTIONS => "OPTIONS",
+            http::Method::PATCH => "PATCH",
+            _ => "_OTHER",
+        };
+        self.http_seconds
+            .get_or_create(&HttpLabels {
+                http_route: route,
+                http_request_method: method,
+                http_response_status_code: status.as_u16(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The trace exporter has lost `total` spans so far.
+    pub fn otel_dropped(&self, total: u64) {
+        let counted = self.otel_dropped.get();
+        if total > counted {
+            self.otel_dropped.inc_by(total - counted);
+        }
     }
 
     /// A call was shed.

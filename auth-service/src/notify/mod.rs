@@ -209,7 +209,12 @@ async fn deliver(d: Delivery, notice: Notice, first: tokio::sync::OwnedSemaphore
         };
         attempts += 1;
         let made = i32::try_from(attempts).unwrap_or(i32::MAX);
-        let sent = d.client.send(&notice).await;
+        // A root span of its own: a delivery belongs to no call.
+        let span = crate::trace::webhook(&webhook::describe(&d.settings.webhook), attempts);
+        let sent = tracing::Instrument::instrument(d.client.send(&notice), span.clone()).await;
+        if sent.is_err() && !span.is_disabled() {
+            span.record("otel.status_code", "ERROR");
+        }
         drop(held);
         match sent {
             Ok(()) => {

@@ -148,6 +148,7 @@ impl Client {
                 .await
                 .map_err(|e| crate::error::chain(&e))?;
             let status = response.status();
+            crate::trace::http_status(&tracing::Span::current(), status.as_u16());
             // Read (and drop) the answer, so that the connection can be reused.
             let _ = response.into_body().collect().await;
             if status.is_success() {

@@ -26,6 +26,7 @@ mod renew;
 mod robust;
 mod staleness;
 mod tls;
+mod traces;
 mod validate;
 
 use auth_api::v1::auth_service_client::AuthServiceClient;

@@ -48,6 +48,11 @@ impl Service {
         &self.server.db
     }
 
+    /// The service's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.server.http_get("/metrics").await.unwrap().1
+    }
+
     /// A token of alice's (named `test`) that expires `secs` from now by the database
     /// clock (negative: already expired). Returns (id, raw token).
     pub async fn token_expiring_in(&self, secs: f64) -> (Uuid, String) {

@@ -6,6 +6,7 @@
 mod harness;
 mod keepalive;
 mod login;
+mod metrics;
 mod rejected;
 mod startup;
 mod tls;

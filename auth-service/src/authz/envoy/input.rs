@@ -54,6 +54,9 @@ pub struct CheckInput {
     pub authorization: Vec<Bytes>,
     /// `attributes.context_extensions["required_scope"]`.
     pub extension: Option<Bytes>,
+    /// The checked request's W3C trace context (`traceparent`, `tracestate`), where
+    /// Envoy puts the client's trace: the Check joins it.
+    pub trace: Vec<(Bytes, Bytes)>,
 }
 
 /// The context extension read (see `envoy::REQUIRED_SCOPE`).
@@ -163,18 +166,43 @@ impl CheckInput {
         let extension = map_values(attributes.context_extensions, |key| key == EXTENSION).pop();
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
         let named = |key: &[u8]| key.eq_ignore_ascii_case(b"authorization");
+        let traced = |key: &[u8]| {
+            key.eq_ignore_ascii_case(b"traceparent") || key.eq_ignore_ascii_case(b"tracestate")
+        };
+        // The entries that matter, each kind apart, as the decoded map would hold them.
+        let (mut auth_entries, mut trace_entries) = (Vec::new(), Vec::new());
+        for entry in http.headers {
+            if named(&entry.key) {
+                auth_entries.push(entry);
+            } else if traced(&entry.key) {
+                trace_entries.push(entry);
+            }
+        }
+        let trace_keys: Vec<Bytes> = {
+            let mut keys: Vec<Bytes> = trace_entries.iter().map(|e| e.key.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        let mut trace: Vec<(Bytes, Bytes)> = trace_keys
+            .into_iter()
+            .zip(map_values(trace_entries, |_| true))
+            .collect();
         // From both forms: Envoy fills one, so a value in each is two headers.
-        let mut authorization = map_values(http.headers, named);
+        let mut authorization = map_values(auth_entries, |_| true);
         let header_map = http.header_map.unwrap_or_default().headers;
-        authorization.extend(
-            header_map
-                .into_iter()
-                .filter(|h| named(&h.key))
-                .map(wire::HeaderValue::into_value),
-        );
+        for h in header_map {
+            if named(&h.key) {
+                authorization.push(h.into_value());
+            } else if traced(&h.key) {
+                let key = h.key.clone();
+                trace.push((key, h.into_value()));
+            }
+        }
         Ok(CheckInput {
             authorization,
             extension,
+            trace,
         })
     }
 

@@ -24,7 +24,7 @@ use envoy_types::{
     pb::google::rpc,
 };
 use tonic::{Code, Request, Response, Status};
-use tracing::instrument;
+use tracing::Instrument;
 
 /// The reader of Check requests, public for the `envoy_check` fuzz target (in `fuzz/`):
 /// `CheckInput::parse` on arbitrary bytes, then what the adapter asks of it.
@@ -55,9 +55,36 @@ impl ExtAuthz {
 }
 
 impl ExtAuthz {
-    // A DEBUG span, as ValidateToken's: this is the hot path.
-    #[instrument(level = "debug", skip_all, fields(token_id))]
+    /// One Check, in its server span: joined to the checked request's trace when it
+    /// carries one (where Envoy puts the client's), else to the Check call's own.
     async fn check(&self, request: Request<CheckInput>) -> Result<Response<CheckResponse>, Status> {
+        let span = crate::trace::grpc_server("envoy.service.auth.v3.Authorization", "Check");
+        let own = request.get_ref().trace.iter().filter_map(|(k, v)| {
+            Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+        });
+        if request.get_ref().trace.is_empty() {
+            crate::trace::join(
+                &span,
+                crate::trace::trace_headers(request.metadata().as_ref()),
+            );
+        } else {
+            crate::trace::join(&span, own);
+        }
+        let answer = self.decide(request).instrument(span.clone()).await;
+        crate::trace::grpc_status(
+            &span,
+            match &answer {
+                Ok(_) => 0,
+                Err(status) => status.code() as i32,
+            },
+        );
+        answer
+    }
+
+    async fn decide(
+        &self,
+        request: Request<CheckInput>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let svc = &self.svc;
         let count = |decision| svc.metrics().authz_decision(Adapter::ExtAuthz, decision);
         if let Err(e) = credentials::authorize_validate(&request, svc.validate_allow()) {

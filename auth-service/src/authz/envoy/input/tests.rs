@@ -63,11 +63,12 @@ fn expected(r: &CheckRequest) -> CheckInput {
     let named = |key: &str| key.eq_ignore_ascii_case("authorization");
     let mut authorization: Vec<Bytes> = http
         .headers
+        .clone()
         .into_iter()
         .filter(|(k, _)| named(k))
         .map(|(_, v)| Bytes::from(v))
         .collect();
-    let header_map = http.header_map.unwrap_or_default().headers;
+    let header_map = http.header_map.clone().unwrap_or_default().headers;
     authorization.extend(header_map.into_iter().filter(|h| named(&h.key)).map(|h| {
         if h.raw_value.is_empty() {
             Bytes::from(h.value)
@@ -76,12 +77,39 @@ fn expected(r: &CheckRequest) -> CheckInput {
         }
     }));
     authorization.sort();
+    let traced = |key: &str| {
+        key.eq_ignore_ascii_case("traceparent") || key.eq_ignore_ascii_case("tracestate")
+    };
+    let mut trace: Vec<(Bytes, Bytes)> = http
+        .headers
+        .iter()
+        .filter(|(k, _)| traced(k))
+        .map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(v.clone())))
+        .collect();
+    trace.extend(
+        http.header_map
+            .clone()
+            .unwrap_or_default()
+            .headers
+            .into_iter()
+            .filter(|h| traced(&h.key))
+            .map(|h| {
+                let value = if h.raw_value.is_empty() {
+                    Bytes::from(h.value)
+                } else {
+                    Bytes::from(h.raw_value)
+                };
+                (Bytes::from(h.key), value)
+            }),
+    );
+    trace.sort();
     CheckInput {
         authorization,
         extension: attributes
             .context_extensions
             .get(EXTENSION_NAME)
             .map(|v| Bytes::from(v.clone())),
+        trace,
     }
 }
 
@@ -89,6 +117,7 @@ const EXTENSION_NAME: &str = "required_scope";
 
 fn sorted(mut input: CheckInput) -> CheckInput {
     input.authorization.sort();
+    input.trace.sort();
     input
 }
 
@@ -259,6 +288,7 @@ fn none_one_or_more_authorization_values() {
             .map(|v| Bytes::from_static(v.as_bytes()))
             .collect(),
         extension: None,
+        trace: Vec::new(),
     };
     assert_eq!(input(&[]).credential().unwrap(), None);
     assert_eq!(
