@@ -207,6 +207,8 @@ ORDER BY created_at, id",
 /// The invariants:
 /// - Only dead tokens. A live token has neither a past expiry nor a revocation; a token
 ///   that never expires (NULL `expires_at`) qualifies only through `revoked_at`.
+///   `LEAST` ignores NULLs, so `LEAST(revoked_at, expires_at)` is when the token died
+///   (or NULL), and the index of migration V4 finds the batch without a scan.
 /// - Concurrent prunes (a CronJob on every replica) neither fail nor count a token
 ///   twice. `FOR UPDATE SKIP LOCKED` gives each statement rows that no other one holds;
 ///   a row that another prune deleted after this statement's snapshot was taken is
@@ -222,8 +224,7 @@ pub const PRUNE: Statement = Statement {
     sql: "
 WITH doomed AS MATERIALIZED (
     SELECT id FROM tokens
-    WHERE revoked_at < now() - make_interval(secs => $1::float8)
-       OR expires_at < now() - make_interval(secs => $1::float8)
+    WHERE LEAST(revoked_at, expires_at) < now() - make_interval(secs => $1::float8)
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ),

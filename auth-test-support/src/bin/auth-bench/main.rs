@@ -16,11 +16,14 @@
 //! - how long a revoke and a renewal take to show on the other two of three replicas;
 //! - the server's RSS before and after 100k distinct tokens are cached;
 //! - with `--via-pgbouncer`, cold `ValidateToken` through a real PgBouncer in
-//!   transaction mode ÷ the direct cold rate.
+//!   transaction mode ÷ the direct cold rate;
+//! - with `--tokens 10000,1000000,10000000`, only the cost curve (see `curve.rs`), and
+//!   with `--plot FILE.svg` its chart.
 //!
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
 //! service; the ratios are the result.
+mod curve;
 mod h2load;
 mod load;
 mod pgbench;
@@ -70,6 +73,11 @@ struct Options {
     via_pgbouncer: bool,
     /// Also measure the cold path with several --db-max-batch values.
     batch_sweep: bool,
+    /// Table sizes of the cost curve (`--tokens 10000,1000000`): more than one runs the
+    /// curve instead of the other phases.
+    sizes: Vec<u64>,
+    /// Where `--plot` writes the curve as SVG.
+    plot: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -83,6 +91,8 @@ fn options() -> Result<Options, BoxError> {
         rounds: 3,
         via_pgbouncer: false,
         batch_sweep: false,
+        sizes: Vec::new(),
+        plot: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -101,14 +111,24 @@ fn options() -> Result<Options, BoxError> {
             "--seconds" => o.seconds = value.parse()?,
             "--concurrency" => o.concurrency = value.parse()?,
             "--connections" => o.connections = value.parse()?,
-            "--tokens" => o.tokens = value.parse()?,
+            "--tokens" => {
+                o.sizes = value
+                    .split(',')
+                    .map(|v| v.trim().replace('_', "").parse::<u64>())
+                    .collect::<Result<_, _>>()?;
+                if let [one] = o.sizes[..] {
+                    o.tokens = usize::try_from(one)?;
+                }
+            }
+            "--plot" => o.plot = Some(PathBuf::from(value)),
             "--cached" => o.cached = value.parse()?,
             "--propagation" => o.propagation = value.parse()?,
             "--rounds" => o.rounds = value.parse::<usize>()?.max(1),
             other => {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
-                     --tokens T --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep]"
+                     --tokens T[,T2,...] --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep] \
+                     [--plot FILE.svg]"
                 )
                 .into());
             }
@@ -546,6 +566,14 @@ async fn main() -> Result<(), BoxError> {
         .ok_or("no target dir")?
         .join("auth-service");
     println!("auth-bench: {}", machine());
+    if o.sizes.len() > 1 {
+        let points = curve::run(&bin, &o.sizes, &o).await?;
+        if let Some(file) = &o.plot {
+            curve::plot(&points, file)?;
+            println!("wrote {}", file.display());
+        }
+        return Ok(());
+    }
     println!(
         "load: {} concurrent calls over {} connections, {} s per phase; PostgreSQL, the servers and the load generators share the machine",
         o.concurrency, o.connections, o.seconds
