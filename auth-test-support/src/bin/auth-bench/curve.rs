@@ -265,7 +265,8 @@ pub fn plot(points: &[Point], file: &Path) -> Result<(), BoxError> {
         .x_desc("tokens in the table")
         .y_desc("ms")
         .draw()?;
-    let series: [(&str, RGBColor, fn(&Point) -> f64); 3] = [
+    type Series = (&'static str, RGBColor, fn(&Point) -> f64);
+    let series: [Series; 3] = [
         ("cold ValidateToken p99", BLUE, |p| p.cold_p99_ms),
         ("RenewCurrentToken p99", RED, |p| p.renew_p99_ms),
         ("notify scan", GREEN, |p| p.scan_ms),
