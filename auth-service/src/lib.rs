@@ -9,7 +9,7 @@
 //! - [`service`]: one module per `auth.v1` RPC, thin over the cache and the database;
 //! - [`admission`]: what is refused at once (failed-credential throttle, shed DB work);
 //! - [`health`], [`last_used`], [`notify`]: the background tasks (database probe,
-//!   `last_used_at`, expiry webhooks);
+//!   `last_used_at`, expiry webhooks), watched by [`tasks`];
 //! - [`cache`]: the in-process token cache and the listener that invalidates it;
 //! - [`metrics`]: the Prometheus metrics and the gRPC layer that counts every call;
 //! - [`transport`]: accepting connections: limits, handshake deadline, TLS, identity;
@@ -35,6 +35,7 @@ pub mod admission;
 pub mod health;
 pub mod last_used;
 pub mod notify;
+pub mod tasks;
 
 pub mod cache;
 pub mod metrics;

@@ -23,6 +23,7 @@ use crate::{
     metrics::{Metrics, grpc::GrpcMetricsLayer},
     notify,
     service::{AuthSvc, Shared},
+    tasks,
     transport::{self, tls},
 };
 
@@ -90,6 +91,7 @@ pub async fn run(
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (tasks, mut failures) = tasks::Watch::new(stop_rx.clone());
     let cache = Arc::new(TokenCache::new(settings.cache, metrics.clone()));
     let change_listener = match cache.enabled() {
         true => Some(
@@ -109,6 +111,9 @@ pub async fn run(
     // which flag fixes it. Checked while serving (from the database meanwhile), so that
     // startup is not held up by it.
     let listens = change_listener.is_some();
+    // Without the listener the cache stays off for good: its loss stops the replica.
+    let change_listener = change_listener
+        .map(|listener| tasks.future("token-change listener", true, listener.join()));
     let deaf = async {
         if listens
             && let Err(why) = cache::listener::hears_itself(&cache, FIRST_HEARTBEAT_WAIT).await
@@ -122,6 +127,7 @@ pub async fn run(
     let (toucher, touch_task) = last_used::spawn(db.clone(), async move {
         let _ = writer_stopped.await;
     });
+    let touch_task = tasks.task("last-used writer", false, touch_task);
     let throttle = Arc::new(FailureThrottle::new(settings.auth_failure_limit));
     let throttle_clean_up = tokio::spawn({
         let (throttle, mut stop) = (throttle.clone(), stop_rx.clone());
@@ -153,22 +159,26 @@ pub async fn run(
     let ext_authz = AuthorizationServer::new(ExtAuthz::new(svc.clone()), MAX_CHECK_BYTES);
 
     let notifier = match settings.notify.clone() {
-        Some(notify) => Some(notify::spawn(
-            db.clone(),
-            notify,
-            metrics.clone(),
-            stop_rx.clone(),
-        )?),
+        Some(notify) => Some(tasks.task(
+            "expiry notifier",
+            false,
+            notify::spawn(db.clone(), notify, metrics.clone(), stop_rx.clone())?,
+        )),
         None => None,
     };
     let probe = db.dedicated()?;
-    let monitor = tokio::spawn(health::monitor(
-        probe.clone(),
-        health.clone(),
-        settings.db_check_interval,
-        db.trouble(),
-        stop_rx.clone(),
-    ));
+    // Without the monitor, health and readiness would freeze at their last answer.
+    let monitor = tasks.task(
+        "health monitor",
+        true,
+        tokio::spawn(health::monitor(
+            probe.clone(),
+            health.clone(),
+            settings.db_check_interval,
+            db.trouble(),
+            stop_rx.clone(),
+        )),
+    );
     // The HTTP port outlives the gRPC drain, so that /readyz says 503 meanwhile.
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = listeners.http.map(|listener| {
@@ -199,13 +209,34 @@ pub async fn run(
         .map(|tls| tls.watch(settings.transport.tls_poll, stop_rx.clone()));
     let incoming = transport::incoming(listeners.grpc, &settings.transport, tls, stop_rx.clone());
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let lost = std::sync::Mutex::new(None::<String>);
     let drain_signal = async {
-        tokio::select! {
-            () = shutdown => {}
-            why = deaf => {
-                tracing::error!(error = %why, "stopping");
-                if let Ok(mut refused) = refused.lock() {
-                    *refused = Some(why);
+        tokio::pin!(shutdown);
+        tokio::pin!(deaf);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                why = &mut deaf => {
+                    tracing::error!(error = %why, "stopping");
+                    if let Ok(mut refused) = refused.lock() {
+                        *refused = Some(why);
+                    }
+                    break;
+                }
+                Some(failure) = failures.recv() => {
+                    tracing::error!(
+                        task = failure.task,
+                        error = %failure.why,
+                        critical = failure.critical,
+                        "background task failed"
+                    );
+                    metrics.task_failed(failure.task);
+                    if failure.critical {
+                        if let Ok(mut lost) = lost.lock() {
+                            *lost = Some(format!("the {} failed ({})", failure.task, failure.why));
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -267,10 +298,8 @@ pub async fn run(
     let _ = writer_stop.send(());
     let _ = monitor.await;
     let _ = touch_task.await;
-    if let Some(listener) = change_listener
-        && let Err(error) = listener.join().await
-    {
-        tracing::error!(%error, "background task failed");
+    if let Some(listener) = change_listener {
+        let _ = listener.await;
     }
     let _ = throttle_clean_up.await;
     if let Some(task) = notifier {
@@ -285,6 +314,9 @@ pub async fn run(
     }
     if let Some(why) = refused.lock().ok().and_then(|mut r| r.take()) {
         return Err(Error::Config(why));
+    }
+    if let Some(why) = lost.lock().ok().and_then(|mut l| l.take()) {
+        return Err(Error::Runtime(format!("stopped: {why}")));
     }
     Ok(())
 }

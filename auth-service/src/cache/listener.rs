@@ -61,6 +61,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("auth-listener".into())
         .spawn(move || {
+            if settings.panic_listener {
+                panic!("the listener's test hook: panicking as asked");
+            }
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

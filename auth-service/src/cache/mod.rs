@@ -72,6 +72,10 @@ pub struct CacheSettings {
     pub max_staleness: Duration,
     /// Added to the local clock: lets tests run a replica with a skewed clock.
     pub clock_skew: TimeDelta,
+    /// Test hook: the listener's thread panics as it starts, to prove that its loss is
+    /// reported and stops the replica.
+    #[doc(hidden)]
+    pub panic_listener: bool,
 }
 
 /// The default `--cache-max-bytes`: 24 MiB, which holds the default 100,000 entries.
@@ -88,6 +92,7 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(300),
             max_staleness: DEFAULT_MAX_STALENESS,
             clock_skew: TimeDelta::zero(),
+            panic_listener: false,
         }
     }
 }

@@ -50,6 +50,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
     pub cause: &'static str,
 }
@@ -225,6 +230,7 @@ pub struct Metrics {
     db_up: Gauge,
     shed: Family<CauseLabel, Counter>,
     http_seconds: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    task_failures: Family<TaskLabel, Counter>,
     otel_dropped: Counter,
 }
 
@@ -266,6 +272,7 @@ impl Metrics {
             db_up: Gauge::default(),
             shed: Family::default(),
             http_seconds: Family::new_with_constructor(handling_histogram),
+            task_failures: Family::default(),
             otel_dropped: Counter::default(),
             registry: Registry::default(),
         };
@@ -392,6 +399,20 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.http_seconds.clone(),
         );
+        registry.register(
+            "auth_background_task_failures",
+            "Background tasks that panicked or ended while the server was not stopping, by \
+             task",
+            m.task_failures.clone(),
+        );
+        for task in [
+            "token-change listener",
+            "health monitor",
+            "last-used writer",
+            "expiry notifier",
+        ] {
+            let _ = m.task_failures.get_or_create(&TaskLabel { task });
+        }
         registry.register(
             "auth_otel_spans_dropped",
             "Spans lost on the way to the trace collector (in batches it refused or never \
@@ -633,6 +654,11 @@ impl Metrics {
                 http_response_status_code: status.as_u16(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// A background task failed.
+    pub fn task_failed(&self, task: &'static str) {
+        self.task_failures.get_or_create(&TaskLabel { task }).inc();
     }
 
     /// The trace exporter has lost `total` spans so far.

@@ -320,3 +320,26 @@ async fn a_peer_guessing_tokens_is_throttled_but_validation_is_not() {
         "by address, not by connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_is_reported_and_stops_the_replica() {
+    let mut settings = server::settings(RenewalPolicy::default());
+    settings.cache = CacheSettings {
+        panic_listener: true,
+        ..CacheSettings::default()
+    };
+    let server = TestServer::start(cluster::test_db().await.unwrap(), settings)
+        .await
+        .unwrap();
+    let ended = server
+        .stopped_within(Duration::from_secs(30))
+        .await
+        .expect("the replica stops on its own");
+    match ended {
+        Err(e) => {
+            assert!(e.to_string().contains("token-change listener"), "{e}");
+            assert_eq!(e.exit_code(), 1, "{e}");
+        }
+        Ok(()) => panic!("the replica went on without its listener"),
+    }
+}
