@@ -171,7 +171,7 @@ def check_files(paths):
 GOOD_POD = {
     "automountServiceAccountToken": False,
     "securityContext": {
-        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
         "seccompProfile": {"type": "RuntimeDefault"},
     },
     "containers": [{
