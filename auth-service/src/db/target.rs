@@ -14,20 +14,12 @@
 //! | `verify-full` | yes | against `sslrootcert` | yes |
 //!
 //! Without `sslrootcert`, `verify-ca` and `verify-full` trust the system's roots.
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use auth_tls::verify::{Check, Roots, ServerVerifier};
 use tokio_postgres::{NoTls, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tokio_rustls::rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
-    SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-};
+use tokio_rustls::rustls::ClientConfig;
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,151 +324,30 @@ fn percent_decode(value: &str) -> String {
 }
 
 fn client_config(mode: Mode, root_cert: Option<&PathBuf>) -> Result<ClientConfig, String> {
-    let provider = crate::pem::provider();
+    let provider = auth_tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let roots = || -> Result<Arc<RootCertStore>, String> {
+    let roots = || -> Result<Roots, String> {
         match root_cert {
-            Some(path) => crate::pem::read_roots(path)
-                .map(Arc::new)
-                .map_err(|e| format!("sslrootcert: {e}")),
-            None => Ok(Arc::new(system_roots())),
+            Some(path) => Roots::file(path).map_err(|e| format!("sslrootcert: {e}")),
+            None => Roots::system().map_err(|e| e.to_string()),
         }
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+    let check = match mode {
         Mode::Disable | Mode::Prefer | Mode::Require => match root_cert {
-            Some(_) => Arc::new(ChainOnly(webpki(roots()?, &provider)?)),
-            None => Arc::new(Unverified(provider)),
+            Some(_) => Check::Chain(roots()?),
+            None => Check::Any,
         },
-        Mode::VerifyCa => Arc::new(ChainOnly(webpki(roots()?, &provider)?)),
-        Mode::VerifyFull => webpki(roots()?, &provider)?,
+        Mode::VerifyCa => Check::Chain(roots()?),
+        Mode::VerifyFull => Check::ChainAndName(roots()?),
     };
+    let verifier =
+        ServerVerifier::new(check, &provider).map_err(|e| format!("sslrootcert: {e}"))?;
     Ok(builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
-}
-
-fn webpki(
-    roots: Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| format!("sslrootcert: {e}"))
-}
-
-/// The operating system's CA certificates (what libpq calls `sslrootcert=system`).
-fn system_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for dir in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(certs) = crate::pem::read_certs(std::path::Path::new(dir)) {
-            roots.add_parsable_certificates(certs);
-            break;
-        }
-    }
-    roots
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(TlsError::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encrypted, not authenticated
-/// (libpq's behaviour; `verify-full` is the mode that protects against impostors).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
