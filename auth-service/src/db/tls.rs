@@ -12,7 +12,12 @@
 //! | `verify-ca` | yes | against `sslrootcert` | no |
 //! | `verify-full` | yes | against `sslrootcert` | yes |
 //!
-//! Without `sslrootcert`, `verify-ca` and `verify-full` trust the system's roots.
+//! `sslrootcert=system` means the platform's CA certificates (read by auth-tls with
+//! rustls-native-certs; `SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as they do for
+//! libpq built with OpenSSL). As in libpq, it makes `verify-full` the default and refuses
+//! any weaker `sslmode`: anyone can get a certificate from a public CA for a host name
+//! they control, so the chain alone proves nothing. Without `sslrootcert`, `verify-ca`
+//! and `verify-full` trust the system's roots too.
 use std::path::PathBuf;
 
 use auth_tls::verify::{Check, Roots, ServerVerifier};
@@ -47,22 +52,51 @@ impl Mode {
     }
 }
 
+/// `sslrootcert`: where the trusted CA certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+    /// `sslrootcert=system`: the platform's roots.
+    System,
+}
+
+impl RootCert {
+    fn parse(value: &str) -> RootCert {
+        match value {
+            "system" => RootCert::System,
+            path => RootCert::File(PathBuf::from(path)),
+        }
+    }
+}
+
 /// How to speak TLS to one server: the mode, and the roots to check its certificate
 /// against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub mode: Mode,
-    pub root_cert: Option<PathBuf>,
+    pub root_cert: Option<RootCert>,
 }
 
 impl Policy {
     /// From the values of `sslmode` and `sslrootcert`, with libpq's defaults and rules.
     pub fn new(mode: Option<&str>, root_cert: Option<&str>) -> Result<Policy, String> {
-        let mode = match mode {
-            Some(mode) => Mode::parse(mode)?,
-            None => Mode::Prefer,
+        let (given, root_cert) = (mode, root_cert.map(RootCert::parse));
+        let mode = match (mode, &root_cert) {
+            (Some(mode), _) => Mode::parse(mode)?,
+            // libpq: the system's roots make verify-full the default...
+            (None, Some(RootCert::System)) => Mode::VerifyFull,
+            (None, _) => Mode::Prefer,
         };
-        let root_cert = root_cert.map(PathBuf::from);
+        // ... and refuse a weaker mode, with libpq's own message.
+        if root_cert == Some(RootCert::System)
+            && mode != Mode::VerifyFull
+            && let Some(weak) = given
+        {
+            return Err(format!(
+                "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
+            ));
+        }
         // libpq: with a root certificate, require verifies the chain like verify-ca.
         let mode = match (mode, &root_cert) {
             (Mode::Require, Some(_)) => Mode::VerifyCa,
@@ -85,7 +119,12 @@ impl Policy {
     pub fn client_config(&self) -> Result<Option<ClientConfig>, String> {
         let roots = || -> Result<Roots, String> {
             match &self.root_cert {
-                Some(path) => Roots::file(path).map_err(|e| format!("sslrootcert: {e}")),
+                Some(RootCert::File(path)) => {
+                    Roots::file(path).map_err(|e| format!("sslrootcert: {e}"))
+                }
+                Some(RootCert::System) => {
+                    Roots::system().map_err(|e| format!("sslrootcert=system: {e}"))
+                }
                 None => Roots::system().map_err(|e| e.to_string()),
             }
         };
@@ -127,6 +166,36 @@ mod tests {
         assert_eq!(mode(Some("verify-full"), None), Mode::VerifyFull);
         let err = Policy::new(Some("maybe"), None).unwrap_err();
         assert!(err.contains("sslmode=maybe"), "{err}");
+    }
+
+    #[test]
+    fn sslrootcert_system_is_the_system_roots_with_verify_full() {
+        let system = Policy::new(None, Some("system")).unwrap();
+        assert_eq!(
+            system,
+            Policy {
+                mode: Mode::VerifyFull,
+                root_cert: Some(RootCert::System)
+            }
+        );
+        assert_eq!(
+            Policy::new(Some("verify-full"), Some("system")).unwrap(),
+            system
+        );
+        for weak in ["disable", "allow", "prefer", "require", "verify-ca"] {
+            let err = Policy::new(Some(weak), Some("system")).unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
+                )
+            );
+        }
+        // Only the bare word: a file called so is still a file.
+        assert_eq!(
+            Policy::new(None, Some("./system")).unwrap().root_cert,
+            Some(RootCert::File("./system".into()))
+        );
     }
 
     #[test]
