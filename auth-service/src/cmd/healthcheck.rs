@@ -7,7 +7,8 @@
 //!
 //! Every failure exits 1 ("unhealthy"), an unreadable certificate file included: Docker
 //! reserves a `HEALTHCHECK` exit status of 2, and to a probe a server it cannot check is
-//! unhealthy. (A usage error is still clap's exit 2.)
+//! unhealthy. (A usage error is still clap's exit 2.) The database settings play no part:
+//! the check reads none of them (see `cmd::execute`).
 use std::{io::Write, sync::Arc, time::Duration};
 
 use auth_tls::{
@@ -82,7 +83,16 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     Ok(Some((config, name)))
 }
 
+/// Asks the server. Every failure is [`Error::Runtime`] (exit 1), whatever its cause:
+/// see the module comment.
 pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
+    ask(args).await.map_err(|e| match e {
+        Error::Runtime(_) => e,
+        other => unhealthy(other),
+    })
+}
+
+async fn ask(args: &HealthcheckArgs) -> Result<()> {
     let addr = args.target();
     let unreachable = |e: &dyn std::fmt::Display| unhealthy(format_args!("cannot ask {addr}: {e}"));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
