@@ -60,7 +60,8 @@ pub enum Error {
     Internal(String),
     /// A command could not finish for a reason that is neither the database, nor this
     /// service's configuration, nor a bug (the server `healthcheck` asks is not serving;
-    /// stdout is closed): running it again may work. Exit 1.
+    /// stdout is closed; the embedded cluster's disk is full): running it again may
+    /// work. Exit 1.
     #[error("{0}")]
     Runtime(String),
     /// A startup or configuration problem, with the flag or command that fixes it.
@@ -121,6 +122,20 @@ impl Error {
         }
     }
 
+    /// An I/O failure while doing `what` (the embedded cluster's files and programs).
+    /// Only what the operator must change is [`Error::Config`] (exit 2): a path that
+    /// cannot be one, a permission, a read-only filesystem, a program that is not there.
+    /// Anything else (a full or failing disk, a quota, no memory) may pass, and systemd
+    /// restarts a service that exits 1 but not one that exits 2
+    /// (`RestartPreventExitStatus=2`): it is [`Error::Runtime`].
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
+        if operator_must_fix(e) {
+            Error::Config(format!("{what}: {e}"))
+        } else {
+            Error::Runtime(format!("{what}: {e}"))
+        }
+    }
+
     /// A failed attempt to connect when a command starts. A login the server refuses
     /// (SQLSTATE class 28: a wrong password, no `pg_hba.conf` entry) or a database that
     /// does not exist (3D000) will not fix itself: the configuration must change, so it
@@ -137,6 +152,22 @@ impl Error {
         }
         Error::from(e)
     }
+}
+
+/// Whether an I/O error is the operator's to fix, by its kind (and, for what std does
+/// not name yet, its errno), never by its text.
+fn operator_must_fix(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        PermissionDenied
+            | NotFound
+            | NotADirectory
+            | IsADirectory
+            | DirectoryNotEmpty
+            | ReadOnlyFilesystem
+            | InvalidFilename
+    ) || e.raw_os_error() == Some(libc::ELOOP)
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -362,6 +393,38 @@ mod tests {
             Error::InvalidArgument("already revoked".into()),
         ] {
             assert_eq!(runtime.exit_code(), 1, "{runtime:?}");
+        }
+    }
+
+    #[test]
+    fn only_io_errors_the_operator_must_fix_exit_2() {
+        use std::io::Error as Io;
+        for errno in [
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOENT,
+            libc::ENOTDIR,
+            libc::EISDIR,
+            libc::ENOTEMPTY,
+            libc::EROFS,
+            libc::ENAMETOOLONG,
+            libc::ELOOP,
+        ] {
+            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), 2, "errno {errno}: {e}");
+        }
+        for errno in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EIO,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::EMFILE,
+            libc::EINTR,
+        ] {
+            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), 1, "errno {errno}: {e}");
+            assert!(e.to_string().starts_with("creating --data-dir: "), "{e}");
         }
     }
 
