@@ -2,7 +2,7 @@
 //! agent makes, each with the bearer token and its own timeout.
 use std::{
     future::Future,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -11,12 +11,10 @@ use auth_api::v1::{
     LookupCurrentTokenRequest, RenewCurrentTokenRequest, RevokeCurrentTokenRequest,
     auth_service_client::AuthServiceClient,
 };
+use auth_tls::pem;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-use tokio_rustls::{
-    TlsConnector,
-    rustls::{ClientConfig, RootCertStore, crypto::ring},
-};
+use rustls_pki_types::ServerName;
+use tokio_rustls::{TlsConnector, rustls::ClientConfig};
 use tonic::{
     Code, Request, Status,
     transport::{Channel, Endpoint, Uri},
@@ -71,31 +69,20 @@ impl TlsFiles {
 
     /// The rustls client settings, from the files as they are now.
     fn client_config(&self) -> Result<ClientConfig, String> {
-        let provider = Arc::new(ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        match &self.ca_file {
-            Some(path) => {
-                for cert in read_certs(path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-            }
-        }
-        let builder = ClientConfig::builder_with_provider(provider)
+        let roots = match &self.ca_file {
+            Some(path) => pem::read_roots(path).map_err(|e| format!("--ca-file: {e}"))?,
+            None => auth_tls::roots::system_roots().map_err(|e| e.to_string())?,
+        };
+        let builder = ClientConfig::builder_with_provider(auth_tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);
         let mut config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+                let key = pem::read_key(key).map_err(|e| format!("--client-key: {e}"))?;
+                let chain = pem::read_certs(cert).map_err(|e| format!("--client-cert: {e}"))?;
                 builder
-                    .with_client_auth_cert(read_certs(cert)?, key)
+                    .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("--client-cert and --client-key: {e}"))?
             }
             _ => builder.with_no_client_auth(),
@@ -103,12 +90,6 @@ impl TlsFiles {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))
 }
 
 /// The transport settings of the channel to the server. The defaults are the

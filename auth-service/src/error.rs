@@ -60,7 +60,8 @@ pub enum Error {
     Internal(String),
     /// A command could not finish for a reason that is neither the database, nor this
     /// service's configuration, nor a bug (the server `healthcheck` asks is not serving;
-    /// stdout is closed): running it again may work. Exit 1.
+    /// stdout is closed; the embedded cluster's disk is full): running it again may
+    /// work. Exit 1.
     #[error("{0}")]
     Runtime(String),
     /// A startup or configuration problem, with the flag or command that fixes it.
@@ -121,6 +122,20 @@ impl Error {
         }
     }
 
+    /// An I/O failure while doing `what` (the embedded cluster's files and programs).
+    /// Only what the operator must change is [`Error::Config`] (exit 2): a path that
+    /// cannot be one, a permission, a read-only filesystem, a program that is not there.
+    /// Anything else (a full or failing disk, a quota, no memory) may pass, and systemd
+    /// restarts a service that exits 1 but not one that exits 2
+    /// (`RestartPreventExitStatus=2`): it is [`Error::Runtime`].
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
+        if operator_must_fix(e) {
+            Error::Config(format!("{what}: {e}"))
+        } else {
+            Error::Runtime(format!("{what}: {e}"))
+        }
+    }
+
     /// A failed attempt to connect when a command starts. A login the server refuses
     /// (SQLSTATE class 28: a wrong password, no `pg_hba.conf` entry) or a database that
     /// does not exist (3D000) will not fix itself: the configuration must change, so it
@@ -139,46 +154,82 @@ impl Error {
     }
 }
 
+/// Whether an I/O error is the operator's to fix, by its kind (and, for what std does
+/// not name yet, its errno), never by its text.
+fn operator_must_fix(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        PermissionDenied
+            | NotFound
+            | NotADirectory
+            | IsADirectory
+            | DirectoryNotEmpty
+            | ReadOnlyFilesystem
+            | InvalidFilename
+    ) || e.raw_os_error() == Some(libc::ELOOP)
+}
+
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
-        // Connection loss, server shutdown, resource exhaustion and serialization
-        // conflicts are transient: the caller should retry. A constraint or syntax
-        // error, or a row that does not decode, is a bug in this service. Errors
-        // without an SQLSTATE are I/O, connect, timeout or closed-connection
-        // failures, except the decoding kinds, which tokio-postgres only tells apart
-        // by their text.
-        let transient = match e.code() {
-            None => {
-                let text = e.to_string();
-                ![
-                    "error serializing",
-                    "error deserializing",
-                    "invalid column",
-                    "query returned an unexpected",
-                ]
-                .iter()
-                .any(|bug| text.starts_with(bug))
-            }
-            Some(code) => {
-                let c = code.code();
-                c.starts_with("08")
-                    || c.starts_with("53")
-                    || c.starts_with("57P")
-                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *code == SqlState::T_R_DEADLOCK_DETECTED
-                    || *code == SqlState::QUERY_CANCELED
-                    // A failover left us on a read-only standby.
-                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
-            }
-        };
-        if transient {
+        if transient(&e) {
             Error::Unavailable(explained(&e))
         } else {
             Error::Internal(explained(&e))
         }
     }
 }
+
+/// Whether a tokio-postgres error may go away by itself (connection loss, server
+/// shutdown, resource exhaustion, a serialization conflict: the caller should retry)
+/// rather than be a bug of this service (a constraint or syntax error, a row that does
+/// not decode).
+fn transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08")
+            || c.starts_with("53")
+            || c.starts_with("57P")
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::QUERY_CANCELED
+            // A failover left us on a read-only standby.
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+    }
+    // No SQLSTATE. A closed connection is told by its kind.
+    if e.is_closed() {
+        return true;
+    }
+    // tokio-postgres's own checks of what this service sends and reads are bugs here.
+    // It exposes no kind for them, and their causes vary (a decoding error may even
+    // carry an io::Error), so its own text is the only signal: tests/it/errors.rs
+    // produces each of them against a real server, so that a reworded message fails a
+    // test, not a request.
+    let text = e.to_string();
+    if BUG_TEXTS.iter().any(|bug| text.contains(bug)) {
+        return false;
+    }
+    // The rest is about the connection: an I/O failure (connect, read, write, the TLS
+    // handshake), a server that refuses TLS, a protocol or authentication exchange that
+    // broke. Retry.
+    true
+}
+
+/// tokio-postgres's messages for what it refuses to send or decode (its `Display`,
+/// without the cause).
+const BUG_TEXTS: [&str; 5] = [
+    // ToSql: a parameter of the wrong type.
+    "error serializing parameter",
+    // FromSql: a column of the wrong type, or NULL where none is expected.
+    "error deserializing column",
+    // A column name that is not in the row.
+    "invalid column",
+    // Too many or too few parameters for the statement.
+    " parameters but got ",
+    // query_one without exactly one row, a scalar query with more than one column.
+    "query returned an unexpected number of",
+];
 
 /// An error with its causes, as one line. tokio-postgres's own text is only the kind
 /// ("db error"): PostgreSQL's message (e.g. "password authentication failed for user
@@ -203,38 +254,50 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
-/// [`chain`], with a certificate problem said the way operators search for it.
-fn explained(e: &dyn std::error::Error) -> String {
+/// [`chain`], with a TLS problem said the way operators search for it.
+fn explained(e: &(dyn std::error::Error + 'static)) -> String {
     let text = chain(e);
-    match explain(&text) {
+    match explain(e) {
         Some(said) => format!("{said}: {text}"),
         None => text,
     }
 }
 
-/// A certificate problem in a connection error, said the way operators search for it.
-pub fn explain(text: &str) -> Option<&'static str> {
-    const MISMATCH: &str = "host name mismatch: the server's certificate is not for this host \
-                            (check the host in the URL, or use sslmode=verify-ca)";
-    const EXPIRED: &str = "certificate verify failed: the server's certificate has expired";
-    [
-        (
-            "UnknownIssuer",
-            "certificate verify failed: unknown issuer (check sslrootcert)",
-        ),
-        ("NotValidForName", MISMATCH),
-        ("not valid for name", MISMATCH),
-        ("Expired", EXPIRED),
-        ("certificate expired", EXPIRED),
-        ("BadSignature", "certificate verify failed: bad signature"),
-        (
-            "server does not support TLS",
-            "the server does not accept TLS (sslmode requires it)",
-        ),
-    ]
-    .into_iter()
-    .find(|(needle, _)| text.contains(needle))
-    .map(|(_, said)| said)
+/// A TLS problem in a connection error, said the way operators search for it. A
+/// certificate problem is found by its type among the causes ([`auth_tls::problem`]).
+fn explain(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use auth_tls::problem::{Problem, find};
+    if let Some(problem) = find(e) {
+        return Some(match problem {
+            Problem::UnknownIssuer => {
+                "certificate verify failed: unknown issuer (check sslrootcert)"
+            }
+            Problem::NotASystemRoot => {
+                "certificate verify failed: unknown issuer, not one of the system's roots \
+                 (sslrootcert=system; give the server's CA as sslrootcert=/path/to/ca.crt)"
+            }
+            Problem::NameMismatch => {
+                "host name mismatch: the server's certificate is not for this host \
+                 (check the host in the URL, or use sslmode=verify-ca)"
+            }
+            Problem::Expired => "certificate verify failed: the server's certificate has expired",
+            Problem::NotYetValid => {
+                "certificate verify failed: the server's certificate is not valid yet \
+                 (check the clocks)"
+            }
+            Problem::BadSignature => "certificate verify failed: bad signature",
+        });
+    }
+    // A server that answers the TLS request with "no" is said only in tokio-postgres's
+    // own words (a string, the cause of its TLS error): tested in tests/it/errors.rs.
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.to_string() == "server does not support TLS" {
+            return Some("the server does not accept TLS (sslmode requires it)");
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Database outages fail every call the same way: one line a second says it.
@@ -366,6 +429,38 @@ mod tests {
     }
 
     #[test]
+    fn only_io_errors_the_operator_must_fix_exit_2() {
+        use std::io::Error as Io;
+        for errno in [
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOENT,
+            libc::ENOTDIR,
+            libc::EISDIR,
+            libc::ENOTEMPTY,
+            libc::EROFS,
+            libc::ENAMETOOLONG,
+            libc::ELOOP,
+        ] {
+            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), 2, "errno {errno}: {e}");
+        }
+        for errno in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EIO,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::EMFILE,
+            libc::EINTR,
+        ] {
+            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), 1, "errno {errno}: {e}");
+            assert!(e.to_string().starts_with("creating --data-dir: "), "{e}");
+        }
+    }
+
+    #[test]
     fn a_database_that_cannot_be_reached_at_startup_is_unavailable() {
         use deadpool_postgres::{PoolError, TimeoutType};
         assert!(matches!(
@@ -386,16 +481,35 @@ mod tests {
     }
 
     #[test]
-    fn certificate_problems_are_said_plainly() {
+    fn certificate_problems_are_said_plainly_found_by_type() {
+        use tokio_rustls::rustls::{CertificateError, Error as TlsError};
+        /// A connection error as tokio-postgres hands it over: its own error, caused by
+        /// tokio-rustls' io::Error, which wraps rustls' error.
+        #[derive(Debug, thiserror::Error)]
+        #[error("error performing TLS handshake")]
+        struct Handshake(#[source] std::io::Error);
+        let failed = |e: CertificateError| {
+            explain(&Handshake(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                TlsError::InvalidCertificate(e),
+            )))
+        };
         assert_eq!(
-            explain("error performing TLS handshake: invalid peer certificate: UnknownIssuer"),
+            failed(CertificateError::UnknownIssuer),
             Some("certificate verify failed: unknown issuer (check sslrootcert)")
         );
         assert!(
-            explain("invalid peer certificate: NotValidForNameContext { .. }")
+            failed(CertificateError::NotValidForName)
                 .unwrap()
                 .starts_with("host name mismatch")
         );
-        assert_eq!(explain("connection refused"), None);
+        // The words alone are not enough: a message that merely mentions them is not a
+        // certificate problem.
+        let mentions = Handshake(std::io::Error::other("UnknownIssuer NotValidForName"));
+        assert_eq!(explain(&mentions), None);
+        assert_eq!(
+            explain(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            None
+        );
     }
 }

@@ -17,7 +17,6 @@
 //! - [`renewal`]: the renewal and liveness rules, pure functions;
 //! - [`token`]: issuing tokens and hashing presented ones (the format is `auth_api`'s);
 //! - [`embedded`]: the private PostgreSQL cluster of the default mode;
-//! - [`pem`]: PEM certificates, keys and roots, and the crypto provider of every TLS end;
 //! - [`error`]: the one error type and its mapping to gRPC status codes;
 //! - [`telemetry`]: logging and traces setup;
 //! - [`trace`]: the spans of a call (server, cache, database, webhook), W3C context in.
@@ -45,8 +44,6 @@ pub mod token;
 
 pub mod db;
 pub mod embedded;
-
-pub mod pem;
 
 pub mod error;
 pub mod telemetry;

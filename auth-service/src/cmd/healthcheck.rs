@@ -7,19 +7,17 @@
 //!
 //! Every failure exits 1 ("unhealthy"), an unreadable certificate file included: Docker
 //! reserves a `HEALTHCHECK` exit status of 2, and to a probe a server it cannot check is
-//! unhealthy. (A usage error is still clap's exit 2.)
+//! unhealthy. (A usage error is still clap's exit 2.) The database settings play no part:
+//! the check reads none of them (see `cmd::execute`).
 use std::{io::Write, sync::Arc, time::Duration};
 
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::{
-    TlsConnector,
-    rustls::{
-        ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme,
-        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        crypto::{verify_tls12_signature, verify_tls13_signature},
-    },
+use auth_tls::{
+    pem,
+    verify::{Check, ServerVerifier},
 };
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio_rustls::{TlsConnector, rustls::ClientConfig};
 use tonic::transport::{Endpoint, Uri};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -28,71 +26,10 @@ use tonic_health::pb::{
 use crate::{
     config::HealthcheckArgs,
     error::{Error, Result},
-    pem,
     transport::PeerIdentity,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Accepts exactly one certificate: the one the server is configured with.
-#[derive(Debug)]
-struct Pinned {
-    leaf: CertificateDer<'static>,
-    provider: Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, TlsError> {
-        if end_entity.as_ref() == self.leaf.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(TlsError::General(
-                "the server presents another certificate than --tls-cert holds".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 fn unhealthy(e: impl std::fmt::Display) -> Error {
     Error::Runtime(format!("unhealthy: {e}"))
@@ -103,7 +40,7 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     if args.ca_file.is_none() && args.tls_cert.is_none() {
         return Ok(None);
     }
-    let provider = pem::provider();
+    let provider = auth_tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(unhealthy)?;
@@ -113,12 +50,15 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     };
     let builder = match (&args.ca_file, &server_cert) {
         (Some(ca), _) => builder.with_root_certificates(pem::read_roots(ca).map_err(unhealthy)?),
-        (None, Some(chain)) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
+        (None, Some(chain)) => {
+            let pinned = Check::Pinned {
                 leaf: chain[0].clone(),
-                provider,
-            })),
+                holder: "--tls-cert".into(),
+            };
+            builder.dangerous().with_custom_certificate_verifier(
+                ServerVerifier::new(pinned, &provider).map_err(unhealthy)?,
+            )
+        }
         (None, None) => return Ok(None),
     };
     let mut config = match (&args.tls_client_ca, &server_cert, &args.tls_key) {
@@ -143,7 +83,16 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
     Ok(Some((config, name)))
 }
 
+/// Asks the server. Every failure is [`Error::Runtime`] (exit 1), whatever its cause:
+/// see the module comment.
 pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
+    ask(args).await.map_err(|e| match e {
+        Error::Runtime(_) => e,
+        other => unhealthy(other),
+    })
+}
+
+async fn ask(args: &HealthcheckArgs) -> Result<()> {
     let addr = args.target();
     let unreachable = |e: &dyn std::fmt::Display| unhealthy(format_args!("cannot ask {addr}: {e}"));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))

@@ -18,16 +18,19 @@ pub async fn execute(
     traces: Option<auth_telemetry::otel::Traces>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let db = cli.db.settings()?;
     match cli.command {
         Command::Serve(args) => {
+            let db = cli.db.settings()?;
             let mut settings = args.settings(&cli.db)?;
             settings.traces = traces;
             serve::serve(&db, settings, shutdown).await
         }
-        Command::Migrate => migrate::migrate(&db).await,
+        Command::Migrate => migrate::migrate(&cli.db.settings()?).await,
+        Command::Token(args) => token::token(&cli.db.settings()?, &cli.db.prefix()?, args).await,
+        // The check asks the server, which has database settings of its own: it reads
+        // none, so that those it inherits from the server's environment (a URL file it
+        // may not read) can neither fail it nor make it exit 2.
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
-        Command::Token(args) => token::token(&db, &cli.db.prefix()?, args).await,
     }
 }
 

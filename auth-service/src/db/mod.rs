@@ -1,6 +1,8 @@
 //! The connection pool, migrations, and a time limit on every database operation.
 //!
-//! All SQL lives in `sql`; `tokens` turns rows into domain values.
+//! All SQL lives in `sql`; `tokens` turns rows into domain values. Where to connect:
+//! `conninfo` reads a connection string, `tls` is libpq's TLS policy, `target` connects
+//! with both.
 use std::{fmt, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -14,10 +16,12 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 use crate::error::{Error, Result};
 
 pub mod batch;
+pub mod conninfo;
 pub mod notices;
 mod shared;
 pub mod sql;
 pub mod target;
+pub mod tls;
 pub mod tokens;
 
 pub use crate::renewal::TokenRecord;

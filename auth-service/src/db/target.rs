@@ -1,61 +1,13 @@
-//! Which PostgreSQL to talk to, and how: the connection settings, and TLS with libpq's
-//! semantics for `sslmode` and `sslrootcert`, as every PostgreSQL tool has them.
-//!
-//! tokio-postgres itself knows only `disable`, `prefer` and `require`, and rejects a URL
-//! with `verify-full`. So the TLS parameters are taken out of the URL first, and the
-//! rustls client is built to match:
-//!
-//! | `sslmode` | encrypted | certificate checked | host name checked |
-//! | --- | --- | --- | --- |
-//! | `disable` | no | | |
-//! | `prefer` (the default) | if the server offers it | no (yes with `sslrootcert`) | no |
-//! | `require` | yes | no (yes with `sslrootcert`, as libpq does) | no |
-//! | `verify-ca` | yes | against `sslrootcert` | no |
-//! | `verify-full` | yes | against `sslrootcert` | yes |
-//!
-//! Without `sslrootcert`, `verify-ca` and `verify-full` trust the system's roots.
-use std::{path::PathBuf, sync::Arc};
-
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_postgres::{NoTls, config::SslMode};
+//! Which PostgreSQL to talk to, and how: a parsed connection string (the settings
+//! tokio-postgres understands, and the TLS policy of [`super::tls`]), and connecting
+//! with it outside the pools.
+use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tokio_rustls::rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
-    SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+
+use super::{
+    conninfo,
+    tls::{Mode, Policy},
 };
-
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl Mode {
-    fn parse(value: &str) -> Result<Mode, String> {
-        Ok(match value {
-            "disable" => Mode::Disable,
-            // libpq's allow tries plaintext first; encrypting when offered is stricter.
-            "allow" | "prefer" => Mode::Prefer,
-            "require" => Mode::Require,
-            "verify-ca" => Mode::VerifyCa,
-            "verify-full" => Mode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                ));
-            }
-        })
-    }
-}
 
 /// The TLS connector of a target (cheap to clone).
 #[derive(Clone)]
@@ -107,32 +59,21 @@ impl Target {
     /// Parses a URL (`postgres://...?sslmode=verify-full&sslrootcert=/ca.crt`) or a
     /// key=value string (`host=... sslmode=verify-full sslrootcert=/ca.crt`).
     pub fn parse(url: &str) -> Result<Target, String> {
-        let (rest, params) = take_tls_params(url)?;
-        let mode = match params.mode.as_deref() {
-            Some(mode) => Mode::parse(mode)?,
-            None => Mode::Prefer,
-        };
+        let (rest, params) = conninfo::take_tls_params(url)?;
+        let policy = Policy::new(params.mode.as_deref(), params.root_cert.as_deref())?;
         let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e: tokio_postgres::Error| e.to_string())?;
-        // libpq: with a root certificate, require verifies the chain like verify-ca.
-        let mode = match (mode, &params.root_cert) {
-            (Mode::Require, Some(_)) => Mode::VerifyCa,
-            (mode, _) => mode,
+        config.ssl_mode(policy.ssl_mode());
+        let tls = match policy.client_config()? {
+            None => Tls::None,
+            Some(client) => Tls::Rustls(MakeRustlsConnect::new(client)),
         };
-        config.ssl_mode(match mode {
-            Mode::Disable => SslMode::Disable,
-            Mode::Prefer => SslMode::Prefer,
-            Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
-        });
-        let tls = match mode {
-            Mode::Disable => Tls::None,
-            mode => Tls::Rustls(MakeRustlsConnect::new(client_config(
-                mode,
-                params.root_cert.as_ref(),
-            )?)),
-        };
-        Ok(Target { config, tls, mode })
+        Ok(Target {
+            config,
+            tls,
+            mode: policy.mode,
+        })
     }
 
     /// Connects once, outside any pool; the connection is driven on a task.
@@ -213,301 +154,10 @@ impl Target {
     }
 }
 
-/// The TLS parameters taken out of a connection string.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TlsParams {
-    mode: Option<String>,
-    root_cert: Option<PathBuf>,
-}
-
-/// Splits `sslmode` and `sslrootcert` off a URL or key=value string.
-fn take_tls_params(url: &str) -> Result<(String, TlsParams), String> {
-    let mut params = TlsParams::default();
-    let mut take = |key: &str, value: String| match key {
-        "sslmode" => {
-            params.mode = Some(value);
-            true
-        }
-        "sslrootcert" => {
-            params.root_cert = Some(PathBuf::from(value));
-            true
-        }
-        _ => false,
-    };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            return Ok((url.to_owned(), params));
-        };
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                !take(key, percent_decode(value))
-            })
-            .collect();
-        let rest = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        return Ok((rest, params));
-    }
-    // key=value: values may be single-quoted, with \' and \\ escapes.
-    let mut kept = Vec::new();
-    let mut chars = url.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
-        if key.is_empty() {
-            break;
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(format!("`{key}` has no value"));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut raw = String::new();
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            raw.push('\'');
-            loop {
-                match chars.next() {
-                    Some('\\') => {
-                        let c = chars.next().ok_or("unterminated quoted value")?;
-                        raw.push('\\');
-                        raw.push(c);
-                        value.push(c);
-                    }
-                    Some('\'') => {
-                        raw.push('\'');
-                        break;
-                    }
-                    Some(c) => {
-                        raw.push(c);
-                        value.push(c);
-                    }
-                    None => return Err("unterminated quoted value".into()),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                raw.push(c);
-                value.push(c);
-            }
-        }
-        if !take(&key, value) {
-            kept.push(format!("{key}={raw}"));
-        }
-    }
-    Ok((kept.join(" "), params))
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => match std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                None => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn client_config(mode: Mode, root_cert: Option<&PathBuf>) -> Result<ClientConfig, String> {
-    let provider = crate::pem::provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let roots = || -> Result<Arc<RootCertStore>, String> {
-        match root_cert {
-            Some(path) => crate::pem::read_roots(path)
-                .map(Arc::new)
-                .map_err(|e| format!("sslrootcert: {e}")),
-            None => Ok(Arc::new(system_roots())),
-        }
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        Mode::Disable | Mode::Prefer | Mode::Require => match root_cert {
-            Some(_) => Arc::new(ChainOnly(webpki(roots()?, &provider)?)),
-            None => Arc::new(Unverified(provider)),
-        },
-        Mode::VerifyCa => Arc::new(ChainOnly(webpki(roots()?, &provider)?)),
-        Mode::VerifyFull => webpki(roots()?, &provider)?,
-    };
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
-}
-
-fn webpki(
-    roots: Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| format!("sslrootcert: {e}"))
-}
-
-/// The operating system's CA certificates (what libpq calls `sslrootcert=system`).
-fn system_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for dir in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(certs) = crate::pem::read_certs(std::path::Path::new(dir)) {
-            roots.add_parsable_certificates(certs);
-            break;
-        }
-    }
-    roots
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(TlsError::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encrypted, not authenticated
-/// (libpq's behaviour; `verify-full` is the mode that protects against impostors).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn tls_parameters_come_out_of_urls_and_key_value_strings() {
-        let (rest, p) = take_tls_params(
-            "postgres://u:p%40ss@db.internal:5432/auth?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&application_name=x",
-        )
-        .unwrap();
-        assert_eq!(
-            rest,
-            "postgres://u:p%40ss@db.internal:5432/auth?application_name=x"
-        );
-        assert_eq!(p.mode.as_deref(), Some("verify-full"));
-        assert_eq!(p.root_cert, Some(PathBuf::from("/etc/ca.crt")));
-        let (rest, p) = take_tls_params(
-            "host=db user=auth sslmode=verify-ca sslrootcert='/a b/ca.crt' dbname=auth",
-        )
-        .unwrap();
-        assert_eq!(rest, "host=db user=auth dbname=auth");
-        assert_eq!(p.mode.as_deref(), Some("verify-ca"));
-        assert_eq!(p.root_cert, Some(PathBuf::from("/a b/ca.crt")));
-        assert_eq!(
-            take_tls_params("postgres://h/db").unwrap(),
-            ("postgres://h/db".to_owned(), TlsParams::default())
-        );
-    }
 
     #[test]
     fn failover_urls_keep_every_host_and_ask_for_a_writable_server() {
@@ -535,14 +185,11 @@ mod tests {
     }
 
     #[test]
-    fn modes_follow_libpq() {
+    fn the_tls_parameters_set_the_mode_and_leave_the_rest_to_tokio_postgres() {
         assert_eq!(Target::parse("postgres://h/db").unwrap().mode, Mode::Prefer);
-        assert_eq!(
-            Target::parse("postgres://h/db?sslmode=disable")
-                .unwrap()
-                .mode,
-            Mode::Disable
-        );
+        let target = Target::parse("postgres://h/db?sslmode=disable&application_name=x").unwrap();
+        assert_eq!(target.mode, Mode::Disable);
+        assert_eq!(target.config.get_application_name(), Some("x"));
         assert_eq!(
             Target::parse("host=h sslmode=verify-full").unwrap().mode,
             Mode::VerifyFull

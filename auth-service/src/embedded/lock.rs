@@ -90,7 +90,7 @@ impl ServeLock {
         let pid = format!("{}\n", std::process::id());
         file.set_len(0)
             .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
-            .map_err(|e| Error::Config(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format_args!("writing {}", path.display()), &e))?;
         Ok(ServeLock { file })
     }
 
@@ -149,16 +149,17 @@ fn open(path: &Path) -> Result<File> {
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .map_err(|e| {
-            Error::Config(format!(
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::Config(format!(
                 "cannot open {}: {e}; run auth-service as the user that owns --data-dir",
                 path.display()
-            ))
+            )),
+            _ => Error::io(format_args!("cannot open {}", path.display()), &e),
         })
 }
 
 fn failed(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Config(format!("cannot lock {}: {e}", path.display()))
+    move |e| Error::io(format_args!("cannot lock {}", path.display()), &e)
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@
 //! lock in the data directory ([`lock`]), so processes started together agree. When
 //! we are root the programs run as the `postgres` system user, since PostgreSQL
 //! refuses to run as root.
+//!
+//! Errors exit 2 (systemd does not restart) only when the operator must change
+//! something: the programs, the account, the data directory's path or ownership. A full
+//! or failing disk, or a server program that ran and failed, exits 1 ([`Error::io`],
+//! `checked`).
 use std::{
     fs,
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -198,10 +203,18 @@ impl Cluster {
                 tracing::info!(pgdata = %self.pgdata.display(), "embedded PostgreSQL started");
                 Ok(())
             }
-            Err(e) => Err(Error::Config(format!(
-                "{e}\n--- last lines of {log} ---\n{}",
-                tail(&self.pgdata.join("server.log"), 15)
-            ))),
+            Err(e) => {
+                let said = format!(
+                    "{e}\n--- last lines of {log} ---\n{}",
+                    tail(&self.pgdata.join("server.log"), 15)
+                );
+                // Exit 2 or 1 as `checked` decided: a server that did not start for
+                // want of disk is a runtime failure.
+                Err(match e {
+                    Error::Config(_) => Error::Config(said),
+                    _ => Error::Runtime(said),
+                })
+            }
         }
     }
 
@@ -270,11 +283,15 @@ impl Cluster {
         );
         fs::write(scratch.join("postgresql.conf"), conf).map_err(io("writing postgresql.conf"))?;
         if self.pgdata.exists() {
-            fs::remove_dir(&self.pgdata).map_err(|e| {
-                Error::Config(format!(
+            fs::remove_dir(&self.pgdata).map_err(|e| match e.kind() {
+                std::io::ErrorKind::DirectoryNotEmpty => Error::Config(format!(
                     "{} exists but holds no PostgreSQL cluster ({e}); move it away or choose another --data-dir",
                     self.pgdata.display()
-                ))
+                )),
+                _ => Error::io(
+                    format_args!("removing the empty {}", self.pgdata.display()),
+                    &e,
+                ),
             })?;
         }
         fs::rename(&scratch, &self.pgdata).map_err(io("moving the new cluster into place"))?;
@@ -310,10 +327,10 @@ fn on_off(b: bool) -> &'static str {
 fn create_data_dir(data_dir: &Path, run_as: Option<&RunAs>) -> Result<PathBuf> {
     let fresh = !data_dir.exists();
     fs::create_dir_all(data_dir).map_err(|e| {
-        Error::Config(format!(
-            "cannot create --data-dir {}: {e}",
-            data_dir.display()
-        ))
+        Error::io(
+            format_args!("cannot create --data-dir {}", data_dir.display()),
+            &e,
+        )
     })?;
     let data_dir = fs::canonicalize(data_dir).map_err(io("resolving --data-dir"))?;
     // A directory we made is private (the cluster user may pass through it when we
@@ -383,14 +400,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// An I/O failure while doing `what`: exit 2 only if the operator must fix it (see
+/// [`Error::io`]).
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::Config(format!("{what}: {e}"))
+    move |e| Error::io(what, &e)
 }
 
 /// `Ok` if the program succeeded; otherwise an error naming it (and `action`, if any)
 /// with everything it printed.
+///
+/// A program that could not be started is classified by why ([`Error::io`]: not there,
+/// not executable: exit 2). One that ran and failed is a runtime failure (exit 1): what
+/// the operator controls (the programs, the account, the data directory and its
+/// ownership) has been checked before it runs, and what is left (a full or failing
+/// disk, shared memory used up) may pass, so systemd should try again. A restart loop
+/// on the odd failure that will not pass costs less than a service that stays down
+/// after the disk was freed.
 fn checked(output: std::io::Result<Output>, program: &str, action: &str) -> Result<()> {
-    let out = output.map_err(|e| Error::Config(format!("could not run {program}: {e}")))?;
+    let out = output.map_err(|e| Error::io(format_args!("could not run {program}"), &e))?;
     if out.status.success() {
         return Ok(());
     }
@@ -403,7 +430,7 @@ fn checked(output: std::io::Result<Output>, program: &str, action: &str) -> Resu
         .map(|b| String::from_utf8_lossy(b).trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    Err(Error::Config(format!(
+    Err(Error::Runtime(format!(
         "{what} failed ({}): {}",
         out.status,
         printed.join("\n")

@@ -16,6 +16,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use sha2::Sha256;
+use tokio_rustls::rustls::ClientConfig;
 
 use super::NotifySettings;
 use crate::{
@@ -104,9 +105,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(settings: &NotifySettings) -> Result<Client> {
+        let roots = auth_tls::roots::system_roots()
+            .map_err(|e| Error::Config(format!("--notify-webhook: no TLS roots: {e}")))?;
+        let tls = ClientConfig::builder_with_provider(auth_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("--notify-webhook: TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(crate::pem::provider())
-            .map_err(|e| Error::Config(format!("--notify-webhook: no TLS roots: {e}")))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();

@@ -23,26 +23,28 @@ use tokio_rustls::{
     },
 };
 
-use super::TlsSettings;
-use crate::{
-    error::{Error, Result},
-    pem::{provider, read_certs, read_key, read_roots},
+use auth_tls::{
+    pem::{read_certs, read_key, read_roots},
+    provider,
 };
+
+use super::TlsSettings;
+use crate::error::{Error, Result};
 
 /// Builds the server configuration from the files.
 fn build(files: &TlsSettings) -> std::result::Result<ServerConfig, String> {
-    let certs = read_certs(&files.cert)?;
-    let key = read_key(&files.key)?;
+    let certs = read_certs(&files.cert).map_err(|e| e.to_string())?;
+    let key = read_key(&files.key).map_err(|e| e.to_string())?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&TLS13, &TLS12])
         .map_err(|e| format!("TLS versions: {e}"))?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider())
-                    .build()
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            let roots = read_roots(ca).map_err(|e| e.to_string())?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -297,3 +297,75 @@ fn describe(startup: Startup) -> String {
         Startup::Exited { status, log } => format!("exited ({status}):\n{}", log.join("\n")),
     }
 }
+
+/// Exit 2 tells systemd not to restart the service (`RestartPreventExitStatus=2`), so
+/// only what the operator must change exits 2. A write that fails for want of disk, or
+/// an initdb that failed for want of disk, exits 1: a restart may work once space is
+/// freed. Stand-in server programs (shell scripts) make the failures; `/dev/full`
+/// answers every write with ENOSPC, as a full disk does.
+#[test]
+fn the_embedded_cluster_exits_2_only_for_what_the_operator_must_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cluster::scratch_dir("embedded-exit");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Readable by the cluster's user, which runs the programs when we are root.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bindir = |name: &str, initdb: &str| {
+        let bin = dir.join(name);
+        std::fs::create_dir_all(&bin).unwrap();
+        for (program, script) in [
+            ("initdb", initdb),
+            ("pg_ctl", "#!/bin/sh\nexit 1\n"),
+            ("postgres", "#!/bin/sh\nexit 1\n"),
+        ] {
+            let path = bin.join(program);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        bin.to_str().unwrap().to_owned()
+    };
+    // initdb makes a cluster whose settings file is /dev/full: auth-service's own write
+    // of it fails with ENOSPC.
+    let full = bindir(
+        "full",
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -D ] && dir=$2; shift; done\n\
+         echo 15 > \"$dir/PG_VERSION\" && : > \"$dir/postgresql.conf\" && \
+         ln -s /dev/full \"$dir/auth-service.conf\"\n",
+    );
+    // initdb itself fails for want of disk.
+    let no_space = bindir(
+        "no-space",
+        "#!/bin/sh\necho 'initdb: error: could not write to file \"base/1/1259\": \
+         No space left on device' >&2\nexit 1\n",
+    );
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let cases = [
+        (data("full"), full.clone(), 1, "No space left on device"),
+        (data("no-space"), no_space, 1, "initdb failed"),
+        // A --data-dir that cannot be a directory, and server programs that are not
+        // there: the operator's to change.
+        (
+            a_file.join("data").to_str().unwrap().to_owned(),
+            full,
+            2,
+            "cannot create --data-dir",
+        ),
+        (data("no-programs"), data("nonexistent"), 2, "--pg-bindir"),
+    ];
+    for (data_dir, bin, code, says) in cases {
+        let out = run(&[
+            "token",
+            "list",
+            "--data-dir",
+            &data_dir,
+            "--pg-bindir",
+            &bin,
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{data_dir} {bin}: {stderr}");
+        assert!(stderr.contains(says), "{data_dir} {bin}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod embedded;
+mod errors;
 mod ext_authz;
 mod failover;
 mod forward_auth;

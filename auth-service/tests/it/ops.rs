@@ -581,6 +581,66 @@ async fn configuration_errors_exit_2_and_runtime_failures_exit_1() {
     );
 }
 
+/// Docker and systemd read a `HEALTHCHECK` exit status of 2 as something else than
+/// "unhealthy": every failure of `healthcheck` is 1. It asks the server, which has its
+/// own database settings, so the database flags it inherits from the environment (the
+/// server's) neither fail it nor change its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_1_for_every_failure_and_reads_no_database_settings() {
+    let server = auth_test_support::server::TestServer::fresh(Default::default())
+        .await
+        .unwrap();
+    let serving = server.addr.to_string();
+    // Its database probe has passed: SERVING from now on.
+    wait_for_health(
+        &format!("http://{serving}"),
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    )
+    .await;
+    let settings: [(&str, &[(&str, &str)]); 4] = [
+        ("--database-url-file /nonexistent/url", &[]),
+        (
+            "",
+            &[("AUTH_SERVICE_DATABASE_URL_FILE", "/nonexistent/url")],
+        ),
+        (
+            "",
+            &[(
+                "AUTH_SERVICE_DATABASE_URL",
+                "postgres://db.internal/auth?sslmode=maybe",
+            )],
+        ),
+        ("--db-max-connections 1", &[]),
+    ];
+    for (flags, envs) in settings {
+        let up = run(&format!("healthcheck --addr {serving} {flags}"), None, envs);
+        assert_eq!(
+            up.status.code(),
+            Some(0),
+            "{flags} {envs:?}: {}",
+            text(&up.stderr)
+        );
+        assert_eq!(text(&up.stdout).trim(), "SERVING");
+        // Nothing listens there: unhealthy, 1, whatever the database settings say.
+        let down = run(
+            &format!("healthcheck --addr 127.0.0.1:9 {flags}"),
+            None,
+            envs,
+        );
+        let stderr = text(&down.stderr);
+        assert_eq!(down.status.code(), Some(1), "{flags} {envs:?}: {stderr}");
+        assert!(stderr.contains("unhealthy"), "{stderr}");
+    }
+    // An unreadable certificate file is unhealthy too.
+    let out = run(
+        &format!("healthcheck --addr {serving} --ca-file /nonexistent/ca.pem"),
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_no_migrate_refuses_an_unmigrated_database_and_serves_a_migrated_one() {
     let empty = cluster::empty_database().await.unwrap();
