@@ -190,7 +190,7 @@ pub async fn run(
     });
 
     let tls = match &settings.transport.tls {
-        Some(files) => Some(Arc::new(tls::Reloader::load(files)?)),
+        Some(files) => Some(Arc::new(tls::Reloader::load(files, metrics.clone())?)),
         None => None,
     };
     let tls_watch = tls

@@ -423,11 +423,9 @@ async fn run_without_any_config_waits_for_login_and_recovers() {
     let fix = format!("auth-agent login --config {config_arg} --server http://HOST:PORT");
     assert!(log.last().unwrap().contains(&fix), "{}", log.join("\n"));
     assert!(log.last().unwrap().contains("WARN"), "{}", log.join("\n"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run must wait, not exit"
-    );
+    // That it waits rather than exits is proven below by the event itself: the same
+    // process authenticates once `login` has run. (A check that it is still running
+    // after a fixed sleep would pass as well if it exited a moment later.)
 
     let login = agent(
         &["login", "--config", config_arg, "--server", &url],
