@@ -29,6 +29,11 @@ use crate::{
 
 /// Runs the parsed command line, printing reports to stdout.
 pub async fn execute(cli: Cli) -> Result<(), AgentError> {
+    // Before the context: a completion script needs no config file and no server.
+    if let Command::Completions(args) = &cli.command {
+        completions(args.shell);
+        return Ok(());
+    }
     let context = cli.global.context()?;
     match cli.command {
         Command::Login => {
@@ -50,8 +55,19 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
         Command::Status => print(cmd::status::status(&context, &SystemClock).await?),
         Command::Renew => print(cmd::renew::renew(&context, &SystemClock).await?),
         Command::Logout => print(cmd::logout::logout(&context).await?),
+        Command::Completions(_) => {}
     }
     Ok(())
+}
+
+/// Prints the completion script for `shell` on stdout. Built in memory first:
+/// clap_complete panics on a failed write, and a closed stdout is not an error of ours.
+fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "auth-agent", &mut script);
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(&script).and_then(|()| stdout.flush());
 }
 
 /// A report on stdout. Unlike `println!`, it cannot panic when stdout is closed
@@ -88,6 +104,17 @@ pub enum Command {
     Renew,
     /// Revoke the token on the server and remove it from the config file.
     Logout,
+    /// Print a shell completion script on stdout, e.g. `auth-agent completions bash >
+    /// /etc/bash_completion.d/auth-agent`. Needs no config file and no server.
+    Completions(CompletionsArgs),
+}
+
+/// What `completions` prints.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Flags accepted by every subcommand.

@@ -704,3 +704,16 @@ async fn a_failed_command_says_why_in_json_too() {
         "{last:?}"
     );
 }
+
+#[tokio::test]
+async fn completions_need_no_config_and_name_the_real_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        // No HOME, no XDG_CONFIG_HOME, no server: nothing a config needs.
+        let out = agent(&["completions", shell], "", &[]).await;
+        let script = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        for word in ["auth-agent", "login", "renew", "token-file", "health-addr"] {
+            assert!(script.contains(word), "{shell}: no {word:?} in\n{script}");
+        }
+    }
+}

@@ -54,6 +54,17 @@ pub enum Command {
     /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
     /// or not (exit 1): for Docker HEALTHCHECK and scripts.
     Healthcheck(HealthcheckArgs),
+    /// Print a shell completion script on stdout, e.g. `auth-service completions bash >
+    /// /etc/bash_completion.d/auth-service`. Needs no database and no configuration.
+    Completions(CompletionsArgs),
+}
+
+/// What `completions` prints.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// What `healthcheck` asks, and how it reaches the server.
