@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     client::{TlsFiles, Transport},
     clock::SystemClock,
-    cmd::{self, Context},
+    cmd::{self, Context, status::StatusJson},
     config::{self, CONFIG_ENV},
     daemon::{RunOptions, ServerSource},
     error::AgentError,
@@ -52,7 +52,21 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
             }
             cmd::run::run(opts, args.health_addr, cmd::run::shutdown_signal()).await?;
         }
-        Command::Status => print(cmd::status::status(&context, &SystemClock).await?),
+        Command::Status(args) => {
+            let report = cmd::status::status(&context, &SystemClock).await;
+            match (args.output, report) {
+                (Output::Text, report) => print(report?),
+                (Output::Json, Ok(report)) => print(StatusJson::from_report(&report)),
+                // A rejected token or an unreachable server is a status too: printed,
+                // and still the exit code (and the message on stderr) it always was.
+                (Output::Json, Err(err)) => {
+                    if let Some(json) = StatusJson::from_error(&context, &err).await {
+                        print(json);
+                    }
+                    return Err(err);
+                }
+            }
+        }
         Command::Renew => print(cmd::renew::renew(&context, &SystemClock).await?),
         Command::Logout => print(cmd::logout::logout(&context).await?),
         Command::Completions(_) => {}
@@ -99,7 +113,7 @@ pub enum Command {
     Run(RunArgs),
     /// Show the server, user, token name, expiry and last renewal. Exits 3 when the token
     /// is rejected, 1 when the server cannot be reached.
-    Status,
+    Status(StatusArgs),
     /// Renew the token once, now, and print the result (for cron and for people).
     Renew,
     /// Revoke the token on the server and remove it from the config file.
@@ -107,6 +121,24 @@ pub enum Command {
     /// Print a shell completion script on stdout, e.g. `auth-agent completions bash >
     /// /etc/bash_completion.d/auth-agent`. Needs no config file and no server.
     Completions(CompletionsArgs),
+}
+
+/// Flags of `auth-agent status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// What status prints on stdout: text for people, or one JSON object for scripts
+    /// (also for a rejected token or an unreachable server, with the same exit codes)
+    #[arg(long, env = "AUTH_AGENT_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// The shape of `status`'s report on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned lines for people.
+    Text,
+    /// One JSON object on one line (never the token).
+    Json,
 }
 
 /// What `completions` prints.
