@@ -14,7 +14,7 @@ use crate::{
 
 mod serve;
 
-pub use crate::transport::{TlsSettings, TransportSettings};
+pub use crate::transport::{HttpSettings, TlsSettings, TransportSettings};
 pub use serve::{ServeArgs, ServeSettings};
 
 /// Where the embedded cluster lives when no database URL is given.
@@ -522,6 +522,9 @@ mod tests {
         assert_eq!(s.policy, RenewalPolicy::default());
         assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(s.prefix.as_str(), "pat_");
+        // The HTTP port's defaults are written once (transport's constants) and clap
+        // shows those.
+        assert_eq!(s.http, HttpSettings::default());
         match cli.db.settings().unwrap().database {
             Database::Embedded { data_dir, .. } => {
                 assert_eq!(data_dir, PathBuf::from(DEFAULT_DATA_DIR))

@@ -15,6 +15,7 @@ mod embedded;
 mod ext_authz;
 mod failover;
 mod forward_auth;
+mod http_port;
 mod lookup;
 mod notify;
 mod ops;
