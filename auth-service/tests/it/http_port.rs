@@ -110,23 +110,8 @@ async fn two_thousand_idle_connections_leave_descriptors_and_the_grpc_port_alone
         ],
         Some(FD_LIMIT),
     );
-    // The HTTP port's line comes before the gRPC one, which `serve` has seen.
-    let mut lines: Vec<String> = Vec::new();
-    let http: std::net::SocketAddr = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no HTTP address in:\n{}", lines.join("\n")));
-        let addr = line
-            .contains("HTTP port listening")
-            .then(|| line.split("http=").nth(1))
-            .flatten()
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(|addr| addr.parse().unwrap());
-        lines.push(line);
-        if let Some(addr) = addr {
-            break addr;
-        }
-    };
+    let mut lines = Vec::new();
+    let http = crate::attack::http_addr(&log, &mut lines);
 
     // 2,000 connections that never send a byte, opened 100 at a time and held open.
     let mut held = Vec::new();
