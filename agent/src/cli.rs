@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     client::{TlsFiles, Transport},
     clock::SystemClock,
-    cmd::{self, Context},
+    cmd::{self, Context, status::StatusJson},
     config::{self, CONFIG_ENV},
     daemon::{RunOptions, ServerSource},
     error::AgentError,
@@ -29,6 +29,11 @@ use crate::{
 
 /// Runs the parsed command line, printing reports to stdout.
 pub async fn execute(cli: Cli) -> Result<(), AgentError> {
+    // Before the context: a completion script needs no config file and no server.
+    if let Command::Completions(args) = &cli.command {
+        completions(args.shell);
+        return Ok(());
+    }
     let context = cli.global.context()?;
     match cli.command {
         Command::Login => {
@@ -47,11 +52,36 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
             }
             cmd::run::run(opts, args.health_addr, cmd::run::shutdown_signal()).await?;
         }
-        Command::Status => print(cmd::status::status(&context, &SystemClock).await?),
+        Command::Status(args) => {
+            let report = cmd::status::status(&context, &SystemClock).await;
+            match (args.output, report) {
+                (Output::Text, report) => print(report?),
+                (Output::Json, Ok(report)) => print(StatusJson::from_report(&report)),
+                // A rejected token or an unreachable server is a status too: printed,
+                // and still the exit code (and the message on stderr) it always was.
+                (Output::Json, Err(err)) => {
+                    if let Some(json) = StatusJson::from_error(&context, &err).await {
+                        print(json);
+                    }
+                    return Err(err);
+                }
+            }
+        }
         Command::Renew => print(cmd::renew::renew(&context, &SystemClock).await?),
         Command::Logout => print(cmd::logout::logout(&context).await?),
+        Command::Completions(_) => {}
     }
     Ok(())
+}
+
+/// Prints the completion script for `shell` on stdout. Built in memory first:
+/// clap_complete panics on a failed write, and a closed stdout is not an error of ours.
+fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "auth-agent", &mut script);
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(&script).and_then(|()| stdout.flush());
 }
 
 /// A report on stdout. Unlike `println!`, it cannot panic when stdout is closed
@@ -83,11 +113,40 @@ pub enum Command {
     Run(RunArgs),
     /// Show the server, user, token name, expiry and last renewal. Exits 3 when the token
     /// is rejected, 1 when the server cannot be reached.
-    Status,
+    Status(StatusArgs),
     /// Renew the token once, now, and print the result (for cron and for people).
     Renew,
     /// Revoke the token on the server and remove it from the config file.
     Logout,
+    /// Print a shell completion script on stdout, e.g. `auth-agent completions bash >
+    /// /etc/bash_completion.d/auth-agent`. Needs no config file and no server.
+    Completions(CompletionsArgs),
+}
+
+/// Flags of `auth-agent status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// What status prints on stdout: text for people, or one JSON object for scripts
+    /// (also for a rejected token or an unreachable server, with the same exit codes)
+    #[arg(long, env = "AUTH_AGENT_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// The shape of `status`'s report on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned lines for people.
+    Text,
+    /// One JSON object on one line (never the token).
+    Json,
+}
+
+/// What `completions` prints.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Flags accepted by every subcommand.

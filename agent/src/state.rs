@@ -20,6 +20,10 @@ pub struct State {
     pub extended: bool,
     /// The expiry it reported; `None` for a token that never expires.
     pub expires_at: Option<SystemTime>,
+    /// The earliest time a renewal would extend the token again, as that call reported;
+    /// `None` when none can (never expires, or at its maximum lifetime), or in a file
+    /// written before this was recorded.
+    pub next_renewal_at: Option<SystemTime>,
 }
 
 impl State {
@@ -29,6 +33,7 @@ impl State {
             last_renewal: now,
             extended: outcome.renewed,
             expires_at: outcome.expires_at,
+            next_renewal_at: outcome.next_renewal_at,
         }
     }
 
@@ -48,6 +53,10 @@ impl State {
             .expires_at
             .map_or_else(|| "never".to_owned(), timefmt::rfc3339);
         out.push_str(&files::line("expires_at", &expires));
+        let next = self
+            .next_renewal_at
+            .map_or_else(|| "none".to_owned(), timefmt::rfc3339);
+        out.push_str(&files::line("next_renewal_at", &next));
         out
     }
 
@@ -65,6 +74,11 @@ impl State {
                 None
             } else {
                 Some(time("expires_at")?)
+            },
+            // Absent from the files of older agents.
+            next_renewal_at: match map.get("next_renewal_at").map(String::as_str) {
+                None | Some("none") => None,
+                Some(_) => Some(time("next_renewal_at")?),
             },
         })
     }
@@ -112,14 +126,31 @@ mod tests {
     #[test]
     fn round_trips_with_and_without_expiry() {
         let at = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
-        for expires_at in [Some(at + Duration::from_secs(86_400)), None] {
+        for (expires_at, next_renewal_at) in [
+            (
+                Some(at + Duration::from_secs(86_400)),
+                Some(at + Duration::from_secs(3_600)),
+            ),
+            (Some(at + Duration::from_secs(86_400)), None),
+            (None, None),
+        ] {
             let state = State {
                 last_renewal: at,
                 extended: true,
                 expires_at,
+                next_renewal_at,
             };
             assert_eq!(State::parse(&state.render()).unwrap(), state);
         }
+    }
+
+    #[test]
+    fn reads_a_file_written_before_next_renewal_was_recorded() {
+        let old = "last_renewal = \"2030-03-17T17:46:40Z\"\nlast_renewal_extended = \"false\"\n\
+                   expires_at = \"never\"\n";
+        let state = State::parse(old).unwrap();
+        assert_eq!(state.next_renewal_at, None);
+        assert!(!state.extended);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The HTTP side port (`serve --http-listen`), served by axum (already compiled in
+//! The HTTP side port (`serve --http-listen`), routed by axum (already compiled in
 //! through tonic): `/metrics` for Prometheus, `/healthz` (the process runs) and
 //! `/readyz` (the database answers) for probes, and `/authz/forward-auth` for proxies
-//! (see [`crate::authz::forward`]).
+//! (see [`crate::authz::forward`]). Accepted and served as the gRPC port is
+//! ([`crate::transport`]): a connection cap, a header-read deadline, a request time limit.
 use std::{future::Future, sync::Arc};
 
 use axum::{
@@ -20,6 +21,7 @@ use crate::{
     db::Db,
     health::Health,
     metrics::{DbState, Metrics},
+    transport,
 };
 
 /// What the routes read.
@@ -138,18 +140,21 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Serves until `shutdown` completes (in-flight requests finish first).
+/// Serves until `shutdown` completes (in-flight requests finish first, within the
+/// request time limit): at most `accept.cap` connections, each with `limits`.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    accept: transport::Accept,
+    limits: transport::http1::Http1Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    // With the peer address: forward-auth answers only loopback under --validate-allow.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::warn!(%error, "HTTP port stopped");
-    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let incoming = transport::incoming(listener, accept, stopped);
+    let shutdown = async move {
+        shutdown.await;
+        // The accept loop stops too.
+        let _ = stop.send(true);
+    };
+    transport::http1::serve(incoming, router(state), limits, shutdown).await;
 }

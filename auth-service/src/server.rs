@@ -179,6 +179,14 @@ pub async fn run(
             stop_rx.clone(),
         )),
     );
+    // Both ports' connection caps, together below the open-file limit.
+    let (grpc_cap, http_cap) = transport::connection_caps(
+        settings.transport.max_connections,
+        listeners
+            .http
+            .as_ref()
+            .map(|_| settings.http.max_connections),
+    );
     // The HTTP port outlives the gRPC drain, so that /readyz says 503 meanwhile.
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = listeners.http.map(|listener| {
@@ -195,19 +203,33 @@ pub async fn run(
                 access: Arc::new(settings.forward_auth.clone()),
             },
         };
-        tokio::spawn(http::serve(listener, state, async move {
-            let _ = http_stopped.await;
-        }))
+        let limits = transport::http1::Http1Settings {
+            header_timeout: settings.http.header_timeout,
+            request_timeout: settings.transport.request_timeout,
+        };
+        tokio::spawn(http::serve(
+            listener,
+            state,
+            transport::Accept::http(&settings.transport, http_cap.unwrap_or(1)),
+            limits,
+            async move {
+                let _ = http_stopped.await;
+            },
+        ))
     });
 
     let tls = match &settings.transport.tls {
-        Some(files) => Some(Arc::new(tls::Reloader::load(files)?)),
+        Some(files) => Some(Arc::new(tls::Reloader::load(files, metrics.clone())?)),
         None => None,
     };
     let tls_watch = tls
         .clone()
         .map(|tls| tls.watch(settings.transport.tls_poll, stop_rx.clone()));
-    let incoming = transport::incoming(listeners.grpc, &settings.transport, tls, stop_rx.clone());
+    let incoming = transport::incoming(
+        listeners.grpc,
+        transport::Accept::grpc(&settings.transport, grpc_cap, tls),
+        stop_rx.clone(),
+    );
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let lost = std::sync::Mutex::new(None::<String>);
     let drain_signal = async {

@@ -22,7 +22,9 @@
 //!   vanished machine does;
 //! - [`process`]: a child process's CPU time, and a limit on its open files;
 //! - [`cluster`]: one throwaway PostgreSQL cluster per test process (`initdb
-//!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template.
+//!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template;
+//! - [`docs`]: `docs/configuration.md` generated from both binaries' clap definitions
+//!   (its test fails on drift), and a check of the Markdown pages' links.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
@@ -42,6 +44,8 @@ pub mod process;
 pub mod proxy;
 
 pub mod cluster;
+
+pub mod docs;
 
 /// Result type of the helpers: any error, with its message.
 pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

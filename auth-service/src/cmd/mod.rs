@@ -1,10 +1,12 @@
-//! The subcommands, one module each (`serve`, `token`, `migrate`, `healthcheck`), and
-//! [`execute`], which the binary runs. `database` opens what they share.
+//! The subcommands, one module each (`serve`, `token`, `migrate`, `healthcheck`,
+//! `completions`), and [`execute`], which the binary runs. `database` opens what they
+//! share.
 use crate::{
     config::{Cli, Command},
     error::Result,
 };
 
+pub mod completions;
 pub mod database;
 pub mod healthcheck;
 pub mod migrate;
@@ -18,6 +20,11 @@ pub async fn execute(
     traces: Option<auth_telemetry::otel::Traces>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    // Before the database settings: a completion script needs none, and a broken
+    // AUTH_SERVICE_DATABASE_URL in the shell must not stand in its way.
+    if let Command::Completions(args) = &cli.command {
+        return completions::completions(args.shell);
+    }
     match cli.command {
         Command::Serve(args) => {
             let db = cli.db.settings()?;
@@ -31,6 +38,7 @@ pub async fn execute(
         // none, so that those it inherits from the server's environment (a URL file it
         // may not read) can neither fail it nor make it exit 2.
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
+        Command::Completions(args) => completions::completions(args.shell),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
 
 mod serve;
 
-pub use crate::transport::{TlsSettings, TransportSettings};
+pub use crate::transport::{HttpSettings, TlsSettings, TransportSettings};
 pub use serve::{ServeArgs, ServeSettings};
 
 /// Where the embedded cluster lives when no database URL is given.
@@ -54,6 +54,17 @@ pub enum Command {
     /// Ask a running server's grpc.health.v1 service whether it is SERVING (exit 0)
     /// or not (exit 1): for Docker HEALTHCHECK and scripts.
     Healthcheck(HealthcheckArgs),
+    /// Print a shell completion script on stdout, e.g. `auth-service completions bash >
+    /// /etc/bash_completion.d/auth-service`. Needs no database and no configuration.
+    Completions(CompletionsArgs),
+}
+
+/// What `completions` prints.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// What `healthcheck` asks, and how it reaches the server.
@@ -511,6 +522,9 @@ mod tests {
         assert_eq!(s.policy, RenewalPolicy::default());
         assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(s.prefix.as_str(), "pat_");
+        // The HTTP port's defaults are written once (transport's constants) and clap
+        // shows those.
+        assert_eq!(s.http, HttpSettings::default());
         match cli.db.settings().unwrap().database {
             Database::Embedded { data_dir, .. } => {
                 assert_eq!(data_dir, PathBuf::from(DEFAULT_DATA_DIR))

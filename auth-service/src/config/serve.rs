@@ -12,7 +12,10 @@ use crate::{
     notify::{NotifySettings, webhook::Secret},
     renewal::RenewalPolicy,
     token::Prefix,
-    transport::{TlsSettings, TransportSettings},
+    transport::{
+        DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS, HttpSettings, TlsSettings,
+        TransportSettings,
+    },
 };
 
 #[derive(Debug, Clone, Args)]
@@ -126,6 +129,25 @@ pub struct ServeArgs {
     /// also kept below the process's open-file limit.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Most concurrent connections on the HTTP port (--http-listen); further ones are
+    /// closed at once. Also kept within a quarter of the process's open-file limit, so
+    /// that connections to this port can never take the gRPC port's descriptors.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_HTTP_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_HTTP_MAX_CONNECTIONS
+    )]
+    pub http_max_connections: usize,
+    /// A connection to the HTTP port must send a complete request head within this, when
+    /// it opens and again between requests on a kept-alive connection, or it is closed
+    /// (a slow client, or an idle one).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_HTTP_HEADER_TIMEOUT",
+        default_value_t = humantime::Duration::from(DEFAULT_HTTP_HEADER_TIMEOUT),
+        value_parser = parse_human_wait
+    )]
+    pub http_header_timeout: humantime::Duration,
     /// Most concurrent calls (HTTP/2 streams) per connection.
     #[arg(
         long,
@@ -133,8 +155,8 @@ pub struct ServeArgs {
         default_value_t = 100
     )]
     pub max_concurrent_streams: u32,
-    /// Longest a call may take from its first byte to its answer [default: the
-    /// database timeout plus 5s].
+    /// Longest a call may take from its first byte to its answer, on the gRPC port and
+    /// on the HTTP port (answered 503 there) [default: the database timeout plus 5s].
     #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_db_wait)]
     pub request_timeout: Option<Duration>,
     /// A new connection must finish its TLS handshake and send the HTTP/2 preface
@@ -239,6 +261,12 @@ pub struct ServeArgs {
     pub notify_secret_file: Option<PathBuf>,
 }
 
+/// A timer (`--http-header-timeout`) as humantime's duration, whose `Display` is how
+/// clap shows the default.
+fn parse_human_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
+    parse_db_wait(s).map(humantime::Duration::from)
+}
+
 /// `--max-connection-age`: a duration, or 0 for never.
 fn parse_age(s: &str) -> std::result::Result<Duration, String> {
     if s.trim() == "0" {
@@ -284,6 +312,8 @@ pub struct ServeSettings {
     /// pool's database.
     pub database_listen: Option<crate::db::Target>,
     pub transport: TransportSettings,
+    /// The HTTP port's limits.
+    pub http: HttpSettings,
     /// Callers allowed to validate; empty: anyone.
     pub validate_allow: Vec<String>,
     /// Who may use forward-auth on the HTTP port.
@@ -315,6 +345,7 @@ impl ServeSettings {
             db_max_connections: 12,
             database_listen: None,
             transport: TransportSettings::default(),
+            http: HttpSettings::default(),
             validate_allow: Vec::new(),
             forward_auth: Access::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -460,6 +491,7 @@ impl ServeArgs {
         }
         for (flag, value) in [
             ("--max-connections", self.max_connections),
+            ("--http-max-connections", self.http_max_connections),
             (
                 "--max-concurrent-streams",
                 self.max_concurrent_streams as usize,
@@ -511,6 +543,10 @@ impl ServeArgs {
                 max_connection_age: (!self.max_connection_age.is_zero())
                     .then_some(self.max_connection_age),
                 max_connection_age_grace: self.max_connection_age_grace,
+            },
+            http: HttpSettings {
+                max_connections: self.http_max_connections,
+                header_timeout: *self.http_header_timeout,
             },
             validate_allow: self
                 .validate_allow

@@ -212,6 +212,8 @@ pub struct Metrics {
     renewals: Family<ResultLabel, Counter>,
     authz_decisions: Family<DecisionLabels, Counter>,
     notices: Family<ResultLabel, Counter>,
+    notify_scans: Family<ResultLabel, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
@@ -254,6 +256,8 @@ impl Metrics {
             renewals: Family::default(),
             authz_decisions: Family::default(),
             notices: Family::default(),
+            notify_scans: Family::default(),
+            tls_reloads: Family::default(),
             cache_requests: Family::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -310,6 +314,19 @@ impl Metrics {
             "auth_notify_deliveries",
             "Expiry-notice webhook attempts, by result (sent, retried, failed: given up)",
             m.notices.clone(),
+        );
+        registry.register(
+            "auth_notify_scans",
+            "Expiry-notice scans for due tokens, counted once each has claimed what was due \
+             and started its deliveries, by result (ok, failed: the database did not answer)",
+            m.notify_scans.clone(),
+        );
+        registry.register(
+            "auth_tls_reloads",
+            "Reloads of the gRPC port's TLS files (SIGHUP or a change on disk), by result \
+             (reloaded, refused: unreadable or a key that does not match; the previous \
+             certificate stays in use)",
+            m.tls_reloads.clone(),
         );
         registry.register(
             "auth_cache_requests",
@@ -592,6 +609,22 @@ impl Metrics {
             NoticeResult::Failed => "failed",
         };
         self.notices.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// An expiry-notice scan ended (`ok`: its claimed notices are on their way).
+    pub fn notify_scan(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.notify_scans
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// The TLS files were read again (`reloaded`: new handshakes use them).
+    pub fn tls_reload(&self, reloaded: bool) {
+        let result = if reloaded { "reloaded" } else { "refused" };
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// A cache lookup (`hit`: answered from memory).

@@ -140,7 +140,9 @@ async fn run(
             .min(MAX_HELD.saturating_sub(deliveries.len()));
         if room > 0 {
             let limit = settings.batch.min(i64::try_from(room).unwrap_or(i64::MAX));
-            match db.claim_notices(&thresholds, limit, settings.lease).await {
+            let scanned = db.claim_notices(&thresholds, limit, settings.lease).await;
+            let ok = scanned.is_ok();
+            match scanned {
                 Ok(claimed) => {
                     for notice in claimed {
                         let Ok(first) = budget.first.clone().try_acquire_owned() else {
@@ -165,6 +167,9 @@ async fn run(
                     }
                 }
             }
+            // After the deliveries are spawned: a test (or an operator) that sees the
+            // count move knows this scan's claims are made.
+            metrics.notify_scan(ok);
         }
         tokio::select! {
             () = tokio::time::sleep(settings.interval) => {}

@@ -1,18 +1,22 @@
-//! The gRPC port's connections, accepted by our own loop rather than tonic's, so that
-//! any client that can reach the port cannot take the server down:
+//! The service's ports, accepted by our own loop rather than tonic's or axum's, so that
+//! any client that can reach a port cannot take the server down. The gRPC port and the
+//! HTTP side port share the loop ([`incoming`]) and differ only in what a connection
+//! must do before it is served ([`Handshake`]):
 //!
-//! - at most `max_connections` at a time (kept below the open-file limit): one more is
-//!   closed at once, so descriptors never run out;
+//! - at most a cap of connections at a time per port, the caps of both together kept
+//!   below the open-file limit ([`connection_caps`]): one more is closed at once, so
+//!   descriptors never run out, and a flood on one port cannot starve the other;
 //! - an error from `accept` (EMFILE, ENFILE, ...) backs off (5 ms doubling to 1 s) and
 //!   is logged, at most once every 10 s, instead of spinning on it;
-//! - every connection must finish its TLS handshake and send the HTTP/2 preface within
-//!   `handshake_timeout`, or it is closed: a socket that sends nothing holds a slot for
-//!   seconds, not forever;
+//! - on the gRPC port, every connection must finish its TLS handshake and send the
+//!   HTTP/2 preface within `handshake_timeout`, or it is closed: a socket that sends
+//!   nothing holds a slot for seconds, not forever. On the HTTP port, hyper's
+//!   header-read deadline does the same for each request head ([`http1`]);
 //! - with TLS, each new handshake uses the certificate loaded at that moment (see
 //!   [`tls`]), and the peer's verified identity travels with the connection.
 //!
-//! The limits on what an established connection may do (streams, request time, PINGs)
-//! are HTTP/2 settings, applied in `server`.
+//! The limits on what an established connection may do (streams, request time, PINGs,
+//! idle time) are applied where it is served: [`http2`] and [`http1`].
 use std::{
     io,
     net::SocketAddr,
@@ -61,6 +65,32 @@ pub struct TransportSettings {
     pub max_connection_age_grace: Duration,
 }
 
+/// The HTTP side port's limits (`serve --http-max-connections`,
+/// `--http-header-timeout`); its request time limit is the gRPC port's
+/// (`--request-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Most concurrent connections (also kept within a quarter of the open-file limit).
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this, when it opens and
+    /// again between requests on a kept-alive connection, or it is closed.
+    pub header_timeout: Duration,
+}
+
+/// `--http-max-connections`' default, written once: clap shows this one.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+/// `--http-header-timeout`'s default, written once: clap shows this one.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+        }
+    }
+}
+
 impl Default for TransportSettings {
     fn default() -> Self {
         TransportSettings {
@@ -78,6 +108,7 @@ impl Default for TransportSettings {
     }
 }
 
+pub mod http1;
 pub mod http2;
 pub mod identity;
 pub mod tls;
@@ -185,9 +216,17 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The most connections this process can hold: `configured`, kept `RESERVED_FDS`
-/// below the soft open-file limit.
-pub fn connection_cap(configured: usize) -> usize {
+/// The caps of the gRPC port and, when it is open, the HTTP port: `grpc` and `http` as
+/// configured, kept together `RESERVED_FDS` below the soft open-file limit. The HTTP
+/// port gets at most a quarter of what is left, so that idle connections to it can
+/// never take the descriptors the gRPC port needs.
+pub fn connection_caps(grpc: usize, http: Option<usize>) -> (usize, Option<usize>) {
+    caps_within(fd_budget(), grpc, http)
+}
+
+/// Descriptors left for connections: the soft open-file limit less `RESERVED_FDS`;
+/// `None` when unlimited (or unknown).
+fn fd_budget() -> Option<usize> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -195,10 +234,19 @@ pub fn connection_cap(configured: usize) -> usize {
     // SAFETY: getrlimit writes the struct we own; RLIMIT_NOFILE is a valid resource.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
-        return configured;
+        return None;
     }
-    let fds = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
-    configured.min(fds.max(1))
+    Some(usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX))
+}
+
+/// [`connection_caps`] for a given budget of descriptors.
+fn caps_within(budget: Option<usize>, grpc: usize, http: Option<usize>) -> (usize, Option<usize>) {
+    let Some(budget) = budget else {
+        return (grpc, http);
+    };
+    let http = http.map(|http| http.min((budget / 4).max(1)));
+    let grpc = grpc.min(budget.saturating_sub(http.unwrap_or(0)).max(1));
+    (grpc, http)
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the connection cap, not
@@ -226,27 +274,70 @@ pub fn raise_fd_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
-/// Accepts on `listener` until `stop` changes, yielding connections whose handshake and
-/// preface have completed.
+/// What a new connection must do before it is served.
+#[derive(Clone)]
+pub enum Handshake {
+    /// The gRPC port: the TLS handshake when configured, then the HTTP/2 preface, both
+    /// within `timeout`.
+    Http2 {
+        tls: Option<Arc<tls::Reloader>>,
+        timeout: Duration,
+    },
+    /// The HTTP side port: nothing; hyper's header-read deadline bounds the request
+    /// head that follows ([`http1`]).
+    Http1,
+}
+
+/// How one port accepts connections.
+#[derive(Clone)]
+pub struct Accept {
+    /// Most connections at once (see [`connection_caps`]).
+    pub cap: usize,
+    /// The flag that sets the cap, named when it is reached.
+    pub cap_flag: &'static str,
+    /// TCP keepalive on every connection, so that a vanished peer is noticed.
+    pub keepalive: Duration,
+    pub handshake: Handshake,
+}
+
+impl Accept {
+    /// The gRPC port's, with `cap` connections at most.
+    pub fn grpc(
+        settings: &TransportSettings,
+        cap: usize,
+        tls: Option<Arc<tls::Reloader>>,
+    ) -> Accept {
+        Accept {
+            cap,
+            cap_flag: "--max-connections",
+            keepalive: settings.keepalive_interval,
+            handshake: Handshake::Http2 {
+                tls,
+                timeout: settings.handshake_timeout,
+            },
+        }
+    }
+
+    /// The HTTP side port's, with `cap` connections at most.
+    pub fn http(settings: &TransportSettings, cap: usize) -> Accept {
+        Accept {
+            cap,
+            cap_flag: "--http-max-connections",
+            keepalive: settings.keepalive_interval,
+            handshake: Handshake::Http1,
+        }
+    }
+}
+
+/// Accepts on `listener` until `stop` changes (or its sender is dropped), yielding
+/// connections once their handshake has completed.
 pub fn incoming(
     listener: TcpListener,
-    settings: &TransportSettings,
-    tls: Option<Arc<tls::Reloader>>,
+    accept: Accept,
     stop: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
-    let cap = connection_cap(settings.max_connections);
-    let handshake_timeout = settings.handshake_timeout;
-    let keepalive = settings.keepalive_interval;
-    tokio::spawn(accept_loop(
-        listener,
-        Arc::new(Semaphore::new(cap)),
-        handshake_timeout,
-        keepalive,
-        tls,
-        tx,
-        stop,
-    ));
+    tokio::spawn(accept_loop(listener, accept, tx, stop));
     ReceiverStream::new(rx)
 }
 
@@ -271,13 +362,11 @@ impl Backoff {
 
 async fn accept_loop(
     listener: TcpListener,
-    slots: Arc<Semaphore>,
-    handshake_timeout: Duration,
-    keepalive: Duration,
-    tls: Option<Arc<tls::Reloader>>,
+    accept: Accept,
     tx: mpsc::Sender<io::Result<Conn>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(accept.cap));
     let accept_errors = Every::new(Duration::from_secs(10));
     let over_cap = Every::new(Duration::from_secs(10));
     let mut backoff = Backoff::default();
@@ -306,7 +395,8 @@ async fn accept_loop(
                 tracing::warn!(
                     peer = %remote_addr,
                     refused_since_last = folded,
-                    "connection limit reached (--max-connections): closing new connections"
+                    "connection limit reached ({}): closing new connections",
+                    accept.cap_flag
                 );
             }
             continue;
@@ -314,16 +404,21 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new()
-                .with_time(keepalive)
-                .with_interval(keepalive),
+                .with_time(accept.keepalive)
+                .with_interval(accept.keepalive),
         );
-        let (tls, tx) = (tls.clone(), tx.clone());
+        let (handshake, tx) = (accept.handshake.clone(), tx.clone());
         tokio::spawn(async move {
-            let ready = tokio::time::timeout(
-                handshake_timeout,
-                handshake(stream, remote_addr, tls.as_deref()),
-            )
-            .await;
+            let ready = match handshake {
+                Handshake::Http1 => Ok(Ok((Io::Plain(stream), Bytes::new(), None))),
+                Handshake::Http2 { tls, timeout } => {
+                    tokio::time::timeout(
+                        timeout,
+                        handshake_http2(stream, remote_addr, tls.as_deref()),
+                    )
+                    .await
+                }
+            };
             match ready {
                 Ok(Ok((io, replay, peer))) => {
                     let info = ConnInfo { remote_addr, peer };
@@ -348,7 +443,7 @@ async fn accept_loop(
 }
 
 /// The TLS handshake (when configured), then the HTTP/2 preface.
-async fn handshake(
+async fn handshake_http2(
     stream: TcpStream,
     remote_addr: SocketAddr,
     tls: Option<&tls::Reloader>,
@@ -383,6 +478,27 @@ async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_ports_together_stay_below_the_descriptor_limit() {
+        // 1024 descriptors, less the 64 reserved: the HTTP port a quarter at most, the
+        // gRPC port the rest.
+        assert_eq!(caps_within(Some(960), 4096, Some(1024)), (720, Some(240)));
+        assert_eq!(caps_within(Some(960), 4096, None), (960, None));
+        // What is configured below that stands.
+        assert_eq!(caps_within(Some(960), 100, Some(10)), (100, Some(10)));
+        // No limit: as configured.
+        assert_eq!(caps_within(None, 4096, Some(1024)), (4096, Some(1024)));
+        // Never zero, however few descriptors there are.
+        assert_eq!(caps_within(Some(0), 4096, Some(1024)), (1, Some(1)));
+        for budget in [1, 3, 100, 448, 960, 65_472] {
+            let (grpc, http) = caps_within(Some(budget), usize::MAX, Some(usize::MAX));
+            assert!(
+                grpc + http.unwrap_or(0) <= budget.max(2),
+                "{budget}: {grpc} + {http:?}"
+            );
+        }
+    }
 
     #[test]
     fn accept_errors_back_off_to_a_second_and_never_spin() {

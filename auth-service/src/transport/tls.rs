@@ -29,7 +29,10 @@ use auth_tls::{
 };
 
 use super::TlsSettings;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    metrics::Metrics,
+};
 
 /// Builds the server configuration from the files.
 fn build(files: &TlsSettings) -> std::result::Result<ServerConfig, String> {
@@ -81,16 +84,19 @@ pub struct Reloader {
     files: TlsSettings,
     current: RwLock<Arc<ServerConfig>>,
     loaded: RwLock<Option<[u8; 32]>>,
+    /// Counts each reload and refusal (`auth_tls_reloads_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
     /// Loads the files. At startup a problem is fatal, with the file named.
-    pub fn load(files: &TlsSettings) -> Result<Reloader> {
+    pub fn load(files: &TlsSettings, metrics: Arc<Metrics>) -> Result<Reloader> {
         let config = build(files).map_err(|e| Error::Config(format!("TLS: {e}")))?;
         Ok(Reloader {
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
             loaded: RwLock::new(fingerprint(files)),
+            metrics,
         })
     }
 
@@ -116,10 +122,12 @@ impl Reloader {
                     *loaded = fingerprint(&self.files);
                 }
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                self.metrics.tls_reload(true);
                 true
             }
             Err(error) => {
                 tracing::error!(%error, "TLS certificate not reloaded: keeping the current one");
+                self.metrics.tls_reload(false);
                 false
             }
         }

@@ -3,6 +3,7 @@
 //! stuck in flight must still end in an orderly exit.
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     process::{Child, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -92,6 +93,27 @@ pub(crate) fn serve(
     panic!("serve did not start:\n{}", seen.join("\n"));
 }
 
+/// The HTTP port's address from `serve`'s log (`--http-listen 127.0.0.1:0`): its line
+/// comes before the gRPC one, which [`serve`] has already seen. The lines read are kept
+/// in `seen`.
+pub(crate) fn http_addr(log: &mpsc::Receiver<String>, seen: &mut Vec<String>) -> SocketAddr {
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no HTTP address in:\n{}", seen.join("\n")));
+        let addr = line
+            .contains("HTTP port listening")
+            .then(|| line.split("http=").nth(1))
+            .flatten()
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|addr| addr.parse().unwrap());
+        seen.push(line);
+        if let Some(addr) = addr {
+            return addr;
+        }
+    }
+}
+
 /// The process's user + system CPU time.
 fn cpu_time(pid: u32) -> Duration {
     process::cpu_time(pid).unwrap()
@@ -172,9 +194,13 @@ async fn sigterm_with_a_stuck_call_exits_cleanly_after_the_grace_period() {
             "1s",
             "--request-timeout",
             "10m",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
         None,
     );
+    let mut lines = Vec::new();
+    let http = http_addr(&log, &mut lines);
     // A call that never finishes.
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -190,7 +216,25 @@ async fn sigterm_with_a_stuck_call_exits_cleanly_after_the_grace_period() {
     let (_response, mut body) = client.send_request(request, false).unwrap();
     body.send_data(Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2]), false)
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The call is in the server (counted as started) before SIGTERM, not merely sent.
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = auth_test_support::http::get(http, "/metrics")
+            .await
+            .unwrap();
+        if auth_test_support::http::metric(
+            &metrics,
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="ValidateToken"}"#,
+        ) >= 1.0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stuck call never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     sigterm(&child);
     let started = Instant::now();
@@ -206,7 +250,7 @@ async fn sigterm_with_a_stuck_call_exits_cleanly_after_the_grace_period() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    let lines: Vec<String> = log.try_iter().collect();
+    lines.extend(log.try_iter());
     let text = lines.join("\n");
     assert!(text.contains("grace period over"), "{text}");
     assert!(text.contains("embedded PostgreSQL stopped"), "{text}");

@@ -372,6 +372,35 @@ fn help_never_shows_a_database_password_from_the_environment() {
     assert!(!text(&sub.stdout).contains("S3cret"));
 }
 
+#[test]
+fn completions_need_no_database_and_name_the_real_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        // A database that cannot be reached and a prefix that is not valid: neither is
+        // looked at.
+        let out = crate::service()
+            .args(["completions", shell])
+            .env(
+                "AUTH_SERVICE_DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/none",
+            )
+            .env("AUTH_SERVICE_TOKEN_PREFIX", "not a prefix!")
+            .output()
+            .unwrap();
+        let script = text(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        assert!(out.stderr.is_empty(), "{shell}: {}", text(&out.stderr));
+        for word in [
+            "auth-service",
+            "serve",
+            "healthcheck",
+            "prune",
+            "notify-webhook",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word:?} in\n{script}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_wrong_password_says_so_and_never_shows_the_password() {
     // A cluster of its own, where one role must give a password (scram), over TCP.

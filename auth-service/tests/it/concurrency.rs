@@ -132,7 +132,27 @@ async fn storm(
     // One statement per replica reaches the row; the rest wait in the service.
     let probe = Db::new(config.clone(), 2, Duration::from_secs(5)).unwrap();
     let waiting = until_lock_waiters(&probe, replicas as i64).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every call has reached a server (counted as started) and so has had its chance
+    // to send a statement of its own: only then is "no more come" a finding.
+    let started = std::time::Instant::now();
+    loop {
+        let mut reached = 0.0;
+        for s in &servers {
+            let (_, text) = s.http_get("/metrics").await.unwrap();
+            reached += auth_test_support::http::metric(
+                &text,
+                r#"grpc_server_started_total{grpc_type="unary",grpc_service="auth.v1.AuthService",grpc_method="RenewCurrentToken"}"#,
+            );
+        }
+        if reached >= calls as f64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{reached} of {calls} calls reached a server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         fixtures::lock_waiters(&probe).await.unwrap(),
         waiting,

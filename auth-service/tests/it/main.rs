@@ -16,6 +16,7 @@ mod errors;
 mod ext_authz;
 mod failover;
 mod forward_auth;
+mod http_port;
 mod lookup;
 mod notify;
 mod ops;

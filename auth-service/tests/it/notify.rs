@@ -68,6 +68,40 @@ fn signature_verifies(r: &Received) -> bool {
     mac.verify_slice(&bytes).is_ok()
 }
 
+/// The successful scans each replica has finished (`auth_notify_scans_total`).
+async fn scans(replicas: &[TestServer]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for replica in replicas {
+        let (_, text) = replica.http_get("/metrics").await.unwrap();
+        out.push(metric(&text, r#"auth_notify_scans_total{result="ok"}"#));
+    }
+    out
+}
+
+/// Waits until every replica has finished `n` more successful scans than it had: by
+/// then each has claimed, and started to send, whatever it was going to. An assertion
+/// that nothing more was sent is made after this, never after a fixed sleep (which
+/// passes just as well when no scan ran at all).
+async fn after_more_scans(replicas: &[TestServer], n: f64) {
+    let before = scans(replicas).await;
+    let started = std::time::Instant::now();
+    loop {
+        let now = scans(replicas).await;
+        if now
+            .iter()
+            .zip(&before)
+            .all(|(now, before)| *now >= before + n)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the replicas did not scan {n} more times: {before:?} then {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn notify_events(db: &Db, id: uuid::Uuid) -> usize {
     fixtures::event_kinds(db, id)
         .await
@@ -91,8 +125,8 @@ async fn each_due_token_is_notified_once_across_replicas_for_its_nearest_thresho
 
     let replicas = servers(&db, 2, &notify(&receiver)).await;
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
-    // Many more scans by both replicas: still exactly two.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Five more scans by both replicas: still exactly two.
+    after_more_scans(&replicas, 5.0).await;
     let got_all = receiver.received();
     assert_eq!(got_all.len(), 2, "{got_all:#?}");
     assert_eq!(got.len(), 2);
@@ -161,9 +195,9 @@ async fn three_replicas_racing_over_sixty_due_tokens_send_each_notice_once() {
     for _ in 0..60 {
         ids.insert(token_expiring_in(&db, 30.0 * 60.0).await.0.to_string());
     }
-    let _replicas = servers(&db, 3, &notify(&receiver)).await;
+    let replicas = servers(&db, 3, &notify(&receiver)).await;
     receiver.wait_for(60, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    after_more_scans(&replicas, 5.0).await;
     let got = receiver.received();
     let notified: Vec<String> = got
         .iter()
@@ -185,7 +219,7 @@ async fn a_renewed_token_that_comes_back_inside_a_threshold_is_notified_again() 
     // Renewed: 90 days left, nothing owed.
     let mut client = replicas[0].client().await.unwrap();
     assert!(renew(&mut client, &token).await.unwrap().renewed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    after_more_scans(&replicas, 5.0).await;
     assert_eq!(receiver.received().len(), 1);
 
     // Time passes (moved through the database): inside the hour again, a new expiry.
@@ -248,7 +282,21 @@ async fn retries_run_out_and_the_notice_is_given_up_without_an_audit_event() {
     let (id, _) = token_expiring_in(&db, 30.0 * 60.0).await;
     let replicas = servers(&db, 2, &notify(&receiver)).await;
     assert_eq!(receiver.wait_for(3, Duration::from_secs(10)).await.len(), 3);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Given up (recorded), then five more scans by both replicas: no fourth attempt.
+    let started = std::time::Instant::now();
+    while !fixtures::notices(&db, id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.failed)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    after_more_scans(&replicas, 5.0).await;
     assert_eq!(receiver.received().len(), 3, "three attempts, then no more");
     let rows = fixtures::notices(&db, id).await.unwrap();
     assert!(
@@ -274,9 +322,10 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over_after_the_lease() {
     let (fresh, _) = token_expiring_in(&db, 30.0 * 60.0).await;
     // Claimed a moment ago by a replica still at work: not taken over.
     fixtures::stale_claim(&db, fresh, HOUR, 1.0).await.unwrap();
-    let _replica = servers(&db, 1, &notify(&receiver)).await;
+    let replica = servers(&db, 1, &notify(&receiver)).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Five more scans: the fresh claim is still not taken over.
+    after_more_scans(&replica, 5.0).await;
     let got_all = receiver.received();
     assert_eq!(got_all.len(), 1, "{got_all:#?}");
     assert_eq!(

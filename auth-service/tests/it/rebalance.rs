@@ -105,7 +105,17 @@ async fn a_long_lived_channel_moves_to_a_new_replica_without_a_failed_call() {
     }
     let moved_after = started.elapsed();
     let old_before = validated(&old).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Fifty more calls answered by the new replica: the chance for the old one to get
+    // any, taken (not a fixed sleep, which passes as well when no call was made).
+    let new_before = validated(&new).await;
+    let started = Instant::now();
+    while validated(&new).await < new_before + 50.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the channel stopped calling"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut retried, mut failed) = (0, 0, Vec::new());
     for c in callers {

@@ -13,6 +13,7 @@ use auth_test_support::{
     cluster,
     fixtures::token_expiring_in,
     grpc::*,
+    http::metric,
     server::{self, TestServer},
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -268,10 +269,24 @@ async fn a_rewritten_certificate_is_used_for_new_connections_and_old_ones_keep_w
     validate(&mut established, &token).await.unwrap();
 
     // A broken replacement (a key that does not go with the certificate) is refused:
-    // the last good certificate stays.
+    // the last good certificate stays. The refusal is waited for (its counter), so that
+    // the serial below is checked after the reloader has looked at the new file, not
+    // after a sleep that passes as well when it never did.
+    let refused = || async {
+        let (_, text) = server.http_get("/metrics").await.unwrap();
+        metric(&text, r#"auth_tls_reloads_total{result="refused"}"#)
+    };
+    let before = refused().await;
     let third = pki.server("server", 3, &[]).unwrap();
     std::fs::copy(&third.cert, &live.cert).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    while refused().await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the rewritten certificate was never looked at"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(served_serial(server.addr, &pki.ca).await.unwrap(), 2);
     validate(&mut established, &token).await.unwrap();
 }
