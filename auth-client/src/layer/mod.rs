@@ -1,0 +1,133 @@
+//! [`AuthLayer`]: a tower layer that admits a request only with a valid bearer token
+//! (and the scopes the route requires), for tonic servers and for axum or hyper
+//! services alike.
+//!
+//! The token is validated through the [`AuthClient`] (so from its cache when it may
+//! be); the caller's [`Identity`] goes into the request's extensions, where a tonic
+//! handler finds it with `request.extensions().get::<Identity>()` and an axum one with
+//! `Extension<Identity>`. A refused request never reaches the service: it gets the
+//! answer of [`respond`], gRPC or HTTP by its `content-type`.
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use tower::{Layer, Service};
+
+use crate::{client::AuthClient, outcome::Rejection};
+
+pub mod bearer;
+pub mod respond;
+
+/// Admits requests with a valid token holding every required scope.
+///
+/// ```no_run
+/// # async fn demo(client: auth_client::AuthClient) {
+/// use auth_client::AuthLayer;
+/// let auth = AuthLayer::new(client);
+/// let billing = auth.clone().require_scope("billing:write");
+/// # let _ = (auth, billing);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    client: AuthClient,
+    required: Arc<[String]>,
+}
+
+impl AuthLayer {
+    /// Admits any valid token.
+    pub fn new(client: AuthClient) -> AuthLayer {
+        AuthLayer {
+            client,
+            required: Arc::from([]),
+        }
+    }
+
+    /// Also requires `scope` (every scope required this way must be held).
+    pub fn require_scope(self, scope: impl Into<String>) -> AuthLayer {
+        let mut required = self.required.to_vec();
+        required.push(scope.into());
+        AuthLayer {
+            client: self.client,
+            required: required.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            client: self.client.clone(),
+            required: self.required.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around another.
+#[derive(Clone, Debug)]
+pub struct Authenticated<S> {
+    inner: S,
+    client: AuthClient,
+    required: Arc<[String]>,
+}
+
+/// The response body: the service's, or a refusal's.
+pub type AuthBody<B> = Either<B, Full<Bytes>>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authenticated<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = http::Response<AuthBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The clone is the one that was not polled ready: keep the ready one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (client, required) = (self.client.clone(), self.required.clone());
+        Box::pin(async move {
+            let grpc = respond::is_grpc(request.headers());
+            let verdict = match bearer::bearer(request.headers()) {
+                Err(rejection) => Ok(Err(rejection)),
+                Ok(token) => client.validate(token).await,
+            };
+            let refusal = match verdict {
+                Ok(Ok(identity)) => {
+                    let missing = identity.missing_scopes(&required);
+                    if missing.is_empty() {
+                        request.extensions_mut().insert(identity);
+                        let response = inner.call(request).await?;
+                        return Ok(response.map(Either::Left));
+                    }
+                    respond::rejected(grpc, &Rejection::InsufficientScope { missing })
+                }
+                Ok(Err(rejection)) => {
+                    tracing::debug!(reason = rejection.as_str(), "request refused");
+                    respond::rejected(grpc, &rejection)
+                }
+                Err(outage) => {
+                    tracing::warn!(error = %outage, "request refused: the token could not be checked");
+                    respond::unavailable(grpc, &outage)
+                }
+            };
+            Ok(refusal.map(Either::Right))
+        })
+    }
+}
