@@ -130,12 +130,15 @@ pub enum ConfigError {
 /// A channel to `server`, connecting on first use (see the module documentation).
 /// Needs a tokio runtime: the balancer's and connections' tasks are spawned on it.
 pub fn connect_lazy(server: &ServerUrl, transport: &Transport) -> Result<GrpcChannel, ConfigError> {
-    let origin: Uri = server.as_str().parse().map_err(|_| InvalidUrl {
-        url: server.to_string(),
-        why: "not a URL",
-    })?;
-    let endpoint = Endpoint::from(origin.clone())
-        .origin(origin)
+    // The connector does TLS itself: tonic's own connector refuses an https:// URI
+    // without tonic's TLS, and only the authority is sent (`:authority`).
+    let uri: Uri = format!("http://{}", server.authority())
+        .parse()
+        .map_err(|_| InvalidUrl {
+            url: server.to_string(),
+            why: "not a URL",
+        })?;
+    let endpoint = Endpoint::from(uri)
         .connect_timeout(transport.connect_timeout)
         .http2_keep_alive_interval(transport.keepalive_interval)
         .keep_alive_timeout(transport.keepalive_timeout)
