@@ -4,8 +4,8 @@
 //! - **A call that never left this client** is retried at once, whatever the policy:
 //!   tonic's channel cancels the requests it had queued for a connection that closed
 //!   after a GOAWAY (`hyper::Error(Canceled, "connection closed")`), and a server may
-//!   refuse a stream before reading it (`REFUSED_STREAM`). Nothing was done, so nothing
-//!   can be done twice. grpc-go, grpc-java and Envoy do the same ("transparent retry").
+//!   refuse a stream before reading it (`REFUSED_STREAM`), or say in its GOAWAY that it
+//!   never started it. Nothing was done, so nothing can be done twice. grpc-go, grpc-java and Envoy do the same ("transparent retry").
 //! - **`UNAVAILABLE`** is retried with capped, jittered exponential backoff, or after the
 //!   delay of the server's `google.rpc.RetryInfo` when it sent one, as long as the next
 //!   attempt can start before the deadline. Every other code is final.
@@ -86,15 +86,21 @@ pub fn never_sent(status: &Status) -> bool {
         if error
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
-            || error
-                .downcast_ref::<h2::Error>()
-                .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
+            || error.downcast_ref::<h2::Error>().is_some_and(unprocessed)
         {
             return true;
         }
         source = error.source();
     }
     false
+}
+
+/// An HTTP/2 stream the server says it did not process: refused (`REFUSED_STREAM`), or
+/// above the last stream id of a graceful GOAWAY (`NO_ERROR`), which the server promises
+/// it never started (RFC 9113 §6.8).
+fn unprocessed(error: &h2::Error) -> bool {
+    error.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR))
 }
 
 /// The answer of `call`, tried under `policy` until it succeeds, fails for good, or

@@ -58,9 +58,12 @@ pub(crate) fn spawn_isolated(
     cache: Arc<LocalCache>,
 ) -> std::io::Result<Stop> {
     let (stop, stopped) = oneshot::channel();
+    // The thread logs where its creator logs, scoped subscriber or global.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     std::thread::Builder::new()
         .name("auth-client-watch".into())
         .spawn(move || {
+            let _logging = tracing::dispatcher::set_default(&dispatch);
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -78,6 +78,13 @@ pub struct Authenticated<S> {
     required: Arc<[String]>,
 }
 
+/// A protected tonic service keeps its name, so that it can be added to a server as it
+/// was: `Server::builder().add_service(layer.layer(MyServer::new(svc)))`, each service
+/// with its own required scopes.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 /// The response body: the service's, or a refusal's.
 pub type AuthBody<B> = Either<B, Full<Bytes>>;
 

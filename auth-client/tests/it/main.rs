@@ -4,7 +4,13 @@
 //! the allow-list, secrets in logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod allow;
+mod flush;
+mod layer_axum;
+mod layer_tonic;
+mod moving;
 mod revocation;
+mod secrets;
 
 use std::time::{Duration, Instant};
 
