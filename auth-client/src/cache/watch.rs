@@ -43,13 +43,15 @@ const REOPEN: RetryPolicy = RetryPolicy {
 };
 
 /// Ends the task when dropped (held by the client).
-pub(crate) struct Stop(#[allow(dead_code)] oneshot::Sender<()>);
+pub(crate) struct Stop {
+    _sender: oneshot::Sender<()>,
+}
 
 /// Runs the task on the current runtime, over `channel`.
 pub(crate) fn spawn(channel: GrpcChannel, cache: Arc<LocalCache>) -> Stop {
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(run(channel, cache, stopped));
-    Stop(stop)
+    Stop { _sender: stop }
 }
 
 /// Runs the task on a thread of its own, over a channel that `connect` makes there.
@@ -74,7 +76,7 @@ pub(crate) fn spawn_isolated(
                 }
             }
         })?;
-    Ok(Stop(stop))
+    Ok(Stop { _sender: stop })
 }
 
 type Client = AuthServiceClient<GrpcChannel>;

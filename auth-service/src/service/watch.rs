@@ -12,7 +12,8 @@
 //! - **Never skip.** A stream that falls behind the feed is told to flush.
 //! - **Moving.** When the connection gets its GOAWAY (`--max-connection-age`), the
 //!   heartbeats say `reconnect`, and the stream goes on until the client drops it or the
-//!   grace period cuts it. At shutdown the stream ends.
+//!   grace period cuts it. At shutdown the stream ends (OK): the client opens one
+//!   elsewhere.
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use auth_api::v1::{
@@ -102,10 +103,9 @@ impl Relay {
                         }
                         continue;
                     }
-                    true = stopped(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down: watch another replica"))).await;
-                        return;
-                    }
+                    // Ended with OK, not UNAVAILABLE: the watcher opens a stream elsewhere,
+                    // and a rolling restart does not count as an outage in the metrics.
+                    true = stopped(&mut stopping) => return,
                     () = tx.closed() => return,
                 },
             };
