@@ -9,7 +9,10 @@
 //! answer of [`respond`], gRPC or HTTP by its `content-type`.
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -90,6 +93,34 @@ pub type AuthBody<B> = Either<B, Full<Bytes>>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// An outage fails every request the same way: one line a second says it.
+static OUTAGE_LOG: Every = Every::new();
+
+/// At most one `due()` a second, across threads.
+struct Every {
+    last_secs: AtomicU64,
+}
+
+impl Every {
+    const fn new() -> Every {
+        Every {
+            last_secs: AtomicU64::new(0),
+        }
+    }
+
+    fn due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_secs.load(Ordering::Relaxed);
+        now > last
+            && self
+                .last_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authenticated<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -130,7 +161,9 @@ where
                     respond::rejected(grpc, &rejection)
                 }
                 Err(outage) => {
-                    tracing::warn!(error = %outage, "request refused: the token could not be checked");
+                    if OUTAGE_LOG.due() {
+                        tracing::warn!(error = %outage, "requests refused: their tokens cannot be checked (said at most once a second)");
+                    }
                     respond::unavailable(grpc, &outage)
                 }
             };
