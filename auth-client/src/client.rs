@@ -17,7 +17,7 @@ use tonic::{
 
 use crate::{
     cache::{self, CacheSettings, CacheState, LocalCache, watch},
-    outcome::{Identity, Outcome, Rejection, RenewOutcome, Unavailable, classify},
+    outcome::{Identity, IdentityData, Outcome, Rejection, RenewOutcome, Unavailable, classify},
     retry::{self, RetryPolicy},
     transport::{self, ConfigError, GrpcChannel, ServerUrl, Transport},
 };
@@ -158,19 +158,23 @@ impl AuthClient {
     /// from the service (concurrent calls for one token share one request). A token
     /// that is not even shaped like one is refused here, without a request.
     pub async fn validate(&self, token: &str) -> Outcome<Identity> {
+        // A hit first: a key found in the cache is the hash of a token that was
+        // checked before it was asked about.
+        let key = self.inner.cache.as_ref().map(|_| cache::key(token));
+        if let (Some(cache), Some(key)) = (&self.inner.cache, &key)
+            && let Some(answer) = cache.get(key)
+        {
+            return Ok(answer);
+        }
         if let Err(malformed) = auth_api::token::check_any(token) {
             return Ok(Err(Rejection::from(&malformed)));
         }
-        let Some(cache) = &self.inner.cache else {
+        let (Some(cache), Some(key)) = (&self.inner.cache, key) else {
             return Ok(self
                 .validate_remote(token)
                 .await?
                 .map(|(identity, _)| identity));
         };
-        let key = cache::key(token);
-        if let Some(answer) = cache.get(&key) {
-            return Ok(answer);
-        }
         let outcome = cache
             .flights
             .run(key, cache.flight_age(), || async {
@@ -217,13 +221,13 @@ impl AuthClient {
             Ok(r) => r,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        let identity = Identity {
+        let identity = Identity::new(IdentityData {
             token_id: r.token_id,
             user_id: r.user_id,
             name: r.name,
             scopes: r.scopes,
             expires_at: time(r.expires_at)?,
-        };
+        });
         Ok(Ok((identity, time(r.server_time)?)))
     }
 
@@ -243,13 +247,13 @@ impl AuthClient {
             Ok(r) => r,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        Ok(Ok(Identity {
+        Ok(Ok(Identity::new(IdentityData {
             token_id: r.token_id,
             user_id: r.user_id,
             name: r.name,
             scopes: r.scopes,
             expires_at: time(r.expires_at)?,
-        }))
+        })))
     }
 
     /// `RenewCurrentToken`: extends the caller's own token in place when it is due.

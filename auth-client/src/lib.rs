@@ -40,6 +40,6 @@ pub mod outcome;
 pub use cache::{CacheSettings, CacheState};
 pub use client::{AuthClient, ClientOptions};
 pub use layer::AuthLayer;
-pub use outcome::{Identity, Outcome, Rejection, RenewOutcome, Unavailable};
+pub use outcome::{Identity, IdentityData, Outcome, Rejection, RenewOutcome, Unavailable};
 pub use retry::RetryPolicy;
 pub use transport::{ConfigError, ServerUrl, TlsFiles, Transport};

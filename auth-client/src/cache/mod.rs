@@ -40,7 +40,10 @@ use std::{
 use crate::outcome::{Identity, Outcome, Rejection};
 
 pub(crate) mod flight;
+mod stats;
 pub(crate) mod watch;
+
+use stats::Stat;
 
 /// A token's SHA-256: the cache key, and what the stream names.
 pub type Key = [u8; 32];
@@ -103,6 +106,8 @@ struct Entry {
     answer: Answer,
     /// The service's clock's lead over the local wall clock, µs.
     offset_us: i64,
+    /// When it was inserted, on the cache's clock (for the TTL).
+    loaded_us: u64,
 }
 
 impl Entry {
@@ -160,24 +165,18 @@ pub(crate) struct LocalCache {
     /// Tokens invalidated lately, and when (µs); pruned to the insert window.
     recent: Mutex<HashMap<Key, u64>>,
     grace: Duration,
-    stats: [AtomicU64; 5],
-}
-
-#[derive(Clone, Copy)]
-enum Stat {
-    Hit,
-    Miss,
-    Bypass,
-    Grace,
-    Flush,
+    ttl_us: u64,
+    stats: stats::Stats,
 }
 
 impl LocalCache {
     pub(crate) fn new(settings: CacheSettings) -> LocalCache {
+        // The TTL is checked on read against the entry's own insert time, on the clock
+        // `serving` has just read: moka's own expiry would read a clock again on every
+        // hit, and run a timer wheel.
         let entries = moka::sync::Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|_: &Key, entry: &Arc<Entry>| entry.bytes())
-            .time_to_live(settings.ttl)
             .build();
         LocalCache {
             entries,
@@ -193,12 +192,13 @@ impl LocalCache {
             reset_us: AtomicU64::new(NEVER),
             recent: Mutex::new(HashMap::new()),
             grace: settings.outage_grace,
+            ttl_us: micros(settings.ttl),
             stats: Default::default(),
         }
     }
 
     fn count(&self, stat: Stat) {
-        self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
+        self.stats.count(stat);
     }
 
     /// Microseconds on the cache's clock (from a minute before it was made), never
@@ -220,19 +220,34 @@ impl LocalCache {
 
     /// Whether entries may be answered from memory now.
     pub(crate) fn serving(&self) -> bool {
+        self.serving_at(self.now_us())
+    }
+
+    fn serving_at(&self, now_us: u64) -> bool {
         let known = self.known_us.load(Ordering::Acquire);
         self.current.load(Ordering::Acquire)
             && known != NEVER
-            && self.now_us().saturating_sub(known) < self.bound_us()
+            && now_us.saturating_sub(known) < self.bound_us()
+    }
+
+    /// The entry for `key`, unless it is older than the TTL at `now_us` (then it goes).
+    fn entry(&self, key: &Key, now_us: u64) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(key)?;
+        if now_us.saturating_sub(entry.loaded_us) >= self.ttl_us {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some(entry)
     }
 
     /// The answer for `key` from memory, if the cache is serving and holds one.
     pub(crate) fn get(&self, key: &Key) -> Option<Answer> {
-        if !self.serving() {
+        let now = self.now_us();
+        if !self.serving_at(now) {
             self.count(Stat::Bypass);
             return None;
         }
-        match self.entries.get(key) {
+        match self.entry(key, now) {
             Some(entry) => {
                 self.count(Stat::Hit);
                 Some(entry.judge())
@@ -251,7 +266,7 @@ impl LocalCache {
         if known == NEVER || self.now_us().saturating_sub(known) >= micros(self.grace) {
             return None;
         }
-        let answer = self.entries.get(key)?.judge();
+        let answer = self.entry(key, self.now_us())?.judge();
         match &answer {
             Ok(_) => {}
             Err(rejection) if rejection.is_permanent() => {}
@@ -283,8 +298,12 @@ impl LocalCache {
         if self.raced(ticket, &key) {
             return false;
         }
-        self.entries
-            .insert(key, Arc::new(Entry { answer, offset_us }));
+        let entry = Entry {
+            answer,
+            offset_us,
+            loaded_us: self.now_us(),
+        };
+        self.entries.insert(key, Arc::new(entry));
         // A change that arrived between the check and the insert may have found
         // nothing to evict: look again, and take the entry back if so.
         if self.raced(ticket, &key) {
@@ -361,7 +380,7 @@ impl LocalCache {
     pub(crate) fn state(&self) -> CacheState {
         self.entries.run_pending_tasks();
         let known = self.known_us();
-        let stat = |s: Stat| self.stats[s as usize].load(Ordering::Relaxed);
+        let stat = |s: Stat| self.stats.get(s);
         CacheState {
             serving: self.serving(),
             entries: self.entries.entry_count(),

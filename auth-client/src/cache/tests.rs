@@ -3,13 +3,13 @@
 use super::*;
 
 fn identity(user: &str, expires_at: Option<SystemTime>) -> Identity {
-    Identity {
+    Identity::new(crate::outcome::IdentityData {
         token_id: "7d3f0c1e-0000-4000-8000-000000000001".into(),
         user_id: user.into(),
         name: "laptop".into(),
         scopes: vec!["read".into()],
         expires_at,
-    }
+    })
 }
 
 /// A cache whose stream has just said it is current (and has flushed nothing yet).

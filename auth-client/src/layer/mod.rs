@@ -67,8 +67,10 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Authenticated<S> {
         Authenticated {
             inner,
-            client: self.client.clone(),
-            required: self.required.clone(),
+            shared: Arc::new(Shared {
+                client: self.client.clone(),
+                required: self.required.clone(),
+            }),
         }
     }
 }
@@ -77,6 +79,12 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct Authenticated<S> {
     inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What every request of one protected service needs.
+#[derive(Debug)]
+struct Shared {
     client: AuthClient,
     required: Arc<[String]>,
 }
@@ -139,16 +147,17 @@ where
         // The clone is the one that was not polled ready: keep the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (client, required) = (self.client.clone(), self.required.clone());
+        // One reference count per request, not one per field.
+        let shared = self.shared.clone();
         Box::pin(async move {
             let grpc = respond::is_grpc(request.headers());
             let verdict = match bearer::bearer(request.headers()) {
                 Err(rejection) => Ok(Err(rejection)),
-                Ok(token) => client.validate(token).await,
+                Ok(token) => shared.client.validate(token).await,
             };
             let refusal = match verdict {
                 Ok(Ok(identity)) => {
-                    let missing = identity.missing_scopes(&required);
+                    let missing = identity.missing_scopes(&shared.required);
                     if missing.is_empty() {
                         request.extensions_mut().insert(identity);
                         let response = inner.call(request).await?;
