@@ -6,7 +6,7 @@
 //!   order, so a heartbeat relayed on it proves every change committed before that
 //!   heartbeat was sent has been relayed before it.
 //! - **Heartbeats.** One per heartbeat the listener hears (every 100 ms by default), and
-//!   a keep-alive when nothing was sent for [`KEEPALIVE`]. Each says whether the server
+//!   one whenever none was sent for [`KEEPALIVE`], whatever else was. Each says whether the server
 //!   hears every change and how old its knowledge is (`lag`, from the newest heartbeat
 //!   relayed on this stream, never from one still queued behind unrelayed changes).
 //! - **Never skip.** A stream that falls behind the feed is told to flush.
@@ -31,7 +31,7 @@ use crate::{
     transport::http2::GoingAway,
 };
 
-/// The longest a stream stays silent: a heartbeat goes out at least this often.
+/// A heartbeat goes out at least this often.
 pub const KEEPALIVE: Duration = Duration::from_millis(250);
 /// Most token hashes in one message.
 const MAX_BATCH: usize = 512;
@@ -53,6 +53,7 @@ pub(super) fn handle(
         events: svc.cache.subscribe(),
         cache: svc.cache.clone(),
         relayed_us: None,
+        beat_due: tokio::time::Instant::now(),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(relay.run(tx, going, svc.stopping.clone()));
@@ -67,6 +68,8 @@ struct Relay {
     /// The send time of the newest heartbeat relayed on this stream since the last
     /// reset or loss; `None`: this stream cannot vouch for anything yet.
     relayed_us: Option<u64>,
+    /// When the next heartbeat is due if none goes out before.
+    beat_due: tokio::time::Instant,
 }
 
 type Out = mpsc::Sender<Result<WatchTokenInvalidationsResponse, Status>>;
@@ -86,11 +89,12 @@ impl Relay {
         }
         let mut pending: Option<std::result::Result<Event, broadcast::error::RecvError>> = None;
         loop {
+            let due = self.beat_due;
             let next = match pending.take() {
                 Some(next) => next,
                 None => tokio::select! {
                     next = self.events.recv() => next,
-                    () = tokio::time::sleep(KEEPALIVE) => {
+                    () = tokio::time::sleep_until(due) => {
                         if !self.send(&tx, self.heartbeat(reconnect)).await {
                             return;
                         }
@@ -176,7 +180,10 @@ impl Relay {
     }
 
     /// Queues `event` for the client; false once the client has gone.
-    async fn send(&self, tx: &Out, event: WireEvent) -> bool {
+    async fn send(&mut self, tx: &Out, event: WireEvent) -> bool {
+        if matches!(event, WireEvent::Heartbeat(_)) {
+            self.beat_due = tokio::time::Instant::now() + KEEPALIVE;
+        }
         let message = WatchTokenInvalidationsResponse { event: Some(event) };
         tx.send(Ok(message)).await.is_ok()
     }
