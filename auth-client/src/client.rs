@@ -154,27 +154,37 @@ impl AuthClient {
         self.inner.cache.as_ref().map(|c| c.state())
     }
 
+    /// The answer for `token` from the cache alone, if it may give one now (`None`: ask
+    /// with [`AuthClient::validate`]). Synchronous: the layer's fast path.
+    pub fn cached(&self, token: &str) -> Option<Result<Identity, Rejection>> {
+        self.inner.cache.as_ref()?.get(&cache::key(token))
+    }
+
     /// `ValidateToken`: who `token` belongs to, from the cache when it may answer, else
     /// from the service (concurrent calls for one token share one request). A token
     /// that is not even shaped like one is refused here, without a request.
     pub async fn validate(&self, token: &str) -> Outcome<Identity> {
         // A hit first: a key found in the cache is the hash of a token that was
         // checked before it was asked about.
-        let key = self.inner.cache.as_ref().map(|_| cache::key(token));
-        if let (Some(cache), Some(key)) = (&self.inner.cache, &key)
-            && let Some(answer) = cache.get(key)
-        {
+        if let Some(answer) = self.cached(token) {
             return Ok(answer);
         }
+        self.validate_uncached(token).await
+    }
+
+    /// `validate` once the cache could not answer: the shape check, then the service,
+    /// one request per token however many ask at once.
+    pub(crate) async fn validate_uncached(&self, token: &str) -> Outcome<Identity> {
         if let Err(malformed) = auth_api::token::check_any(token) {
             return Ok(Err(Rejection::from(&malformed)));
         }
-        let (Some(cache), Some(key)) = (&self.inner.cache, key) else {
+        let Some(cache) = &self.inner.cache else {
             return Ok(self
                 .validate_remote(token)
                 .await?
                 .map(|(identity, _)| identity));
         };
+        let key = cache::key(token);
         let outcome = cache
             .flights
             .run(key, cache.flight_age(), || async {

@@ -17,10 +17,14 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::{TryFutureExt, future};
 use http_body_util::{Either, Full};
 use tower::{Layer, Service};
 
-use crate::{client::AuthClient, outcome::Rejection};
+use crate::{
+    client::AuthClient,
+    outcome::{Identity, Rejection},
+};
 
 pub mod bearer;
 pub mod respond;
@@ -129,6 +133,21 @@ impl Every {
     }
 }
 
+/// The future of a protected call: the service's own (admitted from the cache, without
+/// an allocation or a clone of the service), a refusal ready at once, or a check that
+/// has to ask the service first.
+pub type ResponseFuture<F, B, E> = future::Either<
+    future::MapOk<F, fn(http::Response<B>) -> http::Response<AuthBody<B>>>,
+    future::Either<
+        future::Ready<Result<http::Response<AuthBody<B>>, E>>,
+        BoxFuture<Result<http::Response<AuthBody<B>>, E>>,
+    >,
+>;
+
+fn admitted<B>(response: http::Response<B>) -> http::Response<AuthBody<B>> {
+    response.map(Either::Left)
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authenticated<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -137,38 +156,67 @@ where
 {
     type Response = http::Response<AuthBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let grpc = respond::is_grpc(request.headers());
+        // What can be decided now is: no token, or one the cache answers.
+        let decided = match bearer::bearer(request.headers()) {
+            Err(rejection) => Some(Err(rejection)),
+            Ok(token) => self.shared.client.cached(token),
+        };
+        match decided {
+            Some(Ok(identity)) => match refuse_scopes(&identity, &self.shared.required) {
+                None => {
+                    request.extensions_mut().insert(identity);
+                    let call = self.inner.call(request);
+                    future::Either::Left(call.map_ok(admitted as fn(_) -> _))
+                }
+                Some(rejection) => ready(respond::rejected(grpc, &rejection)),
+            },
+            Some(Err(rejection)) => ready(refused(grpc, &rejection)),
+            None => future::Either::Right(future::Either::Right(self.ask(request, grpc))),
+        }
+    }
+}
+
+impl<S> Authenticated<S> {
+    /// The slow path: the cache could not answer, so the service is asked.
+    fn ask<ReqBody, ResBody>(
+        &mut self,
+        mut request: http::Request<ReqBody>,
+        grpc: bool,
+    ) -> BoxFuture<Result<http::Response<AuthBody<ResBody>>, S::Error>>
+    where
+        S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Send + 'static,
+    {
         // The clone is the one that was not polled ready: keep the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        // One reference count per request, not one per field.
         let shared = self.shared.clone();
         Box::pin(async move {
-            let grpc = respond::is_grpc(request.headers());
             let verdict = match bearer::bearer(request.headers()) {
                 Err(rejection) => Ok(Err(rejection)),
-                Ok(token) => shared.client.validate(token).await,
+                Ok(token) => shared.client.validate_uncached(token).await,
             };
             let refusal = match verdict {
-                Ok(Ok(identity)) => {
-                    let missing = identity.missing_scopes(&shared.required);
-                    if missing.is_empty() {
+                Ok(Ok(identity)) => match refuse_scopes(&identity, &shared.required) {
+                    None => {
                         request.extensions_mut().insert(identity);
-                        let response = inner.call(request).await?;
-                        return Ok(response.map(Either::Left));
+                        return inner.call(request).await.map(admitted);
                     }
-                    respond::rejected(grpc, &Rejection::InsufficientScope { missing })
-                }
-                Ok(Err(rejection)) => {
-                    tracing::debug!(reason = rejection.as_str(), "request refused");
-                    respond::rejected(grpc, &rejection)
-                }
+                    Some(rejection) => respond::rejected(grpc, &rejection),
+                },
+                Ok(Err(rejection)) => refused(grpc, &rejection),
                 Err(outage) => {
                     if OUTAGE_LOG.due() {
                         tracing::warn!(error = %outage, "requests refused: their tokens cannot be checked (said at most once a second)");
@@ -179,4 +227,21 @@ where
             Ok(refusal.map(Either::Right))
         })
     }
+}
+
+/// `InsufficientScope` for a live token without every required scope.
+fn refuse_scopes(identity: &Identity, required: &[String]) -> Option<Rejection> {
+    let missing = identity.missing_scopes(required);
+    (!missing.is_empty()).then_some(Rejection::InsufficientScope { missing })
+}
+
+fn refused(grpc: bool, rejection: &Rejection) -> respond::Refusal {
+    tracing::debug!(reason = rejection.as_str(), "request refused");
+    respond::rejected(grpc, rejection)
+}
+
+fn ready<F, B, E>(refusal: respond::Refusal) -> ResponseFuture<F, B, E> {
+    future::Either::Right(future::Either::Left(future::ready(Ok(
+        refusal.map(Either::Right)
+    ))))
 }
