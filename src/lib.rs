@@ -1,12 +1,14 @@
-//! `auth-api`: the wire contract of `auth.v1`, shared by `auth-service` and `auth-agent`
-//! so that neither restates it.
+//! `auth-api`: the wire contract of `auth.v1`, shared by `auth-service`, `auth-client`
+//! and `auth-agent` so that none restates it.
 //!
 //! Modules, top-down:
 //! - [`v1`]: the generated messages, client and server (from `proto/auth/v1/auth.proto`,
 //!   compiled by `build.rs` with the pure-Rust `protox`, so no system `protoc`);
 //! - [`token`]: the token format (prefix, length, alphabet, checksum), its generation and
 //!   the shape check both sides run before any network or database work;
-//! - [`time`]: the one conversion between `google.protobuf.Timestamp` and `chrono`.
+//! - [`time`]: the one conversion between `google.protobuf.Timestamp` and `chrono`;
+//! - [`challenge`]: the HTTP face of a refusal, the RFC 6750 `WWW-Authenticate`
+//!   challenge and the JSON body with the reason (forward-auth and auth-client's layer).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// The `auth.v1` package: messages, the client and the server trait.
@@ -15,6 +17,7 @@ pub mod v1 {
     tonic::include_proto!("auth.v1");
 }
 
+pub mod challenge;
 pub mod time;
 pub mod token;
 

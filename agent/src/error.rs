@@ -1,15 +1,17 @@
 //! The agent's one error type. Each variant says what to do next (log in again, retry
-//! later, fix the configuration), and [`AgentError::from_status`] is the one place where a
-//! gRPC status becomes one of them. [`RejectReason`] is why a token was refused.
+//! later, fix the configuration). What a call's answer means is auth-client's
+//! (`auth_client::outcome::classify`, the one mapping of a status); what the agent does
+//! about it is here, in [`AgentError::from_outcome`]. [`RejectReason`] is why a token was
+//! refused.
 use std::{
-    error::Error as _,
     fmt, io,
     path::{Path, PathBuf},
 };
 
-use auth_api::{ERROR_DOMAIN, ErrorReason};
-use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use auth_api::ErrorReason;
+pub use auth_client::outcome::code_name;
+use auth_client::{Outcome, Rejection, Unavailable, outcome::classify};
+use tonic::Status;
 
 /// Why a token cannot be used: the `google.rpc.ErrorInfo` reason sent by the server, or
 /// the same vocabulary for problems found locally (no token, not a token).
@@ -33,6 +35,14 @@ impl RejectReason {
         match ErrorReason::from_str_name(reason) {
             Some(known) if known != ErrorReason::Unspecified => Self::Known(known),
             _ => Self::Other(reason.to_owned()),
+        }
+    }
+
+    /// The reason of an auth-client rejection.
+    pub fn from_rejection(rejection: &Rejection) -> Self {
+        match rejection.reason() {
+            Some(known) => Self::Known(known),
+            None => Self::Other(rejection.as_str().to_owned()),
         }
     }
 
@@ -100,40 +110,52 @@ fn rejection_message(reason: &RejectReason, detail: Option<&str>, fix: &str) -> 
 }
 
 impl AgentError {
-    /// Maps a status from the auth service (or from the transport under it) to what to
-    /// do. Only `UNAUTHENTICATED` is a login problem, whose message ends in `fix` (the
-    /// action that gives the agent a good token); everything else is retried.
-    pub fn from_status(status: &Status, fix: &str) -> AgentError {
-        if status.code() != Code::Unauthenticated {
-            let mut cause = describe(status);
-            // A TLS certificate the agent does not trust is no login problem either: it
-            // is retried like an outage, with the fix named.
-            if ["certificate", "UnknownIssuer", "NotValidForName"]
-                .iter()
-                .any(|hint| cause.contains(hint))
-            {
-                cause.push_str(
-                    "; a TLS certificate problem: check --ca-file / AUTH_AGENT_CA_FILE (the CA \
-                     that signed the server's certificate) and that the server's certificate is \
-                     valid for the host in --server",
-                );
-            }
-            return AgentError::RetryLater {
-                code: code_name(status.code()),
-                cause,
-            };
+    /// What a call's answer means for the agent: a refused token is a login problem,
+    /// whose message ends in `fix` (the action that gives the agent a good token);
+    /// anything the server could not judge is retried.
+    pub fn from_outcome<T>(outcome: Outcome<T>, fix: &str) -> Result<T, AgentError> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(rejection)) => Err(AgentError::rejected(&rejection, fix)),
+            Err(outage) => Err(AgentError::retry_later(&outage)),
         }
-        let reason = match status.get_error_details().error_info() {
-            Some(info) if info.domain == ERROR_DOMAIN => RejectReason::from_wire(&info.reason),
-            Some(info) => RejectReason::Other(format!("{}/{}", info.domain, info.reason)),
-            // An UNAUTHENTICATED without ErrorInfo comes from something in between (a
-            // proxy, a mesh): still a credential problem as far as the agent can tell.
-            None => RejectReason::Other("UNAUTHENTICATED".to_owned()),
-        };
+    }
+
+    /// The same, for a bare status (from the auth service or the transport under it).
+    pub fn from_status(status: &Status, fix: &str) -> AgentError {
+        match classify(status) {
+            Ok(rejection) => AgentError::rejected(&rejection, fix),
+            Err(outage) => AgentError::retry_later(&outage),
+        }
+    }
+
+    /// The server refused the token: log in again.
+    pub fn rejected(rejection: &Rejection, fix: &str) -> AgentError {
         AgentError::Reauthenticate {
-            reason,
+            reason: RejectReason::from_rejection(rejection),
             detail: None,
             fix: fix.to_owned(),
+        }
+    }
+
+    /// The server could not judge the token: retry later. A TLS certificate the agent
+    /// does not trust is no login problem either: it is retried like an outage, with
+    /// the fix named.
+    pub fn retry_later(outage: &Unavailable) -> AgentError {
+        let mut cause = outage.cause().to_owned();
+        if ["certificate", "UnknownIssuer", "NotValidForName"]
+            .iter()
+            .any(|hint| cause.contains(hint))
+        {
+            cause.push_str(
+                "; a TLS certificate problem: check --ca-file / AUTH_AGENT_CA_FILE (the CA \
+                 that signed the server's certificate) and that the server's certificate is \
+                 valid for the host in --server",
+            );
+        }
+        AgentError::RetryLater {
+            code: code_name(outage.code()),
+            cause,
         }
     }
 
@@ -167,56 +189,13 @@ impl AgentError {
     }
 }
 
-/// The status message followed by its chain of causes, which is where tonic puts the
-/// useful part of a transport error ("connection refused", a DNS failure).
-fn describe(status: &Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut cause = status.source();
-    while let Some(err) = cause {
-        let next = err.to_string();
-        if !text.contains(&next) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&next);
-        }
-        cause = err.source();
-    }
-    if text.is_empty() {
-        "no details".to_owned()
-    } else {
-        text
-    }
-}
-
-/// The canonical gRPC name of a code, as operators read it in other tools.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
-    use tonic_types::ErrorDetails;
+    use auth_api::ERROR_DOMAIN;
+    use tonic::Code;
+    use tonic_types::{ErrorDetails, StatusExt};
 
     use super::*;
 

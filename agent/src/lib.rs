@@ -12,9 +12,11 @@
 //! - [`schedule`]: when to renew next, from a renewal's outcome;
 //! - [`source`], [`config`], [`state`]: where the token comes from, the config file
 //!   `login` writes, and the last-renewal file `status` reads;
-//! - [`client`]: the channel to the server and one method per `auth.v1` call;
+//! - [`client`]: the agent's calls, over auth-client (its channel, TLS, status mapping
+//!   and retry policy);
 //! - [`server_url`], [`token`]: the server URL and the token as checked values;
-//! - [`error`]: the one error type (what to do next) and the rejection reasons;
+//! - [`error`]: the one error type (what to do next, from auth-client's answers) and the
+//!   rejection reasons;
 //! - [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the injectable
 //!   wall clock, time formatting, private files, logging setup).
 #![deny(clippy::unwrap_used, clippy::expect_used)]

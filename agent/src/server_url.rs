@@ -1,92 +1,65 @@
 //! The server URL: what `--server` and the config file hold, checked once.
 use std::{fmt, str::FromStr};
 
-use tonic::transport::Uri;
-
 use crate::error::AgentError;
 
 /// Environment variable naming the server (the `--server` flag's variable).
 pub const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
 
 /// A validated server URL: `http://host:port` or `https://host:port`, normalised (no
-/// path, no trailing slash).
+/// path, no trailing slash). The rules are auth-client's; the error names the flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerUrl(String);
+pub struct ServerUrl(auth_client::ServerUrl);
 
 impl FromStr for ServerUrl {
     type Err = AgentError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| {
-            AgentError::FixConfig(format!(
-                "invalid server URL {s:?}: {why}; pass --server http://HOST:PORT or set {SERVER_ENV}"
-            ))
-        };
-        let uri: Uri = s.trim().parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(bad("the scheme must be http:// or https://")),
-        }
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad("a server URL has no path or query"));
-        }
-        let scheme = uri.scheme_str().unwrap_or("http");
-        Ok(ServerUrl(format!("{scheme}://{authority}")))
+        s.parse()
+            .map(ServerUrl)
+            .map_err(|err: auth_client::transport::InvalidUrl| {
+                AgentError::FixConfig(format!(
+                    "{err}; pass --server http://HOST:PORT or set {SERVER_ENV}"
+                ))
+            })
     }
 }
 
 impl fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        self.0.fmt(f)
     }
 }
 
 impl ServerUrl {
     /// The URL as a string, e.g. `http://127.0.0.1:50051`.
     pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The URL as auth-client takes it.
+    pub fn url(&self) -> &auth_client::ServerUrl {
         &self.0
     }
 
     /// True for `https://`.
     pub fn is_https(&self) -> bool {
-        self.0.starts_with("https://")
+        self.0.is_https()
     }
 
     /// `host:port` (the port defaulted to 443 or 80 by scheme when the URL has none).
     pub fn authority(&self) -> String {
-        format!("{}:{}", self.host_bracketed(), self.port())
+        self.0.authority()
     }
 
     /// The host name or address (IPv6 without brackets).
     pub fn host(&self) -> &str {
-        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        if let Some(v6) = rest.strip_prefix('[') {
-            return v6.split_once(']').map_or(v6, |(h, _)| h);
-        }
-        rest.rsplit_once(':').map_or(rest, |(h, _)| h)
-    }
-
-    fn host_bracketed(&self) -> String {
-        let host = self.host();
-        if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        }
+        self.0.host()
     }
 
     /// The port (443 for https and 80 for http when the URL has none).
     pub fn port(&self) -> u16 {
-        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
-        let after_host = match rest.strip_prefix('[') {
-            Some(v6) => v6.split_once(']').map_or("", |(_, r)| r),
-            None => rest.rsplit_once(':').map_or("", |(_, p)| p),
-        };
-        let port = after_host.trim_start_matches(':');
-        port.parse()
-            .unwrap_or(if self.is_https() { 443 } else { 80 })
+        self.0.port()
     }
 }
 

@@ -2,7 +2,6 @@
 use std::fmt;
 
 use auth_api::token::Malformed;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 /// A personal access token. `Debug` and `Display` are redacted so that a token can sit
 /// in any struct that is logged or printed; only [`Token::expose`] yields the secret.
@@ -23,21 +22,11 @@ impl Token {
         Ok(Token(raw.to_owned()))
     }
 
-    /// The secret itself. Call sites are few and obvious: the `authorization` header and
-    /// the config file writer.
+    /// The secret itself. Call sites are few and obvious: the calls to the server
+    /// (auth-client puts it in a sensitive `authorization` header) and the config file
+    /// writer.
     pub fn expose(&self) -> &str {
         &self.0
-    }
-
-    /// `Bearer <token>` as gRPC metadata, marked sensitive so that HTTP/2 header
-    /// compression never indexes it and its `Debug` output is redacted.
-    pub fn bearer(&self) -> AsciiMetadataValue {
-        // A parsed token is a prefix plus base62, always a valid header value; the
-        // fallback only exists to avoid a panic path.
-        let mut value = MetadataValue::try_from(format!("Bearer {}", self.0))
-            .unwrap_or_else(|_| MetadataValue::from_static("Bearer invalid"));
-        value.set_sensitive(true);
-        value
     }
 }
 
@@ -93,7 +82,5 @@ mod tests {
         for printed in [format!("{token:?}"), format!("{token}")] {
             assert!(!printed.contains(&good), "{printed}");
         }
-        assert!(!format!("{:?}", token.bearer()).contains(&good));
-        assert!(token.bearer().is_sensitive());
     }
 }

@@ -152,6 +152,7 @@ pub async fn run(
             admission: DbAdmission::new(settings.db_max_per_token, settings.db_max_waiting),
             validate_allow: settings.validate_allow.clone().into(),
             coalesce: settings.coalesce,
+            stopping: stop_rx.clone(),
         },
     ));
     let auth =

@@ -73,18 +73,15 @@ impl fmt::Display for LoginReport {
 /// exactly as it was (or absent) and the error names the server's reason.
 pub async fn login(context: &Context, token: Token) -> Result<LoginReport, AgentError> {
     let (server, transport) = context.endpoint().await?;
-    let channel = match &context.channel {
-        Some(channel) => channel.clone(),
+    let client = match &context.channel {
+        Some(channel) => crate::client::Client::new(channel.clone()),
         None => crate::client::connect_lazy(&server, &transport)?,
     };
-    let mut client = crate::client::Client::new(channel);
-    let identity = client
-        .lookup(&token, context.request_timeout)
-        .await
-        .map_err(|status| match AgentError::from_status(&status, NOT_SAVED) {
-            AgentError::Reauthenticate { reason, .. } => rejected(reason, None),
-            other => other,
-        })?;
+    let looked_up = client.lookup(&token, context.request_timeout).await;
+    let identity = AgentError::from_outcome(looked_up, NOT_SAVED).map_err(|err| match err {
+        AgentError::Reauthenticate { reason, .. } => rejected(reason, None),
+        other => other,
+    })?;
     // Unreadable counts as different: a stale last renewal is worse than none.
     let previous = config::load(&context.config_path)
         .await

@@ -48,16 +48,15 @@ impl fmt::Display for LogoutReport {
 /// kept (an error, exit 1), so that logging out can be retried rather than leaving a live
 /// token behind that nobody holds; a token the server already refuses is simply forgotten.
 pub async fn logout(context: &Context) -> Result<LogoutReport, AgentError> {
-    let (_, mut client) = context.client().await?;
+    let (_, client) = context.client().await?;
     let token = context.token_source.load().await?;
-    let (revoked_at, already_unusable) = match client.revoke(&token, context.request_timeout).await
-    {
-        Ok(at) => (at, None),
-        Err(status) => match AgentError::from_status(&status, &context.token_source.fix()) {
-            AgentError::Reauthenticate { reason, .. } => (None, Some(reason)),
-            other => return Err(other),
-        },
-    };
+    let revoked = client.revoke(&token, context.request_timeout).await;
+    let (revoked_at, already_unusable) =
+        match AgentError::from_outcome(revoked, &context.token_source.fix()) {
+            Ok(at) => (at, None),
+            Err(AgentError::Reauthenticate { reason, .. }) => (None, Some(reason)),
+            Err(other) => return Err(other),
+        };
     let removed_from = match &context.token_source {
         TokenSource::Config { path, .. } => {
             // Everything but the token stays: the next `login` reaches the same server.

@@ -96,11 +96,11 @@ impl Context {
     /// The server and a client for it.
     pub async fn client(&self) -> Result<(ServerUrl, Client), AgentError> {
         let (server, transport) = self.endpoint().await?;
-        let channel = match &self.channel {
-            Some(channel) => channel.clone(),
+        let client = match &self.channel {
+            Some(channel) => Client::new(channel.clone()),
             None => client::connect_lazy(&server, &transport)?,
         };
-        Ok((server, Client::new(channel)))
+        Ok((server, client))
     }
 }
 

@@ -53,12 +53,10 @@ impl fmt::Display for RenewReport {
 
 /// Renews once. Errors are as for [`super::status::status`].
 pub async fn renew(context: &Context, clock: &dyn Clock) -> Result<RenewReport, AgentError> {
-    let (server, mut client) = context.client().await?;
+    let (server, client) = context.client().await?;
     let token = context.token_source.load().await?;
-    let outcome = client
-        .renew(&token, context.request_timeout)
-        .await
-        .map_err(|status| AgentError::from_status(&status, &context.token_source.fix()))?;
+    let renewed = client.renew(&token, context.request_timeout).await;
+    let outcome = AgentError::from_outcome(renewed, &context.token_source.fix())?;
     let now = clock.now();
     // The renewal happened whether or not it can be recorded; say so, but succeed.
     if let Err(err) = state::store(&context.state_file, &State::after(now, &outcome)).await {

@@ -76,12 +76,10 @@ impl fmt::Display for StatusReport {
 /// Looks the token up. A rejected token is an [`AgentError::Reauthenticate`] (exit 3)
 /// whose message names the fix; an unreachable server is [`AgentError::RetryLater`].
 pub async fn status(context: &Context, clock: &dyn Clock) -> Result<StatusReport, AgentError> {
-    let (server, mut client) = context.client().await?;
+    let (server, client) = context.client().await?;
     let token = context.token_source.load().await?;
-    let identity = client
-        .lookup(&token, context.request_timeout)
-        .await
-        .map_err(|status| AgentError::from_status(&status, &context.token_source.fix()))?;
+    let looked_up = client.lookup(&token, context.request_timeout).await;
+    let identity = AgentError::from_outcome(looked_up, &context.token_source.fix())?;
     let (last_renewal, state_problem) = match state::load(&context.state_file).await {
         Ok(last) => (last, None),
         Err(err) => (None, Some(err.to_string())),

@@ -125,12 +125,12 @@ pub async fn run(
     let target = match (&opts.server, opts.channel.take()) {
         (ServerSource::Fixed(server), Some(channel)) => Target::Ready {
             server: server.clone(),
-            channel,
+            client: Client::new(channel),
             dialled: false,
         },
         (ServerSource::Fixed(server), None) => Target::Ready {
             server: server.clone(),
-            channel: client::connect_lazy(server, &opts.transport)?,
+            client: client::connect_lazy(server, &opts.transport)?,
             dialled: true,
         },
         (ServerSource::Saved { config, explicit }, channel) => Target::Saved {
@@ -168,11 +168,11 @@ pub async fn run(
 
 /// What the daemon talks to, as far as `run` could tell before starting.
 enum Target {
-    /// A known server and a channel to it; `dialled` when `run` made the channel (and so
+    /// A known server and a client of it; `dialled` when `run` made its channel (and so
     /// may make a fresh one), not when it was given.
     Ready {
         server: ServerUrl,
-        channel: Channel,
+        client: Client,
         dialled: bool,
     },
     /// The server `login` saves in `config`, perhaps not there yet; `channel` overrides
@@ -187,18 +187,18 @@ enum Target {
 /// Finds the server (waiting for `login` to save one if need be), then runs the daemon.
 /// Never returns: `run` ends it by dropping it at shutdown.
 async fn start(mut opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
-    let (server, channel, dialled) = match target {
+    let (server, client, dialled) = match target {
         Target::Ready {
             server,
-            channel,
+            client,
             dialled,
-        } => (server, channel, dialled),
+        } => (server, client, dialled),
         Target::Saved {
             config,
             explicit,
             channel: given,
         } => {
-            let (server, transport, channel) = wait_for_server(
+            let (server, transport, client) = wait_for_server(
                 &config,
                 explicit,
                 opts.check_period,
@@ -209,12 +209,12 @@ async fn start(mut opts: RunOptions, target: Target, clock: Arc<dyn Clock>) {
             // A redial after a timeout reaches the server the same way.
             opts.transport = transport;
             match given {
-                Some(given) => (server, given, false),
-                None => (server, channel, true),
+                Some(given) => (server, Client::new(given), false),
+                None => (server, client, true),
             }
         }
     };
-    let mut daemon = Daemon::new(opts, server, Client::new(channel), clock);
+    let mut daemon = Daemon::new(opts, server, client, clock);
     daemon.dialled = dialled;
     daemon.run_loop().await;
 }
@@ -228,7 +228,7 @@ async fn wait_for_server(
     check_period: Duration,
     health: &Health,
     transport: &Transport,
-) -> (ServerUrl, Transport, Channel) {
+) -> (ServerUrl, Transport, Client) {
     let fix = if explicit {
         format!(
             "run `auth-agent login --config {} --server http://HOST:PORT` (as the user the agent \
@@ -245,11 +245,11 @@ async fn wait_for_server(
                 let mut transport = transport.clone();
                 transport.tls = transport.tls.or(&saved_tls);
                 match client::connect_lazy(&server, &transport) {
-                    Ok(channel) => {
+                    Ok(client) => {
                         if said.is_some() {
                             info!(%server, "{} now names a server: starting", config.display());
                         }
-                        return (server, transport, channel);
+                        return (server, transport, client);
                     }
                     Err(err) => err.to_string(),
                 }

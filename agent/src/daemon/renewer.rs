@@ -2,7 +2,8 @@
 //! computed wall-clock schedule; warnings for rejected tokens, backoff for the rest.
 use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 
-use tonic::{Code, Status};
+use auth_client::Unavailable;
+use tonic::Code;
 use tracing::{info, warn};
 
 use super::{RunOptions, memory::Memory};
@@ -106,26 +107,27 @@ impl Daemon {
         };
         let result = self.client.renew(&token, timeout).await;
         let attempt = match result {
-            Ok(outcome) => {
+            Ok(Ok(outcome)) => {
                 self.on_success(&outcome).await;
                 Attempt::Success(outcome)
             }
-            Err(status) => match AgentError::from_status(&status, &self.source.fix()) {
-                err if err.is_rejection() => self.on_rejected(&err, Some(token.clone())),
-                err => {
-                    self.on_failed(&status, &err, &token);
-                    Attempt::Failed
-                }
-            },
+            Ok(Err(rejection)) => {
+                let err = AgentError::rejected(&rejection, &self.source.fix());
+                self.on_rejected(&err, Some(token.clone()))
+            }
+            Err(outage) => {
+                self.on_failed(&outage, &AgentError::retry_later(&outage), &token);
+                Attempt::Failed
+            }
         };
         (attempt, Some(token))
     }
 
     /// A renewal failure that is not a login problem (outage, timeout, transport).
-    fn on_failed(&mut self, status: &Status, err: &AgentError, token: &Token) {
+    fn on_failed(&mut self, outage: &Unavailable, err: &AgentError, token: &Token) {
         self.failures = self.failures.saturating_add(1);
-        warn!(code = code_name(status.code()), "renewal failed: {err}");
-        self.redial_after(status);
+        warn!(code = code_name(outage.code()), "renewal failed: {err}");
+        self.redial_after(outage);
         // Only the token that was rejected is known to be bad. A different one that meets
         // an outage is presumed good: the wait stops treating it as new every check
         // period and backs off, and the state is "retrying" (ready), as for any outage.
@@ -203,12 +205,12 @@ impl Daemon {
     /// have gone into a connection that is dead but not yet detected (after a suspend, or
     /// dropped by a NAT), and the next call would be multiplexed onto it and hang too.
     /// The keepalive pings would close it eventually; this does not wait for them.
-    fn redial_after(&mut self, status: &Status) {
-        if status.code() != Code::DeadlineExceeded || !self.dialled {
+    fn redial_after(&mut self, outage: &Unavailable) {
+        if outage.code() != Code::DeadlineExceeded || !self.dialled {
             return;
         }
-        if let Ok(channel) = client::connect_lazy(&self.server, &self.transport) {
-            self.client = Client::new(channel);
+        if let Ok(client) = client::connect_lazy(&self.server, &self.transport) {
+            self.client = client;
         }
     }
 
@@ -241,25 +243,25 @@ impl Daemon {
     /// rejected; a transient failure is retried after the next successful renewal.
     async fn identify(&mut self, token: &Token) -> bool {
         match self.client.lookup(token, self.request_timeout).await {
-            Ok(identity) => {
+            Ok(Ok(identity)) => {
                 self.log_identity(&identity);
                 self.memory.identified(token);
                 true
             }
-            Err(status) => match AgentError::from_status(&status, &self.source.fix()) {
-                err if err.is_rejection() => {
-                    self.mark_rejected(&err, Some(token.clone()));
-                    false
-                }
-                err => {
-                    warn!(
-                        code = code_name(status.code()),
-                        "identity lookup failed: {err}; it is retried after the next successful renewal"
-                    );
-                    self.redial_after(&status);
-                    true
-                }
-            },
+            Ok(Err(rejection)) => {
+                let err = AgentError::rejected(&rejection, &self.source.fix());
+                self.mark_rejected(&err, Some(token.clone()));
+                false
+            }
+            Err(outage) => {
+                let err = AgentError::retry_later(&outage);
+                warn!(
+                    code = code_name(outage.code()),
+                    "identity lookup failed: {err}; it is retried after the next successful renewal"
+                );
+                self.redial_after(&outage);
+                true
+            }
         }
     }
 

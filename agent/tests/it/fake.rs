@@ -11,7 +11,8 @@ use auth_agent::{Clock, SystemClock};
 use auth_api::v1::{
     LookupCurrentTokenRequest, LookupCurrentTokenResponse, RenewCurrentTokenRequest,
     RenewCurrentTokenResponse, RevokeCurrentTokenRequest, RevokeCurrentTokenResponse,
-    ValidateTokenRequest, ValidateTokenResponse,
+    ValidateTokenRequest, ValidateTokenResponse, WatchTokenInvalidationsRequest,
+    WatchTokenInvalidationsResponse,
     auth_service_server::{AuthService, AuthServiceServer},
 };
 use hyper_util::rt::TokioIo;
@@ -244,6 +245,19 @@ impl AuthService for Fake {
         self.record(Rpc::Revoke, &request)?;
         let reply = self.0.revoke.lock().unwrap().take();
         reply(self.0.clock.now()).map(Response::new)
+    }
+
+    type WatchTokenInvalidationsStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<WatchTokenInvalidationsResponse, Status>> + Send,
+        >,
+    >;
+
+    async fn watch_token_invalidations(
+        &self,
+        _request: Request<WatchTokenInvalidationsRequest>,
+    ) -> Result<Response<Self::WatchTokenInvalidationsStream>, Status> {
+        Err(Status::unimplemented("the agent never watches"))
     }
 }
 

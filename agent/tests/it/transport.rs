@@ -3,7 +3,7 @@
 //! dropped them, or a laptop that slept, would) while still accepting new ones.
 use std::{net::SocketAddr, time::Duration};
 
-use auth_agent::{Client, ServerUrl, Token, Transport, client};
+use auth_agent::{ServerUrl, Token, Transport, client};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::Code;
 
@@ -52,15 +52,20 @@ async fn renew_after_freeze(transport: Transport, idle: Duration) -> Result<Dura
         .unwrap();
     let (proxy, freeze) = freezable_proxy(upstream).await;
     let server: ServerUrl = format!("http://{proxy}").parse().unwrap();
-    let mut client = Client::new(client::connect_lazy(&server, &transport).unwrap());
+    let client = client::connect_lazy(&server, &transport).unwrap();
     let token = Token::parse(&token("keepalive")).unwrap();
-    client.renew(&token, Duration::from_secs(3)).await.unwrap();
+    client
+        .renew(&token, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .unwrap();
     freeze.send(true).unwrap();
     tokio::time::sleep(idle).await;
     let started = tokio::time::Instant::now();
     match client.renew(&token, Duration::from_secs(3)).await {
-        Ok(_) => Ok(started.elapsed()),
-        Err(status) => Err(status.code()),
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(rejection)) => panic!("refused: {rejection}"),
+        Err(outage) => Err(outage.code()),
     }
 }
 

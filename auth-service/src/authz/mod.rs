@@ -8,8 +8,6 @@
 //! Database trouble is never a verdict: it stays an [`Error`], which each adapter turns
 //! into "unavailable, retry" (a gRPC UNAVAILABLE, an HTTP 503), never into a 401 that
 //! would tell a client to throw its token away.
-use auth_api::ErrorReason;
-
 use crate::{
     error::{Error, Result, fmt_time},
     metrics::Decision,
@@ -107,7 +105,7 @@ pub async fn decide(
         Err(e) => return Ok(rejected(svc, e)),
     };
     let described = svc
-        .describe(&digest, |token| {
+        .describe(&digest, |token, _| {
             let missing: Vec<String> = required
                 .iter()
                 .flat_map(|list| list.split_ascii_whitespace())
@@ -141,62 +139,14 @@ fn rejected(svc: &AuthSvc, e: Error) -> Verdict {
     Verdict::Unauthenticated(e)
 }
 
-/// What the service calls itself in challenges.
-const REALM: &str = "auth";
-
-/// The `WWW-Authenticate` value for a credential problem (RFC 6750 §3). A request that
-/// carried no bearer token at all gets the bare challenge, as §3.1 asks; any other
-/// problem is `invalid_token`, with what to do in `error_description`.
+/// The `WWW-Authenticate` value for a credential problem (RFC 6750 §3): the bare
+/// challenge for no token at all, `invalid_token` with what to do for the rest. The
+/// shape is the contract's ([`auth_api::challenge`]), shared with auth-client's layer.
 pub fn challenge(error: &Error) -> String {
-    match error.reason() {
-        Some(ErrorReason::MissingCredentials) | None => format!("Bearer realm=\"{REALM}\""),
-        Some(_) => format!(
-            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-            quotable(&error.to_string())
-        ),
-    }
+    auth_api::challenge::challenge(error.reason(), &error.to_string())
 }
 
-/// The `WWW-Authenticate` value for a live token that lacks required scopes (RFC 6750
-/// §3.1 `insufficient_scope`, with the missing scopes in `scope`).
-pub fn scope_challenge(missing: &[String]) -> String {
-    format!(
-        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\", \
-         scope=\"{}\"",
-        quotable(&scope_message(missing)),
-        quotable(&missing.join(" "))
-    )
-}
-
-/// What a 403 says.
-pub fn scope_message(missing: &[String]) -> String {
-    format!(
-        "the token lacks the required scope {}: create a token with it",
-        missing.join(" ")
-    )
-}
-
-/// The small JSON body of a refusal: the ErrorInfo reason (as in the gRPC API's
-/// details) and the message.
-pub fn body(reason: ErrorReason, message: &str) -> String {
-    serde_json::json!({
-        "reason": reason.as_str_name(),
-        "domain": auth_api::ERROR_DOMAIN,
-        "message": message,
-    })
-    .to_string()
-}
-
-/// `text` as RFC 6750 allows inside a quoted `error_description` or `scope`: printable
-/// ASCII without `"` and `\`. Anything else becomes `?`, never a broken header.
-fn quotable(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            ' ' | '!' | '#'..='[' | ']'..='~' => c,
-            _ => '?',
-        })
-        .collect()
-}
+pub use auth_api::challenge::{body, scope_challenge, scope_message};
 
 #[cfg(test)]
 mod tests {
@@ -216,26 +166,5 @@ mod tests {
             expired.starts_with(r#"Bearer realm="auth", error="invalid_token", error_description="token expired at 1970-01-01T00:00:00Z;"#),
             "{expired}"
         );
-    }
-
-    #[test]
-    fn descriptions_stay_inside_their_quotes() {
-        let c = challenge(&Error::TokenMalformed("a \"quoted\" \\ é\r\nvalue".into()));
-        assert!(
-            c.ends_with(r#"error_description="a ?quoted? ? ???value""#),
-            "{c}"
-        );
-        let s = scope_challenge(&["billing:read".into(), "x\"y".into()]);
-        assert!(s.ends_with(r#"scope="billing:read x?y""#), "{s}");
-        assert!(s.contains(r#"error="insufficient_scope""#), "{s}");
-    }
-
-    #[test]
-    fn the_body_is_json_with_the_reason() {
-        let b: serde_json::Value =
-            serde_json::from_str(&body(ErrorReason::TokenRevoked, "say \"why\"")).unwrap();
-        assert_eq!(b["reason"], "TOKEN_REVOKED");
-        assert_eq!(b["message"], "say \"why\"");
-        assert_eq!(b["domain"], auth_api::ERROR_DOMAIN);
     }
 }

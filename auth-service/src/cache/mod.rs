@@ -45,6 +45,7 @@ use crate::{
 };
 
 mod entry;
+pub mod feed;
 pub mod flight;
 pub mod listener;
 mod store;
@@ -146,6 +147,8 @@ pub struct TokenCache {
     connections: AtomicUsize,
     /// Heartbeats sent without an error, ever: with none heard, LISTEN hears nothing.
     sent: AtomicU64,
+    /// What watchers hear: the same events, in the same order.
+    feed: feed::Feed,
 }
 
 impl TokenCache {
@@ -174,6 +177,7 @@ impl TokenCache {
             metrics,
             connections: AtomicUsize::new(0),
             sent: AtomicU64::new(0),
+            feed: feed::Feed::default(),
         }
     }
 
@@ -312,6 +316,7 @@ impl TokenCache {
     /// lookups discard what they read, and let no later caller join them.
     pub fn evict(&self, key: &Key) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.feed.publish(feed::Event::Changed(*key));
         self.flights.detach(key);
         if let Some(entries) = &self.entries
             && entries.remove(key)
@@ -328,6 +333,7 @@ impl TokenCache {
         self.heard_at_us.store(now, Ordering::Release);
         self.metrics
             .heartbeat_delay(Duration::from_micros(now.saturating_sub(sent_us)));
+        self.feed.publish(feed::Event::Heard(sent_us));
     }
 
     /// Every entry is suspect (the listener is gone, or a TRUNCATE): evict all, and
@@ -335,6 +341,7 @@ impl TokenCache {
     pub fn flush(&self) {
         self.listening.store(false, Ordering::Release);
         self.clear();
+        self.feed.publish(feed::Event::Lost);
     }
 
     /// The listener is (again) listening: what was cached before may have missed
@@ -344,6 +351,17 @@ impl TokenCache {
         self.clear();
         self.heard_at_us.store(self.clock_us(), Ordering::Release);
         self.listening.store(true, Ordering::Release);
+        self.feed.publish(feed::Event::Reset);
+    }
+
+    /// A watcher of everything published from now on (see [`feed`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<feed::Event> {
+        self.feed.subscribe()
+    }
+
+    /// The bound on staleness (`--cache-max-staleness`), which watchers apply too.
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness
     }
 
     /// Whether the listener is listening (entries may be served once current).

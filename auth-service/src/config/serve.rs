@@ -103,9 +103,10 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
-    /// Callers allowed to use ValidateToken (and the proxy adapters): a URI SAN (a
-    /// SPIFFE ID such as spiffe://cluster.local/ns/mesh/sa/billing) or DNS SAN of their
-    /// verified client certificate. Repeatable; needs --tls-client-ca [default: anyone].
+    /// Callers allowed to use ValidateToken and WatchTokenInvalidations (and the proxy
+    /// adapters): a URI SAN (a SPIFFE ID such as
+    /// spiffe://cluster.local/ns/mesh/sa/billing) or DNS SAN of their verified client
+    /// certificate. Repeatable; needs --tls-client-ca [default: anyone].
     #[arg(
         long,
         env = "AUTH_SERVICE_VALIDATE_ALLOW",

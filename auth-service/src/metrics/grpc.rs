@@ -27,6 +27,11 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ("auth.v1.AuthService", "ValidateToken", "unary"),
     ("auth.v1.AuthService", "LookupCurrentToken", "unary"),
     ("auth.v1.AuthService", "RevokeCurrentToken", "unary"),
+    (
+        "auth.v1.AuthService",
+        "WatchTokenInvalidations",
+        "server_stream",
+    ),
     ("envoy.service.auth.v3.Authorization", "Check", "unary"),
     ("grpc.health.v1.Health", "Check", "unary"),
     ("grpc.health.v1.Health", "List", "unary"),

@@ -15,7 +15,7 @@ pub(super) async fn handle(
 ) -> Result<Response<LookupCurrentTokenResponse>> {
     let digest = credentials::bearer(&request, &svc.prefix)?;
     let response = svc
-        .describe(&digest, |token| LookupCurrentTokenResponse {
+        .describe(&digest, |token, _| LookupCurrentTokenResponse {
             expires_at: auth_api::time::to_wire(token.expires_at),
             token_id: token.id.to_string(),
             user_id: token.user_id.to_owned(),

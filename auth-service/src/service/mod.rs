@@ -5,7 +5,8 @@ use std::sync::Arc;
 use auth_api::v1::{
     LookupCurrentTokenRequest, LookupCurrentTokenResponse, RenewCurrentTokenRequest,
     RenewCurrentTokenResponse, RevokeCurrentTokenRequest, RevokeCurrentTokenResponse,
-    ValidateTokenRequest, ValidateTokenResponse, auth_service_server::AuthService,
+    ValidateTokenRequest, ValidateTokenResponse, WatchTokenInvalidationsRequest,
+    auth_service_server::AuthService,
 };
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
@@ -27,6 +28,7 @@ mod lookup;
 mod renew;
 mod revoke;
 mod validate;
+pub mod watch;
 
 /// Shared state of the RPC handlers.
 pub struct AuthSvc {
@@ -43,6 +45,8 @@ pub struct AuthSvc {
     /// ones wait for instead of queueing their own statement.
     renewals: Flights<Renewal>,
     revocations: Flights<(Uuid, DateTime<Utc>)>,
+    /// Turns true when the server begins to shut down (ends the watch streams).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Most callers waiting for one token's coalesced renewal (or revocation), and for all
@@ -73,6 +77,8 @@ pub struct Shared {
     /// Callers allowed to validate; empty: anyone.
     pub validate_allow: Arc<[String]>,
     pub coalesce: CoalesceLimits,
+    /// Turns true when the server begins to shut down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuthSvc {
@@ -89,6 +95,7 @@ impl AuthSvc {
             validate_allow: shared.validate_allow,
             renewals: Flights::bounded(shared.coalesce.per_token, shared.coalesce.total),
             revocations: Flights::bounded(shared.coalesce.per_token, shared.coalesce.total),
+            stopping: shared.stopping,
         }
     }
 
@@ -122,12 +129,13 @@ impl AuthSvc {
     }
 
     /// What Validate and Lookup share: the live token, from the cache or (on a miss)
-    /// the database, turned into a response by `respond`. The token is recorded on the
-    /// request's span and stamped as used.
+    /// the database, turned into a response by `respond`, which is also given the
+    /// database's clock at this moment (the clock the token was judged on). The token
+    /// is recorded on the request's span and stamped as used.
     pub(crate) async fn describe<R>(
         &self,
         digest: &TokenDigest,
-        respond: impl FnOnce(&TokenView<'_>) -> R,
+        respond: impl FnOnce(&TokenView<'_>, DateTime<Utc>) -> R,
     ) -> Result<R> {
         let Loaded { entry, cached } = self
             .cache
@@ -143,7 +151,8 @@ impl AuthSvc {
             })
             .await?;
         let local_now = self.cache.local_now();
-        let token = entry.judge(entry.db_now(local_now))?;
+        let db_now = entry.db_now(local_now);
+        let token = entry.judge(db_now)?;
         tracing::Span::current().record("token_id", tracing::field::display(token.id));
         // A cached entry remembers its own last stamp (lock-free, and no second map of
         // every token); an uncached answer goes through the toucher's own memory.
@@ -152,7 +161,7 @@ impl AuthSvc {
         } else if entry.should_touch(local_now.timestamp()) {
             self.toucher.send(token.id);
         }
-        Ok(respond(&token))
+        Ok(respond(&token, db_now))
     }
 
     /// The status for an error, counting credential rejections and shed work.
@@ -200,5 +209,14 @@ impl AuthService for AuthSvc {
     ) -> Result<Response<RevokeCurrentTokenResponse>, Status> {
         let peer = credentials::peer_addr(&request).map(|a| a.ip());
         self.self_service(peer, revoke::handle(self, request)).await
+    }
+
+    type WatchTokenInvalidationsStream = watch::WatchStream;
+
+    async fn watch_token_invalidations(
+        &self,
+        request: Request<WatchTokenInvalidationsRequest>,
+    ) -> Result<Response<Self::WatchTokenInvalidationsStream>, Status> {
+        watch::handle(self, request).map_err(|e| self.status(e))
     }
 }

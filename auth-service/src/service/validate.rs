@@ -25,12 +25,13 @@ pub(super) async fn handle(
     }
     let digest = token::parse(&svc.prefix, token)?;
     let response = svc
-        .describe(&digest, |token| ValidateTokenResponse {
+        .describe(&digest, |token, db_now| ValidateTokenResponse {
             expires_at: auth_api::time::to_wire(token.expires_at),
             token_id: token.id.to_string(),
             user_id: token.user_id.to_owned(),
             name: token.name.to_owned(),
             scopes: token.scopes().map(str::to_owned).collect(),
+            server_time: Some(auth_api::time::to_timestamp(db_now)),
         })
         .await?;
     Ok(Response::new(response))

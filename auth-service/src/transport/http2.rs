@@ -12,6 +12,9 @@
 //! - **Drain**: on shutdown every connection gets a GOAWAY at once, and [`serve`]
 //!   returns when the last one has finished (the caller bounds that with
 //!   `--shutdown-grace`).
+//! - **Going away**: every request carries a [`GoingAway`] extension that turns true
+//!   when its connection gets its GOAWAY, so that a long-lived stream (a
+//!   `WatchTokenInvalidations` watcher) can tell its client to move before it is cut.
 //! - **Limits**: the HTTP/2 settings of every connection (streams, windows, header list,
 //!   keepalive PINGs) and a time limit on every call.
 use std::{
@@ -32,6 +35,12 @@ use tokio::{sync::watch, task::JoinSet};
 use tower::Service;
 
 use super::{Conn, ConnInfo};
+
+/// Turns true when the connection a request came on is being closed (aged out, or the
+/// server draining): calls in flight may finish, but a stream that never ends will be
+/// cut after the grace period.
+#[derive(Debug, Clone)]
+pub struct GoingAway(pub watch::Receiver<bool>);
 
 /// What one connection may do, and how long it may live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,9 +136,11 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let info = conn.info.clone();
+    let (going_away, going) = watch::channel(false);
     let service = TowerToHyperService::new(PerConnection {
         inner: service,
         info,
+        going: GoingAway(going),
         timeout: settings.request_timeout,
     });
     let served = builder.serve_connection(TokioIo::new(conn), service);
@@ -146,6 +157,7 @@ async fn connection<S, B>(
         _ = draining.wait_for(|d| *d) => false,
     };
     // GOAWAY: the calls in flight finish, new ones go elsewhere.
+    let _ = going_away.send(true);
     served.as_mut().graceful_shutdown();
     if aged {
         // The rest of a draining server's connections are bounded by its own grace.
@@ -162,6 +174,7 @@ async fn connection<S, B>(
 struct PerConnection<S> {
     inner: S,
     info: ConnInfo,
+    going: GoingAway,
     timeout: Duration,
 }
 
@@ -184,6 +197,7 @@ where
 
     fn call(&mut self, mut request: http::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.info.clone());
+        request.extensions_mut().insert(self.going.clone());
         let call = self.inner.call(request.map(tonic::body::Body::new));
         let timeout = self.timeout;
         Box::pin(async move {

@@ -4,8 +4,7 @@
 //! is read again when the agent reconnects.
 use std::{net::SocketAddr, time::Duration};
 
-use auth_agent::{Client, ServerUrl, TlsFiles, Transport, client};
-use auth_api::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient};
+use auth_agent::{ServerUrl, TlsFiles, Transport, client};
 use auth_service::{config::TlsSettings, renewal::RenewalPolicy};
 use auth_test_support::{
     certs::{Pair, Pki},
@@ -194,30 +193,30 @@ async fn a_rotated_client_certificate_is_read_again_on_reconnect() {
         },
         ..Transport::default()
     };
-    let channel = client::connect_lazy(&server, &transport).unwrap();
+    let client = client::connect_lazy(&server, &transport).unwrap();
     // ValidateToken is limited to spiffe://test/new: it tells which certificate the
     // connection presented.
-    let raw_client = AuthServiceClient::new(channel.clone());
-    let validate = |mut c: AuthServiceClient<tonic::transport::Channel>, token: String| async move {
-        c.validate_token(ValidateTokenRequest { token }).await
+    let validated = |client: auth_agent::Client, token: String| async move {
+        matches!(client.auth_client().validate(&token).await, Ok(Ok(_)))
     };
-    let denied = validate(raw_client.clone(), raw.clone()).await.unwrap_err();
+    let denied = client.auth_client().validate(&raw).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     // The agent's own calls work with either certificate.
     let token = auth_agent::Token::parse(&raw).unwrap();
-    Client::new(channel.clone())
+    client
         .lookup(&token, Duration::from_secs(5))
         .await
+        .unwrap()
         .unwrap();
 
     std::fs::copy(&new.cert, &live.cert).unwrap();
     std::fs::copy(&new.key, &live.key).unwrap();
     // Until the connection is replaced, the old certificate is what the server saw.
-    assert!(validate(raw_client.clone(), raw.clone()).await.is_err());
+    assert!(!validated(client.clone(), raw.clone()).await);
     drop_all.send_modify(|n| *n += 1);
     let mut seen_new = false;
     for _ in 0..50 {
-        if validate(raw_client.clone(), raw.clone()).await.is_ok() {
+        if validated(client.clone(), raw.clone()).await {
             seen_new = true;
             break;
         }
