@@ -110,7 +110,7 @@ pub enum Command {
     /// the server in the config file (mode 0600). A rejected token is not saved.
     Login,
     /// Run the daemon: renew at start, then on a schedule, until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the server, user, token name, expiry and last renewal. Exits 3 when the token
     /// is rejected, 1 when the server cannot be reached.
     Status(StatusArgs),
@@ -230,6 +230,9 @@ pub struct RunArgs {
     /// Serve /healthz, /readyz and /metrics on this address, e.g. 127.0.0.1:9464 [default: off]
     #[arg(long, env = "AUTH_AGENT_HEALTH_ADDR", value_name = "ADDR")]
     pub health_addr: Option<SocketAddr>,
+    /// Traces: a root span per renewal attempt, its context sent to the service.
+    #[command(flatten)]
+    pub otel: auth_telemetry::otel::OtelArgs,
 }
 
 impl GlobalArgs {

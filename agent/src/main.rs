@@ -16,12 +16,24 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs its progress; the one-shot commands print results to stdout and
     // keep stderr for problems.
-    let filter = match cli.command {
-        Command::Run(_) => telemetry::DAEMON_FILTER,
-        _ => telemetry::COMMAND_FILTER,
+    let (filter, traces) = match &cli.command {
+        Command::Run(args) => (telemetry::DAEMON_FILTER, telemetry::traces(&args.otel)),
+        _ => (telemetry::COMMAND_FILTER, Ok(None)),
     };
-    telemetry::init(filter, cli.global.log_format);
-    match cli::execute(cli).await {
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(err) => {
+            telemetry::init(filter, cli.global.log_format, None);
+            telemetry::failed(&err);
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    telemetry::init(filter, cli.global.log_format, traces.as_ref());
+    let result = cli::execute(cli).await;
+    if let Some(traces) = traces {
+        telemetry::flush(traces, FLUSH_LIMIT).await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             telemetry::failed(&err);
@@ -29,3 +41,6 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// How long the last spans may take to reach the collector at exit.
+const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -3,7 +3,9 @@
 //! line (`--log-format`, see `auth_telemetry`).
 use tracing_subscriber::EnvFilter;
 
-pub use auth_telemetry::LogFormat;
+pub use auth_telemetry::{LogFormat, otel::Traces};
+
+use crate::AgentError;
 
 /// Environment variable with an `EnvFilter` directive, e.g. `auth_agent=debug`.
 pub const LOG_ENV: &str = "AUTH_AGENT_LOG";
@@ -18,9 +20,29 @@ pub fn filter(default: &str) -> EnvFilter {
 }
 
 /// Installs the global subscriber (colours only on a terminal in text mode: journald
-/// and log collectors would store the escape codes).
-pub fn init(default: &str, format: LogFormat) {
-    auth_telemetry::init(format, filter(default), None);
+/// and log collectors would store the escape codes); with `traces`, the agent's spans
+/// are exported too.
+pub fn init(default: &str, format: LogFormat, traces: Option<&Traces>) {
+    auth_telemetry::init(
+        format,
+        filter(default),
+        traces.map(|t| (t, &["auth_agent"][..])),
+    );
+}
+
+/// The exporter `auth-agent run --otlp-endpoint` asks for, if any. Needs a Tokio runtime.
+pub fn traces(args: &auth_telemetry::otel::OtelArgs) -> Result<Option<Traces>, AgentError> {
+    let Some(settings) = args.settings("auth-agent").map_err(AgentError::FixConfig)? else {
+        return Ok(None);
+    };
+    Traces::new(&settings)
+        .map(Some)
+        .map_err(AgentError::FixConfig)
+}
+
+/// Exports the spans still queued, for at most `limit`, and stops the exporter.
+pub async fn flush(traces: Traces, limit: std::time::Duration) {
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown(limit)).await;
 }
 
 /// The last line of a command that failed (stderr), in the log format: `auth-agent:

@@ -224,6 +224,8 @@ impl AuthClient {
                     token: token.to_owned(),
                 });
                 request.set_timeout(left);
+                #[cfg(feature = "opentelemetry")]
+                propagate(request.metadata_mut());
                 grpc.validate_token(request).await
             })
             .await?;
@@ -352,7 +354,34 @@ fn authorized<T>(message: T, bearer: &AsciiMetadataValue, left: Duration) -> Req
         .insert("authorization", bearer.clone());
     // Tells the server the deadline (`grpc-timeout`) so it can give up when we have.
     request.set_timeout(left);
+    #[cfg(feature = "opentelemetry")]
+    propagate(request.metadata_mut());
     request
+}
+
+/// Writes the trace context of the current `tracing` span into `metadata`
+/// (`traceparent`, `tracestate`), through the global propagator: nothing when the
+/// program set none, or when no span is being traced.
+#[cfg(feature = "opentelemetry")]
+fn propagate(metadata: &mut tonic::metadata::MetadataMap) {
+    use opentelemetry::propagation::Injector;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl Injector for Metadata<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                AsciiMetadataValue::try_from(value),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut Metadata(metadata));
+    });
 }
 
 /// A wire timestamp as a `SystemTime`; an error when it is not one.

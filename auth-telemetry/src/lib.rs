@@ -2,7 +2,8 @@
 //! log lines on stderr, as text or as one flat JSON object per line (`--log-format`).
 //!
 //! Modules and items, top-down:
-//! - [`LogFormat`], [`filter`], [`init`]: choosing and installing the global subscriber;
+//! - [`LogFormat`], [`filter`], [`subscriber`], [`init`]: building and installing the
+//!   global subscriber;
 //! - [`say`], [`failed`]: a command's lines for the person running it, in the same
 //!   format as the logs, so that a log shipper reading stderr sees one format;
 //! - [`json`]: the flat JSON event format and the line [`say`] writes in JSON mode;
@@ -48,15 +49,24 @@ pub fn filter(vars: &[&str], default: &str) -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new(default))
 }
 
-/// Installs the global subscriber: `filter`, to stderr, in `format`; and, with
-/// `traces`, every span of the `targets` crates (at any level, whatever `filter` says)
-/// to the OpenTelemetry exporter. A second call changes nothing.
+/// Installs the global subscriber [`subscriber`] builds. A second call changes nothing.
 pub fn init(
     format: LogFormat,
     filter: EnvFilter,
     traces: Option<(&otel::Traces, &'static [&'static str])>,
 ) {
     let _ = FORMAT.set(format);
+    let _ = subscriber(format, filter, traces).try_init();
+}
+
+/// The subscriber: `filter`, to stderr, in `format`; and, with `traces`, every span of
+/// the `targets` crates (at any level, whatever `filter` says) to the OpenTelemetry
+/// exporter.
+pub fn subscriber(
+    format: LogFormat,
+    filter: EnvFilter,
+    traces: Option<(&otel::Traces, &'static [&'static str])>,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Its fallback report uses `eprintln!`, which panics when stderr is gone (a
@@ -83,10 +93,7 @@ pub fn init(
                 meta.is_span() && targets.iter().any(|t| meta.target().starts_with(t))
             }))
     });
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init();
+    tracing_subscriber::registry().with(logs).with(spans)
 }
 
 /// A line for the person running a command (stderr), written whatever the log filter:

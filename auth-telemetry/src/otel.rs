@@ -56,6 +56,62 @@ pub struct OtelSettings {
     pub batch_delay: Duration,
 }
 
+/// The trace flags both binaries take (`serve`, the agent's `run`), each also read from
+/// OpenTelemetry's standard variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OtelArgs {
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://otel-collector:4317
+    /// (OTEL_EXPORTER_OTLP_ENDPOINT works too) [default: off, nothing is spent].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The general OTLP endpoint, used when no traces endpoint is given.
+    #[arg(long, hide = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_general_endpoint: Option<String>,
+    /// `service.name` of the exported spans [default: the program's name, auth-service
+    /// or auth-agent].
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+    /// Which traces to keep: always_on, always_off, traceidratio, parentbased_always_on,
+    /// parentbased_always_off or parentbased_traceidratio [default:
+    /// parentbased_always_on].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub otel_traces_sampler: Option<String>,
+    /// The ratio of the traceidratio samplers, e.g. 0.01.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub otel_traces_sampler_arg: Option<String>,
+}
+
+impl OtelArgs {
+    /// What to export, if anything: `None` without an endpoint. `program` is the
+    /// default `service.name`; a bad sampler is an error naming its flag.
+    pub fn settings(&self, program: &str) -> Result<Option<OtelSettings>, String> {
+        let Some(endpoint) = self
+            .otlp_endpoint
+            .clone()
+            .or_else(|| self.otlp_general_endpoint.clone())
+            .filter(|e| !e.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        sampler(
+            self.otel_traces_sampler.as_deref(),
+            self.otel_traces_sampler_arg.as_deref(),
+        )
+        .map_err(|e| format!("--otel-traces-sampler / {e}"))?;
+        Ok(Some(OtelSettings {
+            endpoint,
+            service_name: self
+                .otel_service_name
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| program.to_owned()),
+            sampler: self.otel_traces_sampler.clone(),
+            sampler_arg: self.otel_traces_sampler_arg.clone(),
+            batch_delay: Duration::from_secs(1),
+        }))
+    }
+}
+
 /// The sampler `name` and `arg` (OpenTelemetry's environment spec) describe.
 pub fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
     let ratio = || -> Result<f64, String> {

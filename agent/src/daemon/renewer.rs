@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 
 use auth_client::Unavailable;
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{Instrument, Span, field::Empty, info, warn};
 
 use super::{RunOptions, memory::Memory};
 use crate::{
@@ -99,19 +99,40 @@ impl Daemon {
         }
     }
 
-    /// One renewal with a freshly read token.
+    /// One renewal with a freshly read token: the root span of a trace of its own
+    /// (exported with `--otlp-endpoint`), whose context goes with the call, so that
+    /// the service's span is its child.
     async fn renew(&mut self, timeout: Duration) -> (Attempt, Option<Token>) {
+        let span = attempt_span();
+        self.attempt(timeout, &span).instrument(span.clone()).await
+    }
+
+    async fn attempt(&mut self, timeout: Duration, span: &Span) -> (Attempt, Option<Token>) {
         let token = match self.source.load().await {
             Ok(token) => token,
-            Err(err) => return (self.on_rejected(&err, None), None),
+            Err(err) => {
+                span.record("otel.status_code", "ERROR");
+                return (self.on_rejected(&err, None), None);
+            }
         };
         let result = self.client.renew(&token, timeout).await;
+        let code = match &result {
+            Ok(Ok(_)) => Code::Ok,
+            Ok(Err(_)) => Code::Unauthenticated,
+            Err(outage) => outage.code(),
+        };
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
         let attempt = match result {
             Ok(Ok(outcome)) => {
+                span.record("auth.token.renewed", outcome.renewed);
                 self.on_success(&outcome).await;
                 Attempt::Success(outcome)
             }
             Ok(Err(rejection)) => {
+                span.record("auth.error.reason", rejection.as_str());
                 let err = AgentError::rejected(&rejection, &self.source.fix());
                 self.on_rejected(&err, Some(token.clone()))
             }
@@ -316,4 +337,24 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A renewal attempt's span: a new trace (no parent), shaped as OpenTelemetry's RPC
+/// conventions name a gRPC client call. DEBUG, so that the log lines stay as they are;
+/// the exporter takes the agent's spans whatever the log level.
+fn attempt_span() -> Span {
+    tracing::debug_span!(
+        target: "auth_agent",
+        parent: None,
+        "renewal attempt",
+        otel.name = "auth.v1.AuthService/RenewCurrentToken",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = "auth.v1.AuthService",
+        rpc.method = "RenewCurrentToken",
+        rpc.grpc.status_code = Empty,
+        auth.token.renewed = Empty,
+        auth.error.reason = Empty,
+    )
 }

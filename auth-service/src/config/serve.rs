@@ -171,24 +171,8 @@ pub struct ServeArgs {
     /// How long a PING may go unanswered.
     #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
     pub keepalive_timeout: Duration,
-    /// Export traces over OTLP/gRPC to this collector, e.g. http://otel-collector:4317
-    /// (OTEL_EXPORTER_OTLP_ENDPOINT works too) [default: off, nothing is spent].
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-    /// The general OTLP endpoint, used when no traces endpoint is given.
-    #[arg(long, hide = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_general_endpoint: Option<String>,
-    /// `service.name` of the exported spans.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "auth-service")]
-    pub otel_service_name: String,
-    /// Which traces to keep: always_on, always_off, traceidratio, parentbased_always_on,
-    /// parentbased_always_off or parentbased_traceidratio [default:
-    /// parentbased_always_on].
-    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
-    pub otel_traces_sampler: Option<String>,
-    /// The ratio of the traceidratio samplers, e.g. 0.01.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
-    pub otel_traces_sampler_arg: Option<String>,
+    #[command(flatten)]
+    pub otel: auth_telemetry::otel::OtelArgs,
     /// At this age (±10 %), a connection gets a GOAWAY: its calls finish, and the
     /// client reconnects, so that a long-lived channel spreads over the replicas an
     /// autoscaler adds (grpc-go's MaxConnectionAge). 0 turns it off.
@@ -378,26 +362,7 @@ impl ServeSettings {
 impl ServeArgs {
     /// What traces to export, if any (`--otlp-endpoint`); a bad sampler names its flag.
     pub fn otel(&self) -> Result<Option<auth_telemetry::otel::OtelSettings>> {
-        let Some(endpoint) = self
-            .otlp_endpoint
-            .clone()
-            .or_else(|| self.otlp_general_endpoint.clone())
-            .filter(|e| !e.trim().is_empty())
-        else {
-            return Ok(None);
-        };
-        auth_telemetry::otel::sampler(
-            self.otel_traces_sampler.as_deref(),
-            self.otel_traces_sampler_arg.as_deref(),
-        )
-        .map_err(|e| Error::Config(format!("--otel-traces-sampler / {e}")))?;
-        Ok(Some(auth_telemetry::otel::OtelSettings {
-            endpoint,
-            service_name: self.otel_service_name.clone(),
-            sampler: self.otel_traces_sampler.clone(),
-            sampler_arg: self.otel_traces_sampler_arg.clone(),
-            batch_delay: std::time::Duration::from_secs(1),
-        }))
+        self.otel.settings("auth-service").map_err(Error::Config)
     }
 
     /// `--database-listen-url`, from the flag or its file.

@@ -10,3 +10,4 @@ mod metrics;
 mod rejected;
 mod startup;
 mod tls;
+mod traces;
