@@ -18,7 +18,8 @@
 //! - with `--via-pgbouncer`, cold `ValidateToken` through a real PgBouncer in
 //!   transaction mode ÷ the direct cold rate;
 //! - with `--tokens 10000,1000000,10000000`, only the cost curve (see `curve.rs`), and
-//!   with `--plot FILE.svg` its chart.
+//!   with `--plot FILE.svg` its chart;
+//! - with `--otel-baseline BIN`, only what traces cost (see `otel.rs`).
 //!
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
@@ -26,6 +27,7 @@
 mod curve;
 mod h2load;
 mod load;
+mod otel;
 mod pgbench;
 
 use std::{
@@ -78,6 +80,8 @@ struct Options {
     sizes: Vec<u64>,
     /// Where `--plot` writes the curve as SVG.
     plot: Option<PathBuf>,
+    /// `--otel-baseline BIN`: only the cost of traces, against this build from before.
+    otel_baseline: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -93,6 +97,7 @@ fn options() -> Result<Options, BoxError> {
         batch_sweep: false,
         sizes: Vec::new(),
         plot: None,
+        otel_baseline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -121,6 +126,7 @@ fn options() -> Result<Options, BoxError> {
                 }
             }
             "--plot" => o.plot = Some(PathBuf::from(value)),
+            "--otel-baseline" => o.otel_baseline = Some(PathBuf::from(value)),
             "--cached" => o.cached = value.parse()?,
             "--propagation" => o.propagation = value.parse()?,
             "--rounds" => o.rounds = value.parse::<usize>()?.max(1),
@@ -128,7 +134,7 @@ fn options() -> Result<Options, BoxError> {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
                      --tokens T[,T2,...] --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep] \
-                     [--plot FILE.svg]"
+                     [--plot FILE.svg] [--otel-baseline BIN]"
                 )
                 .into());
             }
@@ -144,6 +150,21 @@ async fn bulk_tokens(
     n: usize,
     expires_in_secs: f64,
 ) -> Result<Vec<String>, BoxError> {
+    let prefix = Prefix::default();
+    let mut raw = Vec::with_capacity(n);
+    for _ in 0..n {
+        raw.push(token::generate(&prefix)?.expose().to_owned());
+    }
+    store_tokens(config, &raw, expires_in_secs).await?;
+    Ok(raw)
+}
+
+/// Stores the `raw` tokens (expiring in `expires_in_secs`), one statement per 5000.
+async fn store_tokens(
+    config: &tokio_postgres::Config,
+    raw: &[String],
+    expires_in_secs: f64,
+) -> Result<(), BoxError> {
     const INSERT: &str = "
         INSERT INTO tokens (user_id, name, token_hash, display_prefix, scopes, expires_at)
         SELECT 'bench-' || i, 'bench', h, 'pat_bnch', ARRAY['read'],
@@ -151,19 +172,17 @@ async fn bulk_tokens(
         FROM unnest($1::bytea[]) WITH ORDINALITY AS u(h, i)";
     let (client, task) = cluster::connect(config).await?;
     let prefix = Prefix::default();
-    let mut raw = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(chunk.len());
-        for _ in chunk {
-            let t = token::generate(&prefix)?;
-            hashes.push(token::digest_of(&t, &prefix).hash.to_vec());
-            raw.push(t.expose().to_owned());
-        }
+    for chunk in raw.chunks(5000) {
+        let hashes: Vec<Vec<u8>> = chunk
+            .iter()
+            .filter_map(|t| token::parse(&prefix, t).ok())
+            .map(|d| d.hash.to_vec())
+            .collect();
         client.execute(INSERT, &[&hashes, &expires_in_secs]).await?;
     }
     drop(client);
     let _ = task.await;
-    Ok(raw)
+    Ok(())
 }
 
 /// A running `auth-service serve`.
@@ -199,7 +218,7 @@ impl Server {
                 .parse()
                 .ok()
         };
-        let (mut grpc, mut http) = (None, None);
+        let (mut grpc, mut http, mut seen) = (None, None, Vec::new());
         for line in lines.by_ref() {
             let line = line?;
             http = http.or_else(|| field(&line, " http="));
@@ -207,6 +226,10 @@ impl Server {
                 grpc = field(&line, " addr=");
                 break;
             }
+            seen.push(line);
+        }
+        if grpc.is_none() {
+            return Err(format!("{} did not start:\n{}", bin.display(), seen.join("\n")).into());
         }
         // Keep draining, so that the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -581,6 +604,10 @@ async fn main() -> Result<(), BoxError> {
 
     let config = cluster::fresh_database().await?;
     let conninfo = cluster::conninfo(&config);
+    if let Some(baseline) = &o.otel_baseline {
+        let token = bulk_tokens(&config, 1, 60.0 * 86400.0).await?;
+        return otel::run(&bin, baseline, &conninfo, &token, &o).await;
+    }
     let started = Instant::now();
     let tokens = bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?;
     let revoked = bulk_tokens(&config, o.propagation, 60.0 * 86400.0).await?;
