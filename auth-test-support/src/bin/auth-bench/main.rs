@@ -19,15 +19,16 @@
 //!   transaction mode ÷ the direct cold rate;
 //! - with `--tokens 10000,1000000,10000000`, only the cost curve (see `curve.rs`), and
 //!   with `--plot FILE.svg` its chart;
-//! - with `--otel-baseline BIN`, only what traces cost (see `otel.rs`).
+//! - with `--baseline BIN` (a build from before), only the comparisons with it: the
+//!   cold path at low load, and what traces cost (see `baseline.rs`).
 //!
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
 //! service; the ratios are the result.
+mod baseline;
 mod curve;
 mod h2load;
 mod load;
-mod otel;
 mod pgbench;
 
 use std::{
@@ -80,8 +81,8 @@ struct Options {
     sizes: Vec<u64>,
     /// Where `--plot` writes the curve as SVG.
     plot: Option<PathBuf>,
-    /// `--otel-baseline BIN`: only the cost of traces, against this build from before.
-    otel_baseline: Option<PathBuf>,
+    /// `--baseline BIN`: only the comparisons with this build from before.
+    baseline: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -97,7 +98,7 @@ fn options() -> Result<Options, BoxError> {
         batch_sweep: false,
         sizes: Vec::new(),
         plot: None,
-        otel_baseline: None,
+        baseline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -126,7 +127,7 @@ fn options() -> Result<Options, BoxError> {
                 }
             }
             "--plot" => o.plot = Some(PathBuf::from(value)),
-            "--otel-baseline" => o.otel_baseline = Some(PathBuf::from(value)),
+            "--baseline" => o.baseline = Some(PathBuf::from(value)),
             "--cached" => o.cached = value.parse()?,
             "--propagation" => o.propagation = value.parse()?,
             "--rounds" => o.rounds = value.parse::<usize>()?.max(1),
@@ -134,7 +135,7 @@ fn options() -> Result<Options, BoxError> {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
                      --tokens T[,T2,...] --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep] \
-                     [--plot FILE.svg] [--otel-baseline BIN]"
+                     [--plot FILE.svg] [--baseline BIN]"
                 )
                 .into());
             }
@@ -604,9 +605,8 @@ async fn main() -> Result<(), BoxError> {
 
     let config = cluster::fresh_database().await?;
     let conninfo = cluster::conninfo(&config);
-    if let Some(baseline) = &o.otel_baseline {
-        let token = bulk_tokens(&config, 1, 60.0 * 86400.0).await?;
-        return otel::run(&bin, baseline, &conninfo, &token, &o).await;
+    if let Some(baseline) = &o.baseline {
+        return baseline::run(&bin, baseline, &config, &o).await;
     }
     let started = Instant::now();
     let tokens = bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?;
