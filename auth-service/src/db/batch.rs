@@ -3,14 +3,16 @@
 //! queue, and whoever gets the next free slot runs everything queued (up to
 //! [`MAX_BATCH`]) as one statement, `WHERE token_hash = ANY($1)`.
 //!
-//! - **No timer.** A lookup that finds a free slot runs at once, alone: at low load
-//!   nothing waits for company. Batches form only from what is already queued.
+//! - **No timer.** A lookup that finds a free slot and an empty queue runs at once,
+//!   alone, on the caller's task: at low load nothing waits for company or for a hop
+//!   to another task. Batches form only from what is already queued.
 //! - **The same answers.** Each caller gets its own row and the `now()` of the statement
 //!   that read it, exactly as the single statement gives them (property-tested against
 //!   it); epoch tickets are taken before the lookup is queued, so a batch is never
 //!   cached past a change it missed.
-//! - **Cancellation.** A statement runs on a task of its own with the callers' reply
-//!   channels: a caller that goes away takes nobody's answer with it.
+//! - **Cancellation.** A batched statement runs on a task of its own with the callers'
+//!   reply channels: a caller that goes away takes nobody's answer with it (a lookup
+//!   run alone on its caller's task is nobody else's).
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
@@ -56,6 +58,13 @@ impl Batcher {
         }
     }
 
+    fn is_idle(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     fn take(&self) -> Vec<Pending> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let n = queue.len().min(self.max_batch);
@@ -67,6 +76,16 @@ impl Db {
     /// `hash`'s row and the database's clock, through the batcher.
     pub(super) async fn batched_lookup(&self, hash: [u8; 32]) -> Result<Lookup> {
         let batcher = &self.batcher;
+        // A free slot and nobody queued: this lookup runs alone, on this task, without
+        // a hop through the queue and a spawned task (the low-load case).
+        if let Ok(slot) = batcher.slots.clone().try_acquire_owned() {
+            if batcher.is_idle() {
+                let answer = self.lookup_one(&hash).await;
+                drop(slot);
+                return answer;
+            }
+            drop(slot);
+        }
         let (reply, mut answer) = oneshot::channel();
         batcher
             .queue
