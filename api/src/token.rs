@@ -67,10 +67,13 @@ impl Prefix {
     }
 }
 
+/// The service's default prefix (`--token-prefix`).
+pub const DEFAULT_PREFIX: &str = "pat_";
+
 impl Default for Prefix {
-    /// `pat_`, the default of the service.
+    /// [`DEFAULT_PREFIX`].
     fn default() -> Self {
-        Prefix("pat_".into())
+        Prefix(DEFAULT_PREFIX.into())
     }
 }
 

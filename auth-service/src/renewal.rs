@@ -44,12 +44,16 @@ pub struct RenewalPolicy {
     pub max_lifetime: Option<Duration>,
 }
 
+/// The default `--renew-threshold`.
+pub const DEFAULT_THRESHOLD: Duration = Duration::from_secs(7 * 86400);
+/// The default `--renew-extension`.
+pub const DEFAULT_EXTENSION: Duration = Duration::from_secs(90 * 86400);
+
 impl Default for RenewalPolicy {
     fn default() -> Self {
-        const DAY: u64 = 24 * 3600;
         RenewalPolicy {
-            threshold: Duration::from_secs(7 * DAY),
-            extension: Duration::from_secs(90 * DAY),
+            threshold: DEFAULT_THRESHOLD,
+            extension: DEFAULT_EXTENSION,
             max_lifetime: None,
         }
     }

@@ -79,8 +79,14 @@ pub struct CacheSettings {
     pub panic_listener: bool,
 }
 
+/// The default `--cache-capacity`.
+pub const DEFAULT_CAPACITY: u64 = 100_000;
+
 /// The default `--cache-max-bytes`: 24 MiB, which holds the default 100,000 entries.
 pub const DEFAULT_MAX_BYTES: u64 = 24 << 20;
+
+/// The default `--cache-ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The default `--cache-max-staleness`.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
@@ -88,9 +94,9 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            capacity: 100_000,
+            capacity: DEFAULT_CAPACITY,
             max_bytes: DEFAULT_MAX_BYTES,
-            ttl: Duration::from_secs(300),
+            ttl: DEFAULT_TTL,
             max_staleness: DEFAULT_MAX_STALENESS,
             clock_skew: TimeDelta::zero(),
             panic_listener: false,

@@ -1,63 +1,96 @@
 //! The flags of `auth-service serve`: addresses, renewal rules, the cache, TLS and the
 //! transport's limits, validated into [`ServeSettings`].
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Args;
 
-use super::{DbArgs, parse_db_wait, parse_lifetime};
+use super::{
+    DbArgs, MIN_POOLED,
+    duration::{HumanDuration, human, parse_bounded, parse_lifetime, parse_timer},
+};
 use crate::{
     authz::forward::Access,
-    cache::CacheSettings,
+    cache::{self, CacheSettings},
     error::{Error, Result},
     notify::{NotifySettings, webhook::Secret},
-    renewal::RenewalPolicy,
+    renewal::{self, RenewalPolicy},
     token::Prefix,
-    transport::{
-        DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS, HttpSettings, TlsSettings,
-        TransportSettings,
-    },
+    transport::{self, HttpSettings, TlsSettings, TransportSettings},
 };
+
+/// `--listen`'s default, which `healthcheck` also asks when given no address.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
+
+// A default that a settings type of a lower module also needs (`RenewalPolicy::default`,
+// `CacheSettings::default`) is that module's constant, shown here by `default_value_t`;
+// every other default is stated in its attribute alone, and `ServeSettings` is only ever
+// built from these flags (`ServeArgs::settings`), so it restates none of them.
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on for gRPC.
-    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// A renew extends a token only when less than this much life remains.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_lifetime)]
-    pub renew_threshold: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_RENEW_THRESHOLD",
+        default_value_t = HumanDuration(renewal::DEFAULT_THRESHOLD),
+        value_parser = human(parse_lifetime)
+    )]
+    pub renew_threshold: HumanDuration,
     /// A renew sets the expiry to now plus this.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_lifetime)]
-    pub renew_extension: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_RENEW_EXTENSION",
+        default_value_t = HumanDuration(renewal::DEFAULT_EXTENSION),
+        value_parser = human(parse_lifetime)
+    )]
+    pub renew_extension: HumanDuration,
     /// Absolute cap: renewal never moves a token's expiry past created_at plus this
     /// (like Vault's max TTL). Off by default.
     #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
     pub max_token_lifetime: Option<Duration>,
     /// How often the database is probed for the health service.
-    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_timer)]
     pub db_check_interval: Duration,
     /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz, and
     /// /authz/forward-auth for nginx, Traefik and Caddy [default: off].
     #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Most token lookups kept in memory per replica; 0 turns the cache off.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = cache::DEFAULT_CAPACITY)]
     pub cache_capacity: u64,
     /// Most bytes the cached lookups take (estimated per entry: the entry, its strings,
     /// the key and the cache's slot). An eighth is kept for unknown, revoked and expired
     /// answers, so that a spray of made-up tokens cannot push out live ones.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
+    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = cache::DEFAULT_MAX_BYTES)]
     pub cache_max_bytes: u64,
     /// Longest a cached lookup is kept. Changes reach every replica's cache at once
     /// through database notifications; this is only a safety net.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
-    pub cache_ttl: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_CACHE_TTL",
+        default_value_t = HumanDuration(cache::DEFAULT_TTL),
+        value_parser = human(parse_lifetime)
+    )]
+    pub cache_ttl: HumanDuration,
     /// The cache's staleness bound: an entry is served only while every token change
     /// committed more than this long ago is known to have been heard (the replica sends
     /// itself a heartbeat NOTIFY every 2/5 of it). Beyond it, lookups go to the database
     /// until the listener catches up. From 10ms to 10s.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_STALENESS", default_value = "250ms", value_parser = parse_staleness)]
-    pub cache_max_staleness: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_CACHE_MAX_STALENESS",
+        default_value_t = HumanDuration(cache::DEFAULT_MAX_STALENESS),
+        value_parser = human(parse_staleness)
+    )]
+    pub cache_max_staleness: HumanDuration,
     /// Where the cache's LISTEN connection goes, when --database-url goes through a
     /// transaction-pooling PgBouncer (which cannot carry LISTEN): the primary itself, in
     /// session semantics, e.g. a CloudNativePG cluster's `-rw` Service. Migrations run
@@ -136,7 +169,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "AUTH_SERVICE_HTTP_MAX_CONNECTIONS",
-        default_value_t = DEFAULT_HTTP_MAX_CONNECTIONS
+        default_value_t = 1024
     )]
     pub http_max_connections: usize,
     /// A connection to the HTTP port must send a complete request head within this, when
@@ -145,10 +178,10 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "AUTH_SERVICE_HTTP_HEADER_TIMEOUT",
-        default_value_t = humantime::Duration::from(DEFAULT_HTTP_HEADER_TIMEOUT),
-        value_parser = parse_human_wait
+        default_value = "10s",
+        value_parser = parse_timer
     )]
-    pub http_header_timeout: humantime::Duration,
+    pub http_header_timeout: Duration,
     /// Most concurrent calls (HTTP/2 streams) per connection.
     #[arg(
         long,
@@ -158,18 +191,18 @@ pub struct ServeArgs {
     pub max_concurrent_streams: u32,
     /// Longest a call may take from its first byte to its answer, on the gRPC port and
     /// on the HTTP port (answered 503 there) [default: the database timeout plus 5s].
-    #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_timer)]
     pub request_timeout: Option<Duration>,
     /// A new connection must finish its TLS handshake and send the HTTP/2 preface
     /// within this, or it is closed.
-    #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
     pub handshake_timeout: Duration,
     /// HTTP/2 PING interval on every connection; a peer that does not answer within
     /// --keepalive-timeout is disconnected.
-    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_timer)]
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered.
-    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
     pub keepalive_timeout: Duration,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://otel-collector:4317
     /// (OTEL_EXPORTER_OTLP_ENDPOINT works too) [default: off, nothing is spent].
@@ -195,11 +228,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_age)]
     pub max_connection_age: Duration,
     /// How long calls may go on after that GOAWAY before the connection is cut.
-    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_timer)]
     pub max_connection_age_grace: Duration,
     /// After SIGTERM, how long in-flight calls may take to finish before they are
     /// cancelled and the process exits.
-    #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_db_wait)]
+    #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_timer)]
     pub shutdown_grace: Duration,
     /// Credential failures per minute from one peer address on RenewCurrentToken,
     /// LookupCurrentToken and RevokeCurrentToken before its further calls are refused
@@ -247,7 +280,7 @@ pub struct ServeArgs {
         long,
         env = "AUTH_SERVICE_NOTIFY_INTERVAL",
         default_value = "1m",
-        value_parser = parse_db_wait,
+        value_parser = parse_timer,
         requires = "notify_webhook"
     )]
     pub notify_interval: Duration,
@@ -262,24 +295,18 @@ pub struct ServeArgs {
     pub notify_secret_file: Option<PathBuf>,
 }
 
-/// A timer (`--http-header-timeout`) as humantime's duration, whose `Display` is how
-/// clap shows the default.
-fn parse_human_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
-    parse_db_wait(s).map(humantime::Duration::from)
-}
-
 /// `--max-connection-age`: a duration, or 0 for never.
 fn parse_age(s: &str) -> std::result::Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_db_wait(s)
+    parse_timer(s)
 }
 
 /// `--cache-max-staleness`: 10ms to 10s. Below, heartbeats would cost more than they
 /// save; above, revocations could take longer than any caller would accept.
 fn parse_staleness(s: &str) -> std::result::Result<Duration, String> {
-    let d = super::parse_bounded(s, Duration::from_secs(10))?;
+    let d = parse_bounded(s, Duration::from_secs(10))?;
     if d < Duration::from_millis(10) {
         return Err("too short: at least 10ms".into());
     }
@@ -331,34 +358,6 @@ pub struct ServeSettings {
     pub no_migrate: bool,
     /// Expiry notifications; `None`: off.
     pub notify: Option<NotifySettings>,
-}
-
-impl ServeSettings {
-    /// The settings of a server on `listen` with every default (tests and embedders).
-    pub fn new(listen: SocketAddr) -> ServeSettings {
-        ServeSettings {
-            listen,
-            http_listen: None,
-            policy: RenewalPolicy::default(),
-            prefix: Prefix::default(),
-            db_check_interval: Duration::from_secs(5),
-            cache: CacheSettings::default(),
-            db_max_connections: 12,
-            database_listen: None,
-            transport: TransportSettings::default(),
-            http: HttpSettings::default(),
-            validate_allow: Vec::new(),
-            forward_auth: Access::default(),
-            shutdown_grace: Duration::from_secs(10),
-            auth_failure_limit: 60,
-            db_max_per_token: 4,
-            db_max_waiting: 64,
-            coalesce: Default::default(),
-            traces: None,
-            no_migrate: false,
-            notify: None,
-        }
-    }
 }
 
 impl ServeSettings {
@@ -463,10 +462,8 @@ impl ServeArgs {
             );
         }
         Ok(Some(NotifySettings {
-            before,
-            interval: self.notify_interval,
             secret,
-            ..NotifySettings::new(webhook.clone())
+            ..NotifySettings::new(webhook.clone(), before, self.notify_interval)
         }))
     }
 
@@ -474,8 +471,8 @@ impl ServeArgs {
         if self.renew_threshold >= self.renew_extension {
             return Err(Error::Config(format!(
                 "--renew-threshold ({}) must be shorter than --renew-extension ({})",
-                humantime::format_duration(self.renew_threshold),
-                humantime::format_duration(self.renew_extension)
+                humantime::format_duration(self.renew_threshold.get()),
+                humantime::format_duration(self.renew_extension.get())
             )));
         }
         if !self.validate_allow.is_empty() && self.tls_client_ca.is_none() {
@@ -517,22 +514,22 @@ impl ServeArgs {
             cache: CacheSettings {
                 capacity: self.cache_capacity,
                 max_bytes: self.cache_max_bytes,
-                ttl: self.cache_ttl,
-                max_staleness: self.cache_max_staleness,
+                ttl: self.cache_ttl.get(),
+                max_staleness: self.cache_max_staleness.get(),
                 ..CacheSettings::default()
             },
             db_max_connections: db.db_max_connections,
             database_listen: self.database_listen()?,
             policy: RenewalPolicy {
-                threshold: self.renew_threshold,
-                extension: self.renew_extension,
+                threshold: self.renew_threshold.get(),
+                extension: self.renew_extension.get(),
                 max_lifetime: self.max_token_lifetime,
             },
             prefix: db.prefix()?,
             db_check_interval: self.db_check_interval,
             transport: TransportSettings {
                 tls,
-                tls_poll: TransportSettings::default().tls_poll,
+                tls_poll: transport::TLS_POLL,
                 max_connections: self.max_connections,
                 max_concurrent_streams: self.max_concurrent_streams,
                 request_timeout: self
@@ -547,7 +544,7 @@ impl ServeArgs {
             },
             http: HttpSettings {
                 max_connections: self.http_max_connections,
-                header_timeout: *self.http_header_timeout,
+                header_timeout: self.http_header_timeout,
             },
             validate_allow: self
                 .validate_allow
@@ -567,7 +564,7 @@ impl ServeArgs {
             no_migrate: self.no_migrate,
             notify: self.notify_settings()?,
         };
-        let needed = settings.connections_outside_pools() + super::MIN_POOLED;
+        let needed = settings.connections_outside_pools() + MIN_POOLED;
         if db.db_max_connections < needed {
             return Err(Error::Config(format!(
                 "--db-max-connections {} is too small for serve: it needs at least {needed} \
@@ -578,9 +575,105 @@ impl ServeArgs {
                 } else {
                     ""
                 },
-                super::MIN_POOLED
+                MIN_POOLED
             )));
         }
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::{Command, parse};
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let s = serve.settings(&cli.db).unwrap();
+        // The defaults that lower modules state (and clap shows) are those the flags
+        // give.
+        assert_eq!(s.policy, RenewalPolicy::default());
+        assert_eq!(s.cache, CacheSettings::default());
+        assert_eq!(s.prefix, Prefix::default());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(
+            s.http,
+            HttpSettings {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(s.transport.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.db_max_waiting, 48);
+        assert!(s.notify.is_none());
+        match cli.db.settings().unwrap().database {
+            crate::config::Database::Embedded { data_dir, .. } => {
+                assert_eq!(data_dir, PathBuf::from(crate::config::DEFAULT_DATA_DIR))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_are_read_in_human_form() {
+        let cli = parse(&["serve", "--renew-threshold", "3d", "--cache-ttl", "90s"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let s = serve.settings(&cli.db).unwrap();
+        assert_eq!(s.policy.threshold, Duration::from_secs(3 * 86400));
+        assert_eq!(s.cache.ttl, Duration::from_secs(90));
+        assert!(parse(&["serve", "--renew-threshold", "banana"]).is_err());
+        assert!(parse(&["serve", "--cache-max-staleness", "5ms"]).is_err());
+    }
+
+    #[test]
+    fn notify_defaults_come_from_the_flags() {
+        let cli = parse(&["serve", "--notify-webhook", "https://hooks.example/x"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let notify = serve.settings(&cli.db).unwrap().notify.unwrap();
+        assert_eq!(
+            notify.before,
+            [Duration::from_secs(86400), Duration::from_secs(7 * 86400)]
+        );
+        assert_eq!(notify.interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn threshold_must_be_below_extension() {
+        let cli = parse(&[
+            "serve",
+            "--renew-threshold",
+            "90d",
+            "--renew-extension",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let err = serve.settings(&cli.db).unwrap_err().to_string();
+        assert!(err.contains("--renew-threshold"), "{err}");
+    }
+
+    #[test]
+    fn no_migrate_reaches_the_serve_settings() {
+        let cli = parse(&["serve", "--no-migrate"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(serve.settings(&cli.db).unwrap().no_migrate);
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(!serve.settings(&cli.db).unwrap().no_migrate);
     }
 }

@@ -47,7 +47,8 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
 }
 
-/// How connections are accepted and kept.
+/// How connections are accepted and kept: built only from `serve`'s flags, whose
+/// attributes state the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportSettings {
     pub tls: Option<TlsSettings>,
@@ -77,36 +78,8 @@ pub struct HttpSettings {
     pub header_timeout: Duration,
 }
 
-/// `--http-max-connections`' default, written once: clap shows this one.
-pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
-/// `--http-header-timeout`'s default, written once: clap shows this one.
-pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
-            header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
-        }
-    }
-}
-
-impl Default for TransportSettings {
-    fn default() -> Self {
-        TransportSettings {
-            tls: None,
-            tls_poll: Duration::from_secs(10),
-            max_connections: 4096,
-            max_concurrent_streams: 100,
-            request_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            max_connection_age: Some(Duration::from_secs(300)),
-            max_connection_age_grace: Duration::from_secs(30),
-        }
-    }
-}
+/// How often the TLS files are checked for a change ([`TransportSettings::tls_poll`]).
+pub const TLS_POLL: Duration = Duration::from_secs(10);
 
 pub mod http1;
 pub mod http2;
