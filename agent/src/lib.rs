@@ -19,7 +19,7 @@
 //!   rejection reasons;
 //! - [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the injectable
 //!   wall clock, time formatting, private files, logging setup).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;

@@ -233,7 +233,6 @@ pub fn generate(prefix: &Prefix) -> Result<String, getrandom::Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -365,7 +364,6 @@ mod tests {
 #[cfg(test)]
 mod properties {
     //! Property tests: what holds for every token and every string, not just the examples.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use proptest::prelude::*;
 
     use super::*;

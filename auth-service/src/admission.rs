@@ -178,7 +178,6 @@ impl DbAdmission {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use auth_api::ErrorReason;
     use tonic::Code;
 

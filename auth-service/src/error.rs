@@ -167,7 +167,7 @@ fn operator_must_fix(e: &std::io::Error) -> bool {
             | DirectoryNotEmpty
             | ReadOnlyFilesystem
             | InvalidFilename
-    ) || e.raw_os_error() == Some(libc::ELOOP)
+    ) || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -362,7 +362,6 @@ impl From<Error> for Status {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn reason_of(s: &Status) -> Option<String> {
@@ -430,32 +429,38 @@ mod tests {
 
     #[test]
     fn only_io_errors_the_operator_must_fix_exit_2() {
-        use std::io::Error as Io;
+        use rustix::io::Errno;
         for errno in [
-            libc::EACCES,
-            libc::EPERM,
-            libc::ENOENT,
-            libc::ENOTDIR,
-            libc::EISDIR,
-            libc::ENOTEMPTY,
-            libc::EROFS,
-            libc::ENAMETOOLONG,
-            libc::ELOOP,
+            Errno::ACCESS,
+            Errno::PERM,
+            Errno::NOENT,
+            Errno::NOTDIR,
+            Errno::ISDIR,
+            Errno::NOTEMPTY,
+            Errno::ROFS,
+            Errno::NAMETOOLONG,
+            Errno::LOOP,
         ] {
-            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
-            assert_eq!(e.exit_code(), 2, "errno {errno}: {e}");
+            let e = Error::io(
+                "creating --data-dir",
+                &std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert_eq!(e.exit_code(), 2, "{errno:?}: {e}");
         }
         for errno in [
-            libc::ENOSPC,
-            libc::EDQUOT,
-            libc::EIO,
-            libc::ENOMEM,
-            libc::EAGAIN,
-            libc::EMFILE,
-            libc::EINTR,
+            Errno::NOSPC,
+            Errno::DQUOT,
+            Errno::IO,
+            Errno::NOMEM,
+            Errno::AGAIN,
+            Errno::MFILE,
+            Errno::INTR,
         ] {
-            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
-            assert_eq!(e.exit_code(), 1, "errno {errno}: {e}");
+            let e = Error::io(
+                "creating --data-dir",
+                &std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert_eq!(e.exit_code(), 1, "{errno:?}: {e}");
             assert!(e.to_string().starts_with("creating --data-dir: "), "{e}");
         }
     }

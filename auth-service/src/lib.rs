@@ -20,7 +20,7 @@
 //! - [`error`]: the one error type and its mapping to gRPC status codes;
 //! - [`telemetry`]: logging and traces setup;
 //! - [`trace`]: the spans of a call (server, cache, database, webhook), W3C context in.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod cmd;

@@ -105,7 +105,6 @@ pub fn next_renewal_at(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::ErrorReason;
 
     use super::*;

@@ -25,6 +25,8 @@
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template;
 //! - [`docs`]: `docs/configuration.md` generated from both binaries' clap definitions
 //!   (its test fails on drift), and a check of the Markdown pages' links.
+// Test code, used only by tests and the benchmark tools: a failed unwrap is a failed
+// test. Its `unsafe` is allowed only at its two process hooks (`cluster`, `process`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;

@@ -104,7 +104,6 @@ pub fn read_roots(path: &Path) -> Result<RootCertStore, Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {

@@ -212,7 +212,6 @@ impl ServerCertVerifier for ServerVerifier {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::{
         ClientConfig, ClientConnection, ServerConfig, ServerConnection,

@@ -7,6 +7,7 @@ use std::{
     time::SystemTime,
 };
 
+use rustix::termios;
 use tracing::warn;
 
 use super::Context;
@@ -163,33 +164,22 @@ fn read_stdin() -> io::Result<String> {
 /// Turns terminal echo off on stdin until dropped, so a pasted token does not stay on
 /// screen or in a terminal recording. Best effort: without it, the paste is only visible.
 struct EchoOff {
-    original: libc::termios,
+    original: termios::Termios,
 }
 
 impl EchoOff {
     fn new() -> Option<EchoOff> {
-        // SAFETY: termios is a plain C struct of integers, valid when zeroed; tcgetattr
-        // fills it, and only reads/writes through the pointer we pass, for fd 0.
-        unsafe {
-            let mut settings: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) != 0 {
-                return None;
-            }
-            let original = settings;
-            settings.c_lflag &= !libc::ECHO;
-            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) != 0 {
-                return None;
-            }
-            Some(EchoOff { original })
-        }
+        let stdin = io::stdin();
+        let original = termios::tcgetattr(&stdin).ok()?;
+        let mut settings = original.clone();
+        settings.local_modes.remove(termios::LocalModes::ECHO);
+        termios::tcsetattr(&stdin, termios::OptionalActions::Now, &settings).ok()?;
+        Some(EchoOff { original })
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        // SAFETY: restores the settings tcgetattr returned for the same fd.
-        unsafe {
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.original);
-        }
+        let _ = termios::tcsetattr(io::stdin(), termios::OptionalActions::Now, &self.original);
     }
 }

@@ -221,7 +221,6 @@ fn retry_after_secs(after: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -235,7 +234,6 @@ mod tests {
 
 #[cfg(test)]
 mod access_tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

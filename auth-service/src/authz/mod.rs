@@ -150,7 +150,6 @@ pub use auth_api::challenge::{body, scope_challenge, scope_message};
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use chrono::DateTime;
 
     use super::*;

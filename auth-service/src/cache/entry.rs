@@ -183,7 +183,6 @@ impl Entry {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use auth_api::ErrorReason;
 
     use super::*;

@@ -221,7 +221,6 @@ impl<T: Clone> Flights<T> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use std::sync::{Arc, atomic::AtomicUsize};
 
     use super::*;

@@ -321,7 +321,6 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn m(version: i64, checksum: &str) -> Migration {

@@ -216,7 +216,6 @@ impl DbArgs {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::config::parse;
 

@@ -83,7 +83,6 @@ fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::Duration;
 
     use super::*;

@@ -584,7 +584,6 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::config::{Command, parse};
 

@@ -103,7 +103,6 @@ pub fn parse_token_id(s: &str) -> std::result::Result<uuid::Uuid, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::config::parse;
 

@@ -19,8 +19,7 @@ pub struct RunAs {
 }
 
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The account for the cluster: `None` (ourselves) unless we are root.
@@ -71,7 +70,6 @@ pub fn blocking_ancestor(dir: &Path, who: &RunAs) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

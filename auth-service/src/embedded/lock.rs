@@ -164,7 +164,6 @@ fn failed(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn scratch(tag: &str) -> std::path::PathBuf {

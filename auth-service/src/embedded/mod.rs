@@ -142,11 +142,6 @@ impl Cluster {
         config
     }
 
-    /// Kills the server at once (no checkpoint): for throwaway test clusters at exit.
-    pub fn stop_immediately(&self) {
-        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
-    }
-
     pub fn pgdata(&self) -> &Path {
         &self.pgdata
     }
@@ -445,7 +440,6 @@ fn tail(path: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::os::unix::process::ExitStatusExt;
 
     use super::*;

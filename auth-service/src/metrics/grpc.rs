@@ -272,7 +272,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn labels(path: &str) -> GrpcLabels {

@@ -749,7 +749,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn pool(size: usize, available: usize, waiting: usize) -> DbState {

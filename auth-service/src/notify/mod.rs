@@ -254,7 +254,6 @@ async fn deliver(d: Delivery, notice: Notice, first: tokio::sync::OwnedSemaphore
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

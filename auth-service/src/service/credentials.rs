@@ -110,7 +110,6 @@ pub fn authorize_validate<T>(request: &Request<T>, allowed: &[String]) -> Result
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::ErrorReason as Reason;
 
     use super::*;
@@ -217,7 +216,6 @@ mod tests {
 mod properties {
     //! Property tests of `parse_bearer`: hostile bytes never panic, and the scheme's case
     //! and the blanks around and between do not change the answer.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::{ErrorReason as Reason, token::with_random};
     use proptest::{collection::vec, prelude::*};
 

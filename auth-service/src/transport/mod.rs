@@ -28,6 +28,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -200,16 +201,8 @@ pub fn connection_caps(grpc: usize, http: Option<usize>) -> (usize, Option<usize
 /// Descriptors left for connections: the soft open-file limit less `RESERVED_FDS`;
 /// `None` when unlimited (or unknown).
 fn fd_budget() -> Option<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we own; RLIMIT_NOFILE is a valid resource.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    Some(usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX))
+    let current = getrlimit(Resource::Nofile).current?;
+    Some(usize::try_from(current.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX))
 }
 
 /// [`connection_caps`] for a given budget of descriptors.
@@ -223,28 +216,24 @@ fn caps_within(budget: Option<usize>, grpc: usize, http: Option<usize>) -> (usiz
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the connection cap, not
-/// the default 1024 descriptors, is what bounds the server. Returns the new soft limit.
+/// the default 1024 descriptors, is what bounds the server. Returns the new soft limit,
+/// `None` when unlimited.
 pub fn raise_fd_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    // In rustix's `Rlimit`, `None` is RLIM_INFINITY, which is above every number.
+    let limit = getrlimit(Resource::Nofile);
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return Some(raised.rlim_cur);
-            }
-        }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if below && setrlimit(Resource::Nofile, raised).is_ok() {
+        return limit.maximum;
     }
-    Some(limit.rlim_cur)
+    limit.current
 }
 
 /// What a new connection must do before it is served.

@@ -1,7 +1,6 @@
 //! The reader against envoy-types: its messages encoded (as Envoy sends them, and with
 //! duplicates and merged messages), read here and by envoy-types, compared; arbitrary
 //! bytes, never a panic; and the seeds of the `envoy_check` fuzz target.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 use auth_api::ErrorReason;
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
