@@ -13,9 +13,9 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 /// Random base62 characters after the prefix.
 pub const RANDOM_LEN: usize = 30;
 /// Checksum characters after the random part.
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Characters after the prefix.
-pub const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+pub(crate) const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 /// Longest string even looked at; anything longer is refused before any work.
 pub const MAX_LEN: usize = 128;
 /// Longest prefix body (the letters and digits before the `_`).
@@ -27,7 +27,7 @@ pub struct Prefix(String);
 
 /// A prefix that does not follow the rules of [`Prefix`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadPrefix(pub String);
+pub struct BadPrefix(pub(crate) String);
 
 impl fmt::Display for BadPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -84,7 +84,7 @@ pub enum Shed {
 }
 
 impl Shed {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Shed::Queue => "queue",
             Shed::Token => "token",
@@ -94,7 +94,7 @@ impl Shed {
 }
 
 /// RFC 3339 in UTC, second precision: what people and logs see.
-pub fn fmt_time(t: DateTime<Utc>) -> String {
+pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -128,7 +128,7 @@ impl Error {
     /// Anything else (a full or failing disk, a quota, no memory) may pass, and systemd
     /// restarts a service that exits 1 but not one that exits 2
     /// (`RestartPreventExitStatus=2`): it is [`Error::Runtime`].
-    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
+    pub(crate) fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
         if operator_must_fix(e) {
             Error::Config(format!("{what}: {e}"))
         } else {
@@ -142,7 +142,7 @@ impl Error {
     /// is [`Error::Config`]. Anything else (no answer, connection refused, too many
     /// connections) is the database being unavailable. Once serving, every connection
     /// failure stays `Unavailable`: the caller should keep its token and retry.
-    pub fn connecting(e: deadpool_postgres::PoolError) -> Error {
+    pub(crate) fn connecting(e: deadpool_postgres::PoolError) -> Error {
         use tokio_postgres::error::SqlState;
         if let deadpool_postgres::PoolError::Backend(pg) = &e
             && let Some(code) = pg.code()
@@ -234,7 +234,7 @@ const BUG_TEXTS: [&str; 5] = [
 /// An error with its causes, as one line. tokio-postgres's own text is only the kind
 /// ("db error"): PostgreSQL's message (e.g. "password authentication failed for user
 /// ...", which never contains the password) is in the cause.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

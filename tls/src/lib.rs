@@ -20,8 +20,6 @@ pub mod problem;
 pub mod roots;
 pub mod verify;
 
-pub use rustls;
-
 /// The crypto provider of every TLS end in the workspace (ring): one instance, shared.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();

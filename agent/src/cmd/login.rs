@@ -30,13 +30,13 @@ const NOT_SAVED: &str = "nothing was saved; check that the whole token was paste
 #[derive(Debug)]
 pub struct LoginReport {
     /// The server the token was checked against, now saved.
-    pub server: ServerUrl,
+    pub(crate) server: ServerUrl,
     /// Who the token belongs to.
     pub identity: Identity,
     /// Where it was saved.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// True when `AUTH_AGENT_TOKEN` is set and will be used instead of the saved token.
-    pub env_token_overrides: bool,
+    pub(crate) env_token_overrides: bool,
 }
 
 impl fmt::Display for LoginReport {
@@ -120,7 +120,7 @@ fn rejected(reason: RejectReason, detail: Option<String>) -> AgentError {
 
 /// Reads the token to log in with: from `--token-file` when given, else from stdin (with
 /// a prompt and without echo when stdin is a terminal).
-pub fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
+pub(crate) fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
     let text = match source {
         TokenSource::File(path) => {
             std::fs::read_to_string(path).map_err(|source| AgentError::LocalFile {

@@ -6,5 +6,5 @@ use clap::Args;
 pub struct CompletionsArgs {
     /// The shell the script is for.
     #[arg(value_enum)]
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Where the embedded cluster lives when no database URL is given.
-pub const DEFAULT_DATA_DIR: &str = "./.auth-service";
+pub(crate) const DEFAULT_DATA_DIR: &str = "./.auth-service";
 
 /// Database selection and tuning, accepted before or after any subcommand.
 #[derive(Clone, Args)]
@@ -29,7 +29,7 @@ pub struct DbArgs {
         hide_env_values = true,
         conflicts_with_all = ["data_dir", "database_url_file"]
     )]
-    pub database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// A file holding the PostgreSQL URL (e.g. a mounted Secret), so that a password
     /// never appears in the environment or on a command line.
     #[arg(
@@ -39,14 +39,14 @@ pub struct DbArgs {
         value_name = "FILE",
         conflicts_with = "data_dir"
     )]
-    pub database_url_file: Option<PathBuf>,
+    pub(crate) database_url_file: Option<PathBuf>,
     /// Directory of the embedded PostgreSQL cluster [default: ./.auth-service].
     #[arg(long, global = true, env = "AUTH_SERVICE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Directory holding initdb, pg_ctl and postgres for the embedded cluster
     /// [default: found on PATH, via pg_config, or under /usr/lib/postgresql].
     #[arg(long, global = true, env = "AUTH_SERVICE_PG_BINDIR")]
-    pub pg_bindir: Option<PathBuf>,
+    pub(crate) pg_bindir: Option<PathBuf>,
     /// Most PostgreSQL sessions this process opens, of every kind: the request pool,
     /// the connections shared by lookups, the health probe, and (serve, with the cache
     /// on) the LISTEN and heartbeat connections. Size the database with: replicas x
@@ -58,7 +58,7 @@ pub struct DbArgs {
         env = "AUTH_SERVICE_DB_MAX_CONNECTIONS",
         default_value_t = 12
     )]
-    pub db_max_connections: usize,
+    pub(crate) db_max_connections: usize,
     /// Most cache misses looked up in one statement when they queue (they are batched
     /// only while every shared connection is busy; 1 turns batching off).
     #[arg(
@@ -67,16 +67,16 @@ pub struct DbArgs {
         env = "AUTH_SERVICE_DB_MAX_BATCH",
         default_value_t = crate::db::batch::MAX_BATCH
     )]
-    pub db_max_batch: usize,
+    pub(crate) db_max_batch: usize,
     /// This process's name in PostgreSQL (`application_name` of every session it
     /// opens, so that pg_stat_activity counts them per replica): the pod name in
     /// Kubernetes [default: host:pid].
     #[arg(long, global = true, env = "AUTH_SERVICE_REPLICA_NAME")]
-    pub replica_name: Option<String>,
+    pub(crate) replica_name: Option<String>,
     /// How long one database operation (including waiting for a pooled connection)
     /// may take before the call fails with UNAVAILABLE.
     #[arg(long, global = true, env = "AUTH_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_timer)]
-    pub db_timeout: Duration,
+    pub(crate) db_timeout: Duration,
     /// Prefix of every token this service issues and accepts.
     #[arg(
         long,
@@ -84,12 +84,12 @@ pub struct DbArgs {
         env = "AUTH_SERVICE_TOKEN_PREFIX",
         default_value = auth_api::token::DEFAULT_PREFIX
     )]
-    pub token_prefix: String,
+    pub(crate) token_prefix: String,
 }
 
 /// Which PostgreSQL to use.
 #[derive(Clone)]
-pub enum Database {
+pub(crate) enum Database {
     /// An external server (the URL may hold a password: never printed).
     Url(Box<Target>),
     /// The private embedded cluster.
@@ -110,19 +110,19 @@ impl std::fmt::Debug for Database {
 
 /// Validated database settings.
 #[derive(Debug, Clone)]
-pub struct DbSettings {
-    pub database: Database,
+pub(crate) struct DbSettings {
+    pub(crate) database: Database,
     /// `--db-max-connections`: every session the process opens.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// `--db-max-batch`.
-    pub max_batch: usize,
+    pub(crate) max_batch: usize,
     /// `application_name` of every session.
-    pub replica_name: String,
-    pub timeout: Duration,
+    pub(crate) replica_name: String,
+    pub(crate) timeout: Duration,
 }
 
 /// The fewest pooled connections: one for writes, one shared by lookups.
-pub const MIN_POOLED: usize = 2;
+pub(crate) const MIN_POOLED: usize = 2;
 
 /// `host:pid`: what tells replicas apart in pg_stat_activity when nothing names them.
 fn default_replica_name() -> String {
@@ -155,7 +155,7 @@ impl std::fmt::Debug for DbArgs {
 }
 
 impl DbArgs {
-    pub fn settings(&self) -> Result<DbSettings> {
+    pub(crate) fn settings(&self) -> Result<DbSettings> {
         let url = match (&self.database_url, &self.database_url_file) {
             (Some(url), _) => Some((url.clone(), "--database-url / AUTH_SERVICE_DATABASE_URL")),
             (None, Some(file)) => {
@@ -208,7 +208,7 @@ impl DbArgs {
         })
     }
 
-    pub fn prefix(&self) -> Result<Prefix> {
+    pub(crate) fn prefix(&self) -> Result<Prefix> {
         Prefix::new(&self.token_prefix)
             .map_err(|e| Error::Config(format!("--token-prefix / AUTH_SERVICE_TOKEN_PREFIX: {e}")))
     }

@@ -6,11 +6,11 @@ use std::{fmt, time::Duration};
 /// PING intervals, the grace periods, `--notify-interval`. PostgreSQL's
 /// `statement_timeout` (which carries `--db-timeout`) stops at about 24.8 days, and a
 /// call that waits more than an hour for its database is an outage, not a slow call.
-pub const MAX_TIMER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_TIMER: Duration = Duration::from_secs(3600);
 /// Longest token lifetime, renewal threshold or extension: far inside what timestamps
 /// can represent, so that no expiry arithmetic can overflow (`never` exists for tokens
 /// that should not expire).
-pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86400);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86400);
 
 /// A duration flag whose default is a `Duration` constant of the settings it feeds
 /// (`renewal::DEFAULT_THRESHOLD`, `cache::DEFAULT_TTL`, ...): clap shows a default
@@ -19,10 +19,10 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86400);
 /// `2months 29days 2h 52m 48s`; this one uses the largest unit that is exact (`90d`,
 /// `5m`, `250ms`), which the flag's parser reads back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
+pub(crate) struct HumanDuration(pub(crate) Duration);
 
 impl HumanDuration {
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
 }
@@ -51,14 +51,14 @@ impl fmt::Display for HumanDuration {
 }
 
 /// `parse` for a flag of type [`HumanDuration`].
-pub fn human(
+pub(crate) fn human(
     parse: fn(&str) -> Result<Duration, String>,
 ) -> impl Fn(&str) -> Result<HumanDuration, String> + Clone + Send + Sync + 'static {
     move |s| parse(s).map(HumanDuration)
 }
 
 /// Parses `3d`, `90d`, `1s`, `1h30m`, from longer than zero up to `max`.
-pub fn parse_bounded(s: &str, max: Duration) -> Result<Duration, String> {
+pub(crate) fn parse_bounded(s: &str, max: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e}: use a duration such as 30s, 12h, 7d or 90d"))?;
     if d.is_zero() {
@@ -75,12 +75,12 @@ pub fn parse_bounded(s: &str, max: Duration) -> Result<Duration, String> {
 
 /// A timer: a database wait, a deadline, an interval or a grace period, up to
 /// [`MAX_TIMER`].
-pub fn parse_timer(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timer(s: &str) -> Result<Duration, String> {
     parse_bounded(s, MAX_TIMER)
 }
 
 /// A token lifetime or renewal period, up to [`MAX_LIFETIME`].
-pub fn parse_lifetime(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_lifetime(s: &str) -> Result<Duration, String> {
     parse_bounded(s, MAX_LIFETIME)
 }
 

@@ -12,29 +12,29 @@ pub struct HealthcheckArgs {
     // The fallback is `serve --listen`'s default, `serve::DEFAULT_LISTEN`: the test below
     // keeps this help true.
     #[arg(long, env = "AUTH_SERVICE_HEALTHCHECK_ADDR")]
-    pub addr: Option<SocketAddr>,
+    pub(crate) addr: Option<SocketAddr>,
     /// The service name to check ("" for the server as a whole).
     #[arg(
         long,
         env = "AUTH_SERVICE_HEALTHCHECK_SERVICE",
         default_value = "auth.v1.AuthService"
     )]
-    pub service: String,
+    pub(crate) service: String,
     /// The server's listen address, when `--addr` is not given.
     #[arg(long, hide = true, env = "AUTH_SERVICE_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Speak TLS, trusting the CA certificates in this file [default: TLS when
     /// AUTH_SERVICE_TLS_CERT is set, trusting the chain in that file].
     #[arg(long, env = "AUTH_SERVICE_HEALTHCHECK_CA_FILE", value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// The server's certificate (`serve --tls-cert`): its chain is trusted, and its first
     /// DNS name is the name checked, since the check dials an IP address.
     #[arg(long, env = "AUTH_SERVICE_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// The server's key: presented with its certificate when the server requires client
     /// certificates (`serve --tls-client-ca`).
     #[arg(long, env = "AUTH_SERVICE_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// Whether the server requires client certificates.
     #[arg(
         long,
@@ -42,13 +42,13 @@ pub struct HealthcheckArgs {
         env = "AUTH_SERVICE_TLS_CLIENT_CA",
         value_name = "FILE"
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 impl HealthcheckArgs {
     /// The address to ask: `--addr`, else the listen address with an unspecified IP
     /// (0.0.0.0, ::) replaced by loopback.
-    pub fn target(&self) -> SocketAddr {
+    pub(crate) fn target(&self) -> SocketAddr {
         if let Some(addr) = self.addr {
             return addr;
         }

@@ -19,11 +19,11 @@ mod healthcheck;
 mod serve;
 mod token;
 
-pub use completions::CompletionsArgs;
-pub use db::{DEFAULT_DATA_DIR, Database, DbArgs, DbSettings, MIN_POOLED};
-pub use healthcheck::HealthcheckArgs;
+pub(crate) use completions::CompletionsArgs;
+pub(crate) use db::{Database, DbArgs, DbSettings, MIN_POOLED};
+pub(crate) use healthcheck::HealthcheckArgs;
 pub use serve::{ServeArgs, ServeSettings};
-pub use token::{CreateArgs, Expiry, Output, TokenArgs, TokenCommand};
+pub(crate) use token::{CreateArgs, Expiry, Output, TokenArgs, TokenCommand};
 
 pub use crate::transport::{HttpSettings, TlsSettings, TransportSettings};
 

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// `--listen`'s default, which `healthcheck` also asks when given no address.
-pub const DEFAULT_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 
 // A default that a settings type of a lower module also needs (`RenewalPolicy::default`,
@@ -35,7 +35,7 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub struct ServeArgs {
     /// Address to listen on for gRPC.
     #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value_t = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// A renew extends a token only when less than this much life remains.
     #[arg(
         long,
@@ -43,7 +43,7 @@ pub struct ServeArgs {
         default_value_t = HumanDuration(renewal::DEFAULT_THRESHOLD),
         value_parser = human(parse_lifetime)
     )]
-    pub renew_threshold: HumanDuration,
+    pub(crate) renew_threshold: HumanDuration,
     /// A renew sets the expiry to now plus this.
     #[arg(
         long,
@@ -51,26 +51,26 @@ pub struct ServeArgs {
         default_value_t = HumanDuration(renewal::DEFAULT_EXTENSION),
         value_parser = human(parse_lifetime)
     )]
-    pub renew_extension: HumanDuration,
+    pub(crate) renew_extension: HumanDuration,
     /// Absolute cap: renewal never moves a token's expiry past created_at plus this
     /// (like Vault's max TTL). Off by default.
     #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
-    pub max_token_lifetime: Option<Duration>,
+    pub(crate) max_token_lifetime: Option<Duration>,
     /// How often the database is probed for the health service.
     #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_timer)]
-    pub db_check_interval: Duration,
+    pub(crate) db_check_interval: Duration,
     /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz, and
     /// /authz/forward-auth for nginx, Traefik and Caddy [default: off].
     #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
+    pub(crate) http_listen: Option<SocketAddr>,
     /// Most token lookups kept in memory per replica; 0 turns the cache off.
     #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = cache::DEFAULT_CAPACITY)]
-    pub cache_capacity: u64,
+    pub(crate) cache_capacity: u64,
     /// Most bytes the cached lookups take (estimated per entry: the entry, its strings,
     /// the key and the cache's slot). An eighth is kept for unknown, revoked and expired
     /// answers, so that a spray of made-up tokens cannot push out live ones.
     #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = cache::DEFAULT_MAX_BYTES)]
-    pub cache_max_bytes: u64,
+    pub(crate) cache_max_bytes: u64,
     /// Longest a cached lookup is kept. Changes reach every replica's cache at once
     /// through database notifications; this is only a safety net.
     #[arg(
@@ -79,7 +79,7 @@ pub struct ServeArgs {
         default_value_t = HumanDuration(cache::DEFAULT_TTL),
         value_parser = human(parse_lifetime)
     )]
-    pub cache_ttl: HumanDuration,
+    pub(crate) cache_ttl: HumanDuration,
     /// The cache's staleness bound: an entry is served only while every token change
     /// committed more than this long ago is known to have been heard (the replica sends
     /// itself a heartbeat NOTIFY every 2/5 of it). Beyond it, lookups go to the database
@@ -90,7 +90,7 @@ pub struct ServeArgs {
         default_value_t = HumanDuration(cache::DEFAULT_MAX_STALENESS),
         value_parser = human(parse_staleness)
     )]
-    pub cache_max_staleness: HumanDuration,
+    pub(crate) cache_max_staleness: HumanDuration,
     /// Where the cache's LISTEN connection goes, when --database-url goes through a
     /// transaction-pooling PgBouncer (which cannot carry LISTEN): the primary itself, in
     /// session semantics, e.g. a CloudNativePG cluster's `-rw` Service. Migrations run
@@ -102,14 +102,14 @@ pub struct ServeArgs {
         hide_env_values = true,
         conflicts_with = "database_listen_url_file"
     )]
-    pub database_listen_url: Option<String>,
+    pub(crate) database_listen_url: Option<String>,
     /// A file holding --database-listen-url (a mounted Secret).
     #[arg(
         long,
         env = "AUTH_SERVICE_DATABASE_LISTEN_URL_FILE",
         value_name = "FILE"
     )]
-    pub database_listen_url_file: Option<PathBuf>,
+    pub(crate) database_listen_url_file: Option<PathBuf>,
 
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key). Re-read on
     /// SIGHUP and when the file changes.
@@ -119,7 +119,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_key"
     )]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(
         long,
@@ -127,7 +127,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_cert"
     )]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// PEM CA certificates: require and verify client certificates (mTLS).
     #[arg(
         long,
@@ -135,7 +135,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_cert"
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
     /// Callers allowed to use ValidateToken and WatchTokenInvalidations (and the proxy
     /// adapters): a URI SAN (a SPIFFE ID such as
     /// spiffe://cluster.local/ns/mesh/sa/billing) or DNS SAN of their verified client
@@ -146,7 +146,7 @@ pub struct ServeArgs {
         value_name = "ID",
         value_delimiter = ','
     )]
-    pub validate_allow: Vec<String>,
+    pub(crate) validate_allow: Vec<String>,
     /// Networks whose proxies may use /authz/forward-auth on the HTTP port, which sees
     /// no client certificates (e.g. Traefik's pod network, 10.42.0.0/16). With this or
     /// --validate-allow set, only loopback and these networks may ask; with neither,
@@ -157,12 +157,12 @@ pub struct ServeArgs {
         value_name = "CIDR",
         value_delimiter = ','
     )]
-    pub forward_auth_allow: Vec<ipnet::IpNet>,
+    pub(crate) forward_auth_allow: Vec<ipnet::IpNet>,
 
     /// Most concurrent connections on the gRPC port (further ones are closed at once);
     /// also kept below the process's open-file limit.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Most concurrent connections on the HTTP port (--http-listen); further ones are
     /// closed at once. Also kept within a quarter of the process's open-file limit, so
     /// that connections to this port can never take the gRPC port's descriptors.
@@ -171,7 +171,7 @@ pub struct ServeArgs {
         env = "AUTH_SERVICE_HTTP_MAX_CONNECTIONS",
         default_value_t = 1024
     )]
-    pub http_max_connections: usize,
+    pub(crate) http_max_connections: usize,
     /// A connection to the HTTP port must send a complete request head within this, when
     /// it opens and again between requests on a kept-alive connection, or it is closed
     /// (a slow client, or an idle one).
@@ -181,76 +181,76 @@ pub struct ServeArgs {
         default_value = "10s",
         value_parser = parse_timer
     )]
-    pub http_header_timeout: Duration,
+    pub(crate) http_header_timeout: Duration,
     /// Most concurrent calls (HTTP/2 streams) per connection.
     #[arg(
         long,
         env = "AUTH_SERVICE_MAX_CONCURRENT_STREAMS",
         default_value_t = 100
     )]
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
     /// Longest a call may take from its first byte to its answer, on the gRPC port and
     /// on the HTTP port (answered 503 there) [default: the database timeout plus 5s].
     #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_timer)]
-    pub request_timeout: Option<Duration>,
+    pub(crate) request_timeout: Option<Duration>,
     /// A new connection must finish its TLS handshake and send the HTTP/2 preface
     /// within this, or it is closed.
     #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// HTTP/2 PING interval on every connection; a peer that does not answer within
     /// --keepalive-timeout is disconnected.
     #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_timer)]
-    pub keepalive_interval: Duration,
+    pub(crate) keepalive_interval: Duration,
     /// How long a PING may go unanswered.
     #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://otel-collector:4317
     /// (OTEL_EXPORTER_OTLP_ENDPOINT works too) [default: off, nothing is spent].
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    pub(crate) otlp_endpoint: Option<String>,
     /// The general OTLP endpoint, used when no traces endpoint is given.
     #[arg(long, hide = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_general_endpoint: Option<String>,
+    pub(crate) otlp_general_endpoint: Option<String>,
     /// `service.name` of the exported spans.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "auth-service")]
-    pub otel_service_name: String,
+    pub(crate) otel_service_name: String,
     /// Which traces to keep: always_on, always_off, traceidratio, parentbased_always_on,
     /// parentbased_always_off or parentbased_traceidratio [default:
     /// parentbased_always_on].
     #[arg(long, env = "OTEL_TRACES_SAMPLER")]
-    pub otel_traces_sampler: Option<String>,
+    pub(crate) otel_traces_sampler: Option<String>,
     /// The ratio of the traceidratio samplers, e.g. 0.01.
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
-    pub otel_traces_sampler_arg: Option<String>,
+    pub(crate) otel_traces_sampler_arg: Option<String>,
     /// At this age (±10 %), a connection gets a GOAWAY: its calls finish, and the
     /// client reconnects, so that a long-lived channel spreads over the replicas an
     /// autoscaler adds (grpc-go's MaxConnectionAge). 0 turns it off.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_age)]
-    pub max_connection_age: Duration,
+    pub(crate) max_connection_age: Duration,
     /// How long calls may go on after that GOAWAY before the connection is cut.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_timer)]
-    pub max_connection_age_grace: Duration,
+    pub(crate) max_connection_age_grace: Duration,
     /// After SIGTERM, how long in-flight calls may take to finish before they are
     /// cancelled and the process exits.
     #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_timer)]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Credential failures per minute from one peer address on RenewCurrentToken,
     /// LookupCurrentToken and RevokeCurrentToken before its further calls are refused
     /// with RESOURCE_EXHAUSTED until the minute is over. ValidateToken is never limited.
     #[arg(long, env = "AUTH_SERVICE_AUTH_FAILURE_LIMIT", default_value_t = 60)]
-    pub auth_failure_limit: u32,
+    pub(crate) auth_failure_limit: u32,
     /// Most database operations (renew, revoke) in flight for one token per process;
     /// more are refused at once with UNAVAILABLE and a retry delay.
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_PER_TOKEN", default_value_t = 4)]
-    pub db_max_per_token: usize,
+    pub(crate) db_max_per_token: usize,
     /// Most calls waiting for a pooled database connection; more are refused at once
     /// with UNAVAILABLE and a retry delay [default: 4 x --db-max-connections].
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_WAITING")]
-    pub db_max_waiting: Option<usize>,
+    pub(crate) db_max_waiting: Option<usize>,
     /// Do not apply migrations (a separate `auth-service migrate` does, with a role that
     /// may change the schema); only check at startup that the schema is current.
     #[arg(long, env = "AUTH_SERVICE_NO_MIGRATE")]
-    pub no_migrate: bool,
+    pub(crate) no_migrate: bool,
 
     /// POST a signed JSON notice to this URL when a token is about to expire (once per
     /// token and threshold, across every replica). Treated as a secret: logs show only
@@ -262,7 +262,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         value_parser = parse_webhook
     )]
-    pub notify_webhook: Option<http::Uri>,
+    pub(crate) notify_webhook: Option<http::Uri>,
     /// When to notify: how long before expiry, a comma-separated list; a token crossing
     /// several at once is notified for the nearest only.
     #[arg(
@@ -274,7 +274,7 @@ pub struct ServeArgs {
         value_parser = parse_lifetime,
         requires = "notify_webhook"
     )]
-    pub notify_before: Vec<Duration>,
+    pub(crate) notify_before: Vec<Duration>,
     /// How often due tokens are looked for.
     #[arg(
         long,
@@ -283,7 +283,7 @@ pub struct ServeArgs {
         value_parser = parse_timer,
         requires = "notify_webhook"
     )]
-    pub notify_interval: Duration,
+    pub(crate) notify_interval: Duration,
     /// A file holding the key that signs each notice: `X-Auth-Signature: sha256=<hex
     /// HMAC-SHA256 of the body>`, as GitHub signs its webhooks [default: unsigned].
     #[arg(
@@ -292,7 +292,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "notify_webhook"
     )]
-    pub notify_secret_file: Option<PathBuf>,
+    pub(crate) notify_secret_file: Option<PathBuf>,
 }
 
 /// `--max-connection-age`: a duration, or 0 for never.
@@ -363,7 +363,7 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// The sessions a server opens outside its pools: the health probe, and with the
     /// cache on, the LISTEN and heartbeat connections.
-    pub fn connections_outside_pools(&self) -> usize {
+    pub(crate) fn connections_outside_pools(&self) -> usize {
         1 + if self.cache.capacity > 0 { 2 } else { 0 }
     }
 
@@ -612,7 +612,7 @@ mod tests {
         assert!(s.notify.is_none());
         match cli.db.settings().unwrap().database {
             crate::config::Database::Embedded { data_dir, .. } => {
-                assert_eq!(data_dir, PathBuf::from(crate::config::DEFAULT_DATA_DIR))
+                assert_eq!(data_dir, PathBuf::from(crate::config::db::DEFAULT_DATA_DIR))
             }
             other => panic!("{other:?}"),
         }

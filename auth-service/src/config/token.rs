@@ -17,14 +17,14 @@ pub struct TokenArgs {
         value_enum,
         default_value_t = Output::Text
     )]
-    pub output: Output,
+    pub(crate) output: Output,
     #[command(subcommand)]
-    pub command: TokenCommand,
+    pub(crate) command: TokenCommand,
 }
 
 /// The shape of a token command's result on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// What people read: the token alone (`create`), a tab-separated table (`list`).
     Text,
     /// One JSON document: an object (`create`, `revoke`, `prune`) or an array (`list`).
@@ -32,7 +32,7 @@ pub enum Output {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a token and print it (the only time it is shown) as the only line on stdout.
     Create(CreateArgs),
     /// List tokens (never their secrets).
@@ -59,34 +59,34 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// The user the token belongs to.
     #[arg(long, env = "AUTH_SERVICE_TOKEN_USER")]
-    pub user: String,
+    pub(crate) user: String,
     /// A name that says what the token is for.
     #[arg(long, env = "AUTH_SERVICE_TOKEN_NAME", default_value = "default")]
-    pub name: String,
+    pub(crate) name: String,
     /// Lifetime, e.g. 90d, 12h, or `never`.
     #[arg(long, env = "AUTH_SERVICE_TOKEN_EXPIRES_IN", default_value = "90d", value_parser = parse_expiry)]
-    pub expires_in: Expiry,
+    pub(crate) expires_in: Expiry,
     /// A scope to grant; repeat for several.
     #[arg(
         long = "scope",
         env = "AUTH_SERVICE_TOKEN_SCOPES",
         value_delimiter = ','
     )]
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
 }
 
 /// A token lifetime: a duration, or never expiring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     In(Duration),
     Never,
 }
 
 /// `--expires-in`: a lifetime, or `never`.
-pub fn parse_expiry(s: &str) -> std::result::Result<Expiry, String> {
+pub(crate) fn parse_expiry(s: &str) -> std::result::Result<Expiry, String> {
     if s.trim().eq_ignore_ascii_case("never") {
         Ok(Expiry::Never)
     } else {
@@ -95,7 +95,7 @@ pub fn parse_expiry(s: &str) -> std::result::Result<Expiry, String> {
 }
 
 /// A token id as `token revoke` takes it.
-pub fn parse_token_id(s: &str) -> std::result::Result<uuid::Uuid, String> {
+pub(crate) fn parse_token_id(s: &str) -> std::result::Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(s.trim()).map_err(|_| {
         "not a token id: ids are UUIDs such as 3f2b6c1e-8a4d-4b3a-9c2e-1d2e3f4a5b6c, as `auth-service token list` shows them".to_string()
     })

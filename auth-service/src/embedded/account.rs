@@ -8,7 +8,7 @@ use std::{
 use crate::error::{Error, Result};
 
 /// The system account the cluster runs as when auth-service runs as root.
-pub const SYSTEM_USER: &str = "postgres";
+pub(crate) const SYSTEM_USER: &str = "postgres";
 
 /// An account to run the server programs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-pub fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 

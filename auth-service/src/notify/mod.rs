@@ -92,7 +92,7 @@ static SCAN_LOG: Every = Every::new(Duration::from_secs(60));
 
 /// Starts the notifier; it stops when `stop` turns true (deliveries in flight are
 /// abandoned: their claims are taken over after the lease).
-pub fn spawn(
+pub(crate) fn spawn(
     db: Db,
     settings: NotifySettings,
     metrics: Arc<Metrics>,
