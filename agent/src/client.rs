@@ -8,10 +8,8 @@ use std::time::{Duration, SystemTime};
 use auth_client::{AuthClient, ClientOptions, ConfigError, Outcome, RetryPolicy};
 use tonic::transport::Channel;
 
-pub use auth_client::{
-    Identity, RenewOutcome, TlsFiles, Transport,
-    transport::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, TCP_KEEPALIVE},
-};
+pub(crate) use auth_client::{Identity, RenewOutcome};
+pub use auth_client::{TlsFiles, Transport};
 
 use crate::{error::AgentError, server_url::ServerUrl, token::Token};
 
@@ -57,7 +55,7 @@ pub struct Client {
 
 impl Client {
     /// A client over `channel` (cheap to clone; calls share the connection).
-    pub fn new(channel: Channel) -> Self {
+    pub(crate) fn new(channel: Channel) -> Self {
         Client {
             inner: AuthClient::with_channel(channel, options(&Transport::default())),
         }
@@ -85,7 +83,11 @@ impl Client {
     }
 
     /// `RevokeCurrentToken`: log out. Returns when the server says it was revoked.
-    pub async fn revoke(&self, token: &Token, timeout: Duration) -> Outcome<Option<SystemTime>> {
+    pub(crate) async fn revoke(
+        &self,
+        token: &Token,
+        timeout: Duration,
+    ) -> Outcome<Option<SystemTime>> {
         self.inner
             .with_deadline(timeout)
             .revoke_current(token.expose())

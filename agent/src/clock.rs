@@ -63,7 +63,7 @@ impl Clock for OffsetClock {
 }
 
 /// Time left until `deadline`, or `None` when it has passed.
-pub fn remaining(now: SystemTime, deadline: SystemTime) -> Option<Duration> {
+pub(crate) fn remaining(now: SystemTime, deadline: SystemTime) -> Option<Duration> {
     deadline
         .duration_since(now)
         .ok()

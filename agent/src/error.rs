@@ -9,9 +9,8 @@ use std::{
 };
 
 use auth_api::ErrorReason;
-pub use auth_client::outcome::code_name;
-use auth_client::{Outcome, Rejection, Unavailable, outcome::classify};
-use tonic::Status;
+pub(crate) use auth_client::outcome::code_name;
+use auth_client::{Outcome, Rejection, Unavailable};
 
 /// Why a token cannot be used: the `google.rpc.ErrorInfo` reason sent by the server, or
 /// the same vocabulary for problems found locally (no token, not a token).
@@ -25,21 +24,14 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// No token was presented (or none is configured).
-    pub const MISSING_CREDENTIALS: RejectReason =
+    pub(crate) const MISSING_CREDENTIALS: RejectReason =
         RejectReason::Known(ErrorReason::MissingCredentials);
     /// The string is not a token.
-    pub const TOKEN_MALFORMED: RejectReason = RejectReason::Known(ErrorReason::TokenMalformed);
-
-    /// Reads a wire reason (`ErrorInfo.reason` in the `auth.v1` domain).
-    pub fn from_wire(reason: &str) -> Self {
-        match ErrorReason::from_str_name(reason) {
-            Some(known) if known != ErrorReason::Unspecified => Self::Known(known),
-            _ => Self::Other(reason.to_owned()),
-        }
-    }
+    pub(crate) const TOKEN_MALFORMED: RejectReason =
+        RejectReason::Known(ErrorReason::TokenMalformed);
 
     /// The reason of an auth-client rejection.
-    pub fn from_rejection(rejection: &Rejection) -> Self {
+    pub(crate) fn from_rejection(rejection: &Rejection) -> Self {
         match rejection.reason() {
             Some(known) => Self::Known(known),
             None => Self::Other(rejection.as_str().to_owned()),
@@ -47,7 +39,7 @@ impl RejectReason {
     }
 
     /// The wire spelling, as printed in messages and metrics.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::Known(reason) => reason.as_str_name(),
             Self::Other(other) => other,
@@ -113,7 +105,7 @@ impl AgentError {
     /// What a call's answer means for the agent: a refused token is a login problem,
     /// whose message ends in `fix` (the action that gives the agent a good token);
     /// anything the server could not judge is retried.
-    pub fn from_outcome<T>(outcome: Outcome<T>, fix: &str) -> Result<T, AgentError> {
+    pub(crate) fn from_outcome<T>(outcome: Outcome<T>, fix: &str) -> Result<T, AgentError> {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(rejection)) => Err(AgentError::rejected(&rejection, fix)),
@@ -121,16 +113,8 @@ impl AgentError {
         }
     }
 
-    /// The same, for a bare status (from the auth service or the transport under it).
-    pub fn from_status(status: &Status, fix: &str) -> AgentError {
-        match classify(status) {
-            Ok(rejection) => AgentError::rejected(&rejection, fix),
-            Err(outage) => AgentError::retry_later(&outage),
-        }
-    }
-
     /// The server refused the token: log in again.
-    pub fn rejected(rejection: &Rejection, fix: &str) -> AgentError {
+    pub(crate) fn rejected(rejection: &Rejection, fix: &str) -> AgentError {
         AgentError::Reauthenticate {
             reason: RejectReason::from_rejection(rejection),
             detail: None,
@@ -141,7 +125,7 @@ impl AgentError {
     /// The server could not judge the token: retry later. A TLS certificate the agent
     /// does not trust is no login problem either: it is retried like an outage, with
     /// the fix named.
-    pub fn retry_later(outage: &Unavailable) -> AgentError {
+    pub(crate) fn retry_later(outage: &Unavailable) -> AgentError {
         let mut cause = outage.cause().to_owned();
         if ["certificate", "UnknownIssuer", "NotValidForName"]
             .iter()
@@ -161,7 +145,7 @@ impl AgentError {
 
     /// A local file error: a file that does not parse (`InvalidData`) is a configuration
     /// error naming the file and `fix`; any other is the OS error on that file.
-    pub fn file(err: io::Error, action: &'static str, path: &Path, fix: &str) -> AgentError {
+    pub(crate) fn file(err: io::Error, action: &'static str, path: &Path, fix: &str) -> AgentError {
         if err.kind() == io::ErrorKind::InvalidData {
             AgentError::FixConfig(format!("{}: {err}; {fix}", path.display()))
         } else {
@@ -171,11 +155,6 @@ impl AgentError {
                 source: err,
             }
         }
-    }
-
-    /// True for a login problem (the daemon's "unauthenticated" state).
-    pub fn is_rejection(&self) -> bool {
-        matches!(self, AgentError::Reauthenticate { .. })
     }
 
     /// The process exit code for a one-shot command: 3 log in again, 1 retry later,
@@ -194,12 +173,22 @@ mod tests {
     use std::collections::HashMap;
 
     use auth_api::ERROR_DOMAIN;
-    use tonic::Code;
+    use auth_client::outcome::classify;
+    use tonic::{Code, Status};
     use tonic_types::{ErrorDetails, StatusExt};
 
     use super::*;
 
     const FIX: &str = "run `auth-agent login` to re-authenticate";
+
+    /// What the agent makes of `status`, through auth-client's one mapping of a status
+    /// (`classify`), as `from_outcome` does with a call's answer.
+    fn from_status(status: &Status) -> AgentError {
+        match classify(status) {
+            Ok(rejection) => AgentError::rejected(&rejection, FIX),
+            Err(outage) => AgentError::retry_later(&outage),
+        }
+    }
 
     fn unauthenticated(reason: &str, domain: &str) -> Status {
         let details = ErrorDetails::with_error_info(reason, domain, HashMap::new());
@@ -215,8 +204,8 @@ mod tests {
             "TOKEN_EXPIRED",
             "TOKEN_REVOKED",
         ] {
-            let err = AgentError::from_status(&unauthenticated(reason, ERROR_DOMAIN), FIX);
-            assert!(err.is_rejection());
+            let err = from_status(&unauthenticated(reason, ERROR_DOMAIN));
+            assert!(matches!(err, AgentError::Reauthenticate { .. }));
             assert_eq!(err.exit_code(), 3);
             assert_eq!(
                 err.to_string(),
@@ -227,13 +216,13 @@ mod tests {
 
     #[test]
     fn unauthenticated_without_our_error_info_is_still_a_rejection() {
-        let bare = AgentError::from_status(&Status::unauthenticated("nope"), FIX);
+        let bare = from_status(&Status::unauthenticated("nope"));
         assert!(
             bare.to_string()
                 .starts_with("token rejected (UNAUTHENTICATED):"),
             "{bare}"
         );
-        let foreign = AgentError::from_status(&unauthenticated("JWT_BAD", "mesh.example"), FIX);
+        let foreign = from_status(&unauthenticated("JWT_BAD", "mesh.example"));
         assert!(
             foreign.to_string().contains("(mesh.example/JWT_BAD)"),
             "{foreign}"
@@ -249,7 +238,7 @@ mod tests {
             Status::unknown("transport error"),
             Status::permission_denied("not yours"),
         ] {
-            let err = AgentError::from_status(&status, FIX);
+            let err = from_status(&status);
             assert!(matches!(err, AgentError::RetryLater { .. }), "{err:?}");
             assert_eq!(err.exit_code(), 1);
             assert!(
@@ -262,32 +251,10 @@ mod tests {
     }
 
     #[test]
-    fn reasons_round_trip_through_the_wire_spelling() {
-        for wire in [
-            "MISSING_CREDENTIALS",
-            "TOKEN_MALFORMED",
-            "TOKEN_UNKNOWN",
-            "TOKEN_EXPIRED",
-            "TOKEN_REVOKED",
-            "NEW_ONE",
-        ] {
-            assert_eq!(RejectReason::from_wire(wire).as_str(), wire);
-        }
-        assert_eq!(
-            RejectReason::from_wire("TOKEN_EXPIRED"),
-            RejectReason::Known(ErrorReason::TokenExpired)
-        );
-        assert!(matches!(
-            RejectReason::from_wire("ERROR_REASON_UNSPECIFIED"),
-            RejectReason::Other(_)
-        ));
-    }
-
-    #[test]
     fn a_certificate_problem_is_retried_and_names_the_ca_file() {
         let status =
             Status::unavailable("tcp connect error: invalid peer certificate: UnknownIssuer");
-        let err = AgentError::from_status(&status, FIX);
+        let err = from_status(&status);
         assert!(matches!(err, AgentError::RetryLater { .. }));
         let text = err.to_string();
         assert!(

@@ -13,13 +13,13 @@ use std::{
 };
 
 /// Mode of every file the agent writes: owner read/write only.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 /// Mode of a directory the agent creates for its files.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Parses `key = "value"` lines; blank lines and `#` comments are skipped. Unknown keys
 /// are kept (the caller ignores them), so an older agent can read a newer file.
-pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -65,7 +65,7 @@ fn unquote(value: &str) -> Option<String> {
 }
 
 /// Formats one `key = "value"` line, escaped so that [`parse`] reads back the same value.
-pub fn line(key: &str, value: &str) -> String {
+pub(crate) fn line(key: &str, value: &str) -> String {
     let mut out = format!("{key} = \"");
     for c in value.chars() {
         match c {
@@ -86,7 +86,7 @@ pub fn line(key: &str, value: &str) -> String {
 /// chmod-ed afterwards, so there is no moment when the secret is world-readable), fsynced,
 /// then renamed over the target: a reader sees the old file or the new one, never half.
 /// The parent directory is created 0700 when missing.
-pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -125,7 +125,7 @@ pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
 }
 
 /// Reads a file, or `None` when it does not exist.
-pub async fn read_optional(path: &Path) -> io::Result<Option<String>> {
+pub(crate) async fn read_optional(path: &Path) -> io::Result<Option<String>> {
     match tokio::fs::read_to_string(path).await {
         Ok(text) => Ok(Some(text)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -135,7 +135,7 @@ pub async fn read_optional(path: &Path) -> io::Result<Option<String>> {
 
 /// Reads a private file and parses it with `parse`; `None` when it does not exist. A
 /// parse error is an `InvalidData` error carrying the parser's message.
-pub async fn load<T>(
+pub(crate) async fn load<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> io::Result<Option<T>> {
@@ -149,7 +149,7 @@ pub async fn load<T>(
 
 /// Replaces a private file atomically, mode 0600 (see [`write_private`]), on the
 /// blocking pool: a few hundred bytes and two fsyncs do not belong on the reactor.
-pub async fn store(path: &Path, text: String) -> io::Result<()> {
+pub(crate) async fn store(path: &Path, text: String) -> io::Result<()> {
     let owned = path.to_owned();
     tokio::task::spawn_blocking(move || write_private(&owned, &text))
         .await

@@ -30,7 +30,7 @@ pub enum AgentState {
 
 impl AgentState {
     /// Every state, in the order metrics list them.
-    pub const ALL: [AgentState; 5] = [
+    pub(crate) const ALL: [AgentState; 5] = [
         AgentState::Starting,
         AgentState::Ready,
         AgentState::Retrying,
@@ -39,7 +39,7 @@ impl AgentState {
     ];
 
     /// Lower-case name, as in `/readyz` bodies and the `state` metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AgentState::Starting => "starting",
             AgentState::Ready => "ready",
@@ -90,7 +90,7 @@ pub struct Snapshot {
     /// The user the token belongs to, once looked up.
     pub user_id: Option<String>,
     /// The token's name, once looked up.
-    pub token_name: Option<String>,
+    pub(crate) token_name: Option<String>,
 }
 
 impl Default for Snapshot {
@@ -121,7 +121,7 @@ impl Default for Health {
 
 impl Health {
     /// A fresh snapshot in [`AgentState::Starting`].
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Health(Arc::new(watch::Sender::new(Snapshot::default())))
     }
 
@@ -136,7 +136,7 @@ impl Health {
     }
 
     /// Changes the snapshot and notifies subscribers.
-    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         self.0.send_modify(change);
     }
 }

@@ -19,13 +19,13 @@ use crate::{
 
 /// An HTTP response, before it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// `Content-Type`.
-    pub content_type: &'static str,
+    pub(crate) content_type: &'static str,
     /// Body.
-    pub body: String,
+    pub(crate) body: String,
 }
 
 impl Response {
@@ -45,7 +45,7 @@ impl Response {
 /// - `/readyz` (readiness): 200 when `ready` or `retrying`, 503 when `starting` or
 ///   `unauthenticated`; the body names the state (and the rejection reason).
 /// - `/metrics`: Prometheus text format.
-pub fn respond(
+pub(crate) fn respond(
     method: &str,
     path: &str,
     snapshot: &Snapshot,
@@ -106,7 +106,7 @@ async fn handle(State(shared): State<Shared>, request: Request) -> HttpResponse 
 
 /// Serves the endpoint on `listener` until `shutdown` completes (in-flight requests
 /// finish first).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     health: Health,
     clock: Arc<dyn Clock>,

@@ -19,35 +19,35 @@
 //!   rejection reasons;
 //! - [`clock`], [`timefmt`], [`files`], [`telemetry`]: plain helpers (the injectable
 //!   wall clock, time formatting, private files, logging setup).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod cmd;
-pub mod daemon;
+pub(crate) mod daemon;
 
 pub mod health;
-pub mod http;
+pub(crate) mod http;
 
-pub mod schedule;
+pub(crate) mod schedule;
 
 pub mod config;
-pub mod source;
-pub mod state;
+pub(crate) mod source;
+pub(crate) mod state;
 
 pub mod client;
 
-pub mod server_url;
-pub mod token;
+pub(crate) mod server_url;
+pub(crate) mod token;
 
-pub mod error;
+pub(crate) mod error;
 
-pub mod clock;
-pub mod files;
+pub(crate) mod clock;
+pub(crate) mod files;
 pub mod telemetry;
 pub mod timefmt;
 
-pub use client::{Client, Identity, RenewOutcome, TlsFiles, Transport};
+pub use client::{Client, TlsFiles, Transport};
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use daemon::{RunOptions, ServerSource, run};
 pub use error::{AgentError, RejectReason};

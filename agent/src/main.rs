@@ -1,7 +1,7 @@
 //! The `auth-agent` binary: parse flags, set up logging, run the command (all logic lives
 //! in the library, see `lib.rs`). Exit codes: 0 ok, 1 retry later (server unreachable),
 //! 2 fix the configuration or usage, 3 log in again (token missing or rejected).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -8,11 +8,11 @@ use crate::client::RenewOutcome;
 /// Never schedule sooner than this after a success. Guards against a server whose clock is
 /// behind ours: its `next_renewal_at` may already be past for us while it still answers
 /// "not yet", and without a floor the agent would call it in a tight loop.
-pub const MIN_DELAY_AFTER_SUCCESS: Duration = Duration::from_secs(60);
+pub(crate) const MIN_DELAY_AFTER_SUCCESS: Duration = Duration::from_secs(60);
 
 /// How long before a token that cannot be renewed any more expires the agent looks at it
 /// one last time: one more warning while it still works, close enough to act on.
-pub const FINAL_NOTICE: Duration = Duration::from_secs(3600);
+pub(crate) const FINAL_NOTICE: Duration = Duration::from_secs(3600);
 
 /// Used in place of a delay that does not fit in a `SystemTime` (which would panic).
 const FALLBACK_DELAY: Duration = Duration::from_secs(365 * 86_400);
@@ -59,7 +59,12 @@ impl Schedule {
     ///
     /// Never sooner than [`MIN_DELAY_AFTER_SUCCESS`], and never after a known expiry that
     /// is still ahead, even when that leaves less than the minimum delay.
-    pub fn after_success(&self, now: SystemTime, outcome: &RenewOutcome, u: f64) -> SystemTime {
+    pub(crate) fn after_success(
+        &self,
+        now: SystemTime,
+        outcome: &RenewOutcome,
+        u: f64,
+    ) -> SystemTime {
         let jitter = self.jitter_fraction() * unit(u);
         let on_interval = later(now, scale(self.interval, 1.0 - jitter));
         let floor = later(now, MIN_DELAY_AFTER_SUCCESS);
@@ -86,7 +91,7 @@ impl Schedule {
     /// The delay before retry number `failures` (1 for the first failure): `backoff_initial`
     /// doubled per failure, capped at `backoff_max`, then shortened by up to `jitter` of
     /// itself with sample `u` in `[0, 1)`.
-    pub fn backoff(&self, failures: u32, u: f64) -> Duration {
+    pub(crate) fn backoff(&self, failures: u32, u: f64) -> Duration {
         let doublings = failures.saturating_sub(1);
         let base = match 1u32.checked_shl(doublings) {
             Some(factor) => self
@@ -99,7 +104,7 @@ impl Schedule {
     }
 
     /// The next attempt after failure number `failures` at `now`.
-    pub fn after_failure(&self, now: SystemTime, failures: u32, u: f64) -> SystemTime {
+    pub(crate) fn after_failure(&self, now: SystemTime, failures: u32, u: f64) -> SystemTime {
         later(now, self.backoff(failures, u))
     }
 
@@ -131,7 +136,7 @@ fn unit(u: f64) -> f64 {
 
 /// `at + delay`, without the panic of `+` when the sum does not fit in a `SystemTime`
 /// (the flags are bounded, but the server's timestamps are not): then a year later.
-pub fn later(at: SystemTime, delay: Duration) -> SystemTime {
+pub(crate) fn later(at: SystemTime, delay: Duration) -> SystemTime {
     at.checked_add(delay)
         .or_else(|| at.checked_add(FALLBACK_DELAY))
         .unwrap_or(at)
@@ -148,7 +153,7 @@ fn final_check(expires_at: SystemTime, floor: SystemTime) -> SystemTime {
 
 /// A uniform sample in `[0, 1)` from the OS random source. Jitter only needs to differ
 /// between machines, so if the source fails the midpoint is good enough.
-pub fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     match getrandom::u64() {
         // 53 random bits: exactly representable in an f64 mantissa.
         Ok(bits) => (bits >> 11) as f64 / (1u64 << 53) as f64,

@@ -4,7 +4,7 @@ use std::{fmt, str::FromStr};
 use crate::error::AgentError;
 
 /// Environment variable naming the server (the `--server` flag's variable).
-pub const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
+pub(crate) const SERVER_ENV: &str = "AUTH_AGENT_SERVER";
 
 /// A validated server URL: `http://host:port` or `https://host:port`, normalised (no
 /// path, no trailing slash). The rules are auth-client's; the error names the flag.
@@ -32,34 +32,9 @@ impl fmt::Display for ServerUrl {
 }
 
 impl ServerUrl {
-    /// The URL as a string, e.g. `http://127.0.0.1:50051`.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
     /// The URL as auth-client takes it.
-    pub fn url(&self) -> &auth_client::ServerUrl {
+    pub(crate) fn url(&self) -> &auth_client::ServerUrl {
         &self.0
-    }
-
-    /// True for `https://`.
-    pub fn is_https(&self) -> bool {
-        self.0.is_https()
-    }
-
-    /// `host:port` (the port defaulted to 443 or 80 by scheme when the URL has none).
-    pub fn authority(&self) -> String {
-        self.0.authority()
-    }
-
-    /// The host name or address (IPv6 without brackets).
-    pub fn host(&self) -> &str {
-        self.0.host()
-    }
-
-    /// The port (443 for https and 80 for http when the URL has none).
-    pub fn port(&self) -> u16 {
-        self.0.port()
     }
 }
 
@@ -70,22 +45,10 @@ mod tests {
     #[test]
     fn accepts_http_and_https_and_normalises() {
         let url: ServerUrl = "http://127.0.0.1:50051/".parse().unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:50051");
-        assert!(!url.is_https());
+        assert_eq!(url.to_string(), "http://127.0.0.1:50051");
+        assert!(!url.url().is_https());
         let tls: ServerUrl = "https://auth.example.com".parse().unwrap();
-        assert!(tls.is_https());
-    }
-
-    #[test]
-    fn host_and_port() {
-        let url: ServerUrl = "https://auth.example.com".parse().unwrap();
-        assert_eq!((url.host(), url.port()), ("auth.example.com", 443));
-        let url: ServerUrl = "http://127.0.0.1:50051".parse().unwrap();
-        assert_eq!((url.host(), url.port()), ("127.0.0.1", 50051));
-        assert_eq!(url.authority(), "127.0.0.1:50051");
-        let url: ServerUrl = "https://[::1]:8443".parse().unwrap();
-        assert_eq!((url.host(), url.port()), ("::1", 8443));
-        assert_eq!(url.authority(), "[::1]:8443");
+        assert!(tls.url().is_https());
     }
 
     #[test]

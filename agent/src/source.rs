@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// Environment variable that may hold the token itself (read once, at start).
-pub const TOKEN_ENV: &str = "AUTH_AGENT_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "AUTH_AGENT_TOKEN";
 
 /// Where the token comes from. Precedence (decided once, at start, from the flags):
 /// `--token-file`/`AUTH_AGENT_TOKEN_FILE`, then `AUTH_AGENT_TOKEN`, then the config file.
@@ -33,7 +33,7 @@ pub enum TokenSource {
 impl TokenSource {
     /// Reads the token now. A missing or malformed token is a [`AgentError::Reauthenticate`]
     /// carrying this source's fix, exactly like a token the server rejects.
-    pub async fn load(&self) -> Result<Token, AgentError> {
+    pub(crate) async fn load(&self) -> Result<Token, AgentError> {
         let missing =
             |detail: String| self.rejected(RejectReason::MISSING_CREDENTIALS, Some(detail));
         let text = match self {
@@ -75,7 +75,7 @@ impl TokenSource {
     }
 
     /// A rejection with this source's fix.
-    pub fn rejected(&self, reason: RejectReason, detail: Option<String>) -> AgentError {
+    pub(crate) fn rejected(&self, reason: RejectReason, detail: Option<String>) -> AgentError {
         AgentError::Reauthenticate {
             reason,
             detail,
@@ -84,7 +84,7 @@ impl TokenSource {
     }
 
     /// The exact action that gives the agent a valid token from this source.
-    pub fn fix(&self) -> String {
+    pub(crate) fn fix(&self) -> String {
         match self {
             TokenSource::Config {
                 explicit: false, ..

@@ -9,26 +9,26 @@ use std::{
 use crate::{client::RenewOutcome, error::AgentError, files, timefmt};
 
 /// Environment variable naming the state file (the `--state-file` flag's variable).
-pub const STATE_ENV: &str = "AUTH_AGENT_STATE_FILE";
+pub(crate) const STATE_ENV: &str = "AUTH_AGENT_STATE_FILE";
 
 /// What the last successful renewal answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
+pub(crate) struct State {
     /// When the last `RenewCurrentToken` call succeeded (extended or not).
-    pub last_renewal: SystemTime,
+    pub(crate) last_renewal: SystemTime,
     /// Whether that call extended the expiry.
-    pub extended: bool,
+    pub(crate) extended: bool,
     /// The expiry it reported; `None` for a token that never expires.
-    pub expires_at: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
     /// The earliest time a renewal would extend the token again, as that call reported;
     /// `None` when none can (never expires, or at its maximum lifetime), or in a file
     /// written before this was recorded.
-    pub next_renewal_at: Option<SystemTime>,
+    pub(crate) next_renewal_at: Option<SystemTime>,
 }
 
 impl State {
     /// The state after a successful renewal at `now`.
-    pub fn after(now: SystemTime, outcome: &RenewOutcome) -> State {
+    pub(crate) fn after(now: SystemTime, outcome: &RenewOutcome) -> State {
         State {
             last_renewal: now,
             extended: outcome.renewed,
@@ -38,7 +38,7 @@ impl State {
     }
 
     /// The file's text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out =
             String::from("# auth-agent state, rewritten after every successful renewal.\n");
         out.push_str(&files::line(
@@ -61,7 +61,7 @@ impl State {
     }
 
     /// Parses the file's text.
-    pub fn parse(text: &str) -> Result<State, String> {
+    pub(crate) fn parse(text: &str) -> Result<State, String> {
         let map = files::parse(text)?;
         let get = |key: &str| map.get(key).ok_or_else(|| format!("missing `{key}`"));
         let time = |key: &str| -> Result<SystemTime, String> {
@@ -85,12 +85,12 @@ impl State {
 }
 
 /// The default state file: `state`, next to the config file.
-pub fn default_path(config_path: &Path) -> PathBuf {
+pub(crate) fn default_path(config_path: &Path) -> PathBuf {
     config_path.with_file_name("state")
 }
 
 /// Reads the state file; `None` when no renewal has been recorded yet.
-pub async fn load(path: &Path) -> Result<Option<State>, AgentError> {
+pub(crate) async fn load(path: &Path) -> Result<Option<State>, AgentError> {
     let fix = "delete it, the next renewal rewrites it";
     files::load(path, State::parse)
         .await
@@ -98,14 +98,14 @@ pub async fn load(path: &Path) -> Result<Option<State>, AgentError> {
 }
 
 /// Replaces the state file atomically (mode 0600: it says when a token expires).
-pub async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
+pub(crate) async fn store(path: &Path, state: &State) -> Result<(), AgentError> {
     files::store(path, state.render())
         .await
         .map_err(|err| AgentError::file(err, "write", path, ""))
 }
 
 /// Removes the state file (a different token was logged in); no file is fine.
-pub async fn remove(path: &Path) -> Result<(), AgentError> {
+pub(crate) async fn remove(path: &Path) -> Result<(), AgentError> {
     match tokio::fs::remove_file(path).await {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),

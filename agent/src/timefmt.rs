@@ -7,7 +7,7 @@ pub fn rfc3339(at: SystemTime) -> String {
 }
 
 /// A duration rounded to its two largest units, e.g. `89d 23h`, `5h 3m`, `42s`.
-pub fn approx(d: Duration) -> String {
+pub(crate) fn approx(d: Duration) -> String {
     let secs = d.as_secs();
     let (days, hours, mins, secs) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (days, hours, mins) {
@@ -19,7 +19,7 @@ pub fn approx(d: Duration) -> String {
 }
 
 /// `in 3d 2h` for a time ahead of `now`, `5m 0s ago` for one behind it.
-pub fn relative(at: SystemTime, now: SystemTime) -> String {
+pub(crate) fn relative(at: SystemTime, now: SystemTime) -> String {
     match at.duration_since(now) {
         Ok(ahead) => format!("in {}", approx(ahead)),
         Err(behind) => format!("{} ago", approx(behind.duration())),

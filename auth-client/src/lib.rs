@@ -22,7 +22,7 @@
 //!   `transport::tls`);
 //! - [`outcome`]: what calls answer ([`Identity`], [`Rejection`], [`Unavailable`]) and
 //!   the one mapping from a gRPC status.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod layer;

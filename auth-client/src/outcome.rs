@@ -327,7 +327,6 @@ pub fn code_name(code: Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn unauthenticated(reason: &str, domain: &str) -> Status {

@@ -158,7 +158,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use std::sync::{
         Arc,
         atomic::{AtomicU32, Ordering},

@@ -30,13 +30,13 @@ use crate::{
 };
 
 /// The retry delay of shed database work.
-pub const SHED_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const SHED_RETRY: Duration = Duration::from_secs(1);
 /// Most peers tracked at once by the throttle; beyond it, new peers are not counted
 /// until the periodic clean-up has dropped the quiet ones.
 const MAX_TRACKED_PEERS: usize = 100_000;
 
 /// The failed-credential throttle of the self-service calls.
-pub struct FailureThrottle {
+pub(crate) struct FailureThrottle {
     /// `None`: turned off (`--auth-failure-limit 0`).
     limiter: Option<RateLimiter<IpAddr, HashMapStateStore<IpAddr>, DefaultClock>>,
     blocked: moka::sync::Cache<IpAddr, Instant>,
@@ -47,7 +47,7 @@ pub struct FailureThrottle {
 
 impl FailureThrottle {
     /// At most `per_minute` failures a minute per peer (as a burst, refilling evenly).
-    pub fn new(per_minute: u32) -> FailureThrottle {
+    pub(crate) fn new(per_minute: u32) -> FailureThrottle {
         FailureThrottle::tracking(per_minute, MAX_TRACKED_PEERS)
     }
 
@@ -66,7 +66,7 @@ impl FailureThrottle {
     }
 
     /// Refuses a peer that is over its budget of failures.
-    pub fn check(&self, peer: Option<IpAddr>) -> Result<()> {
+    pub(crate) fn check(&self, peer: Option<IpAddr>) -> Result<()> {
         let Some(peer) = peer else { return Ok(()) };
         if let Some(until) = self.blocked.get(&peer) {
             let now = Instant::now();
@@ -82,7 +82,7 @@ impl FailureThrottle {
     }
 
     /// Counts a credential failure from `peer`; the one over budget blocks it.
-    pub fn failed(&self, peer: Option<IpAddr>) {
+    pub(crate) fn failed(&self, peer: Option<IpAddr>) {
         let (Some(limiter), Some(peer)) = (&self.limiter, peer) else {
             return;
         };
@@ -100,7 +100,7 @@ impl FailureThrottle {
     }
 
     /// Forgets peers whose budget is full again (bounds memory; called periodically).
-    pub fn clean_up(&self) {
+    pub(crate) fn clean_up(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -109,14 +109,14 @@ impl FailureThrottle {
 }
 
 /// Bounds on database work: per token, and on the pool's queue.
-pub struct DbAdmission {
+pub(crate) struct DbAdmission {
     per_token: usize,
     max_waiting: usize,
     in_flight: Arc<Mutex<HashMap<Key, usize>>>,
 }
 
 /// A call's place among its token's in-flight database work; released on drop.
-pub struct Admitted {
+pub(crate) struct Admitted {
     key: Key,
     in_flight: Arc<Mutex<HashMap<Key, usize>>>,
 }
@@ -135,7 +135,7 @@ impl Drop for Admitted {
 }
 
 impl DbAdmission {
-    pub fn new(per_token: usize, max_waiting: usize) -> DbAdmission {
+    pub(crate) fn new(per_token: usize, max_waiting: usize) -> DbAdmission {
         DbAdmission {
             per_token: per_token.max(1),
             max_waiting,
@@ -146,7 +146,7 @@ impl DbAdmission {
     /// Admits one database operation on the token `key`, or sheds it: more than
     /// `per_token` in flight for this token, or `max_waiting` calls already queued for a
     /// pooled connection (`waiting`, from the pool's status).
-    pub fn admit(&self, key: Key, waiting: usize) -> Result<Admitted> {
+    pub(crate) fn admit(&self, key: Key, waiting: usize) -> Result<Admitted> {
         if waiting >= self.max_waiting {
             return Err(Error::Overloaded {
                 what: format!("{waiting} calls are already waiting for a database connection"),
@@ -178,7 +178,6 @@ impl DbAdmission {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use auth_api::ErrorReason;
     use tonic::Code;
 

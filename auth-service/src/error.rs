@@ -84,7 +84,7 @@ pub enum Shed {
 }
 
 impl Shed {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Shed::Queue => "queue",
             Shed::Token => "token",
@@ -94,7 +94,7 @@ impl Shed {
 }
 
 /// RFC 3339 in UTC, second precision: what people and logs see.
-pub fn fmt_time(t: DateTime<Utc>) -> String {
+pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -128,7 +128,7 @@ impl Error {
     /// Anything else (a full or failing disk, a quota, no memory) may pass, and systemd
     /// restarts a service that exits 1 but not one that exits 2
     /// (`RestartPreventExitStatus=2`): it is [`Error::Runtime`].
-    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
+    pub(crate) fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
         if operator_must_fix(e) {
             Error::Config(format!("{what}: {e}"))
         } else {
@@ -142,7 +142,7 @@ impl Error {
     /// is [`Error::Config`]. Anything else (no answer, connection refused, too many
     /// connections) is the database being unavailable. Once serving, every connection
     /// failure stays `Unavailable`: the caller should keep its token and retry.
-    pub fn connecting(e: deadpool_postgres::PoolError) -> Error {
+    pub(crate) fn connecting(e: deadpool_postgres::PoolError) -> Error {
         use tokio_postgres::error::SqlState;
         if let deadpool_postgres::PoolError::Backend(pg) = &e
             && let Some(code) = pg.code()
@@ -167,7 +167,7 @@ fn operator_must_fix(e: &std::io::Error) -> bool {
             | DirectoryNotEmpty
             | ReadOnlyFilesystem
             | InvalidFilename
-    ) || e.raw_os_error() == Some(libc::ELOOP)
+    ) || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -234,7 +234,7 @@ const BUG_TEXTS: [&str; 5] = [
 /// An error with its causes, as one line. tokio-postgres's own text is only the kind
 /// ("db error"): PostgreSQL's message (e.g. "password authentication failed for user
 /// ...", which never contains the password) is in the cause.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -362,7 +362,6 @@ impl From<Error> for Status {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn reason_of(s: &Status) -> Option<String> {
@@ -430,32 +429,38 @@ mod tests {
 
     #[test]
     fn only_io_errors_the_operator_must_fix_exit_2() {
-        use std::io::Error as Io;
+        use rustix::io::Errno;
         for errno in [
-            libc::EACCES,
-            libc::EPERM,
-            libc::ENOENT,
-            libc::ENOTDIR,
-            libc::EISDIR,
-            libc::ENOTEMPTY,
-            libc::EROFS,
-            libc::ENAMETOOLONG,
-            libc::ELOOP,
+            Errno::ACCESS,
+            Errno::PERM,
+            Errno::NOENT,
+            Errno::NOTDIR,
+            Errno::ISDIR,
+            Errno::NOTEMPTY,
+            Errno::ROFS,
+            Errno::NAMETOOLONG,
+            Errno::LOOP,
         ] {
-            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
-            assert_eq!(e.exit_code(), 2, "errno {errno}: {e}");
+            let e = Error::io(
+                "creating --data-dir",
+                &std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert_eq!(e.exit_code(), 2, "{errno:?}: {e}");
         }
         for errno in [
-            libc::ENOSPC,
-            libc::EDQUOT,
-            libc::EIO,
-            libc::ENOMEM,
-            libc::EAGAIN,
-            libc::EMFILE,
-            libc::EINTR,
+            Errno::NOSPC,
+            Errno::DQUOT,
+            Errno::IO,
+            Errno::NOMEM,
+            Errno::AGAIN,
+            Errno::MFILE,
+            Errno::INTR,
         ] {
-            let e = Error::io("creating --data-dir", &Io::from_raw_os_error(errno));
-            assert_eq!(e.exit_code(), 1, "errno {errno}: {e}");
+            let e = Error::io(
+                "creating --data-dir",
+                &std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert_eq!(e.exit_code(), 1, "{errno:?}: {e}");
             assert!(e.to_string().starts_with("creating --data-dir: "), "{e}");
         }
     }

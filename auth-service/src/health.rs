@@ -16,7 +16,7 @@ use crate::{db::Db, metrics::Metrics};
 
 /// The serving status, as `grpc.health.v1` and `/readyz` report it. Cheap to clone.
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     reporter: HealthReporter,
     serving: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -24,7 +24,7 @@ pub struct Health {
 
 impl Health {
     /// Starts NOT_SERVING: nothing is known about the database yet.
-    pub async fn new(reporter: HealthReporter, metrics: Arc<Metrics>) -> Health {
+    pub(crate) async fn new(reporter: HealthReporter, metrics: Arc<Metrics>) -> Health {
         let health = Health {
             reporter,
             serving: Arc::new(AtomicBool::new(false)),
@@ -35,7 +35,7 @@ impl Health {
     }
 
     /// Sets the overall ("") and the auth service's status together.
-    pub async fn set(&self, status: ServingStatus) {
+    pub(crate) async fn set(&self, status: ServingStatus) {
         self.serving
             .store(status == ServingStatus::Serving, Ordering::Release);
         for name in ["", auth_api::SERVICE_NAME] {
@@ -44,7 +44,7 @@ impl Health {
     }
 
     /// Whether the service reports SERVING.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
 }
@@ -59,7 +59,7 @@ const MIN_PROBE_GAP: Duration = Duration::from_millis(500);
 /// probe. `trouble` is woken by calls that found the database unavailable: then the
 /// probe runs at once, and one failure is enough for NOT_SERVING (the calls failed too),
 /// so that traffic moves away within moments, not a probe interval or two.
-pub async fn monitor(
+pub(crate) async fn monitor(
     db: Db,
     health: Health,
     every: Duration,

@@ -26,19 +26,19 @@ use crate::{
 
 /// What the routes read.
 #[derive(Clone)]
-pub struct HttpState {
-    pub metrics: Arc<Metrics>,
-    pub cache: Arc<TokenCache>,
-    pub db: Db,
+pub(crate) struct HttpState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) db: Db,
     /// The health probe's own handle (its session counts against the budget).
-    pub probe: Db,
+    pub(crate) probe: Db,
     /// `--db-max-connections`.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// The trace exporter, for its dropped-span count.
-    pub traces: Option<auth_telemetry::otel::Traces>,
-    pub health: Health,
+    pub(crate) traces: Option<auth_telemetry::otel::Traces>,
+    pub(crate) health: Health,
     /// The token checks and who may ask, for forward-auth.
-    pub forward_auth: ForwardAuth,
+    pub(crate) forward_auth: ForwardAuth,
 }
 
 impl FromRef<HttpState> for ForwardAuth {
@@ -48,7 +48,7 @@ impl FromRef<HttpState> for ForwardAuth {
 }
 
 /// The routes, for serving and for tests.
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/metrics", get(metrics_page))
@@ -142,7 +142,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 
 /// Serves until `shutdown` completes (in-flight requests finish first, within the
 /// request time limit): at most `accept.cap` connections, each with `limits`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: HttpState,
     accept: transport::Accept,

@@ -13,13 +13,13 @@ use uuid::Uuid;
 use crate::db::Db;
 
 /// How often one token's `last_used_at` is written at most.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(60);
 const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 
 /// The handlers' side: cheap to clone, never blocks.
 #[derive(Clone)]
-pub struct Toucher {
+pub(crate) struct Toucher {
     tx: mpsc::Sender<Uuid>,
     // A std Mutex: held for a map lookup only, never across an await.
     recent: Arc<Mutex<HashMap<Uuid, Instant>>>,
@@ -28,14 +28,14 @@ pub struct Toucher {
 impl Toucher {
     /// Queues a stamp for a token whose caller already keeps it to about once a minute
     /// (a cache entry does).
-    pub fn send(&self, token_id: Uuid) {
+    pub(crate) fn send(&self, token_id: Uuid) {
         if self.tx.try_send(token_id).is_err() {
             tracing::debug!("last-used queue full; stamp dropped");
         }
     }
 
     /// Notes that the token was just used.
-    pub fn touch(&self, token_id: Uuid) {
+    pub(crate) fn touch(&self, token_id: Uuid) {
         let now = Instant::now();
         {
             let Ok(mut recent) = self.recent.lock() else {
@@ -59,7 +59,10 @@ impl Toucher {
 /// Starts the writer. It ends, after writing what is queued, once every `Toucher`
 /// clone is dropped or `stop` resolves (a connection still open after the shutdown
 /// grace period may keep a clone alive).
-pub fn spawn(db: Db, stop: impl Future<Output = ()> + Send + 'static) -> (Toucher, JoinHandle<()>) {
+pub(crate) fn spawn(
+    db: Db,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> (Toucher, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Uuid>(QUEUE);
     let task = tokio::spawn(async move {
         tokio::pin!(stop);

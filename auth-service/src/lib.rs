@@ -20,21 +20,21 @@
 //! - [`error`]: the one error type and its mapping to gRPC status codes;
 //! - [`telemetry`]: logging and traces setup;
 //! - [`trace`]: the spans of a call (server, cache, database, webhook), W3C context in.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod cmd;
 pub mod config;
-pub mod http;
+pub(crate) mod http;
 pub mod server;
 pub mod service;
-pub mod transport;
+pub(crate) mod transport;
 
-pub mod admission;
-pub mod health;
-pub mod last_used;
+pub(crate) mod admission;
+pub(crate) mod health;
+pub(crate) mod last_used;
 pub mod notify;
-pub mod tasks;
+pub(crate) mod tasks;
 
 pub mod cache;
 pub mod metrics;
@@ -47,6 +47,6 @@ pub mod embedded;
 
 pub mod error;
 pub mod telemetry;
-pub mod trace;
+pub(crate) mod trace;
 
 pub use error::Error;

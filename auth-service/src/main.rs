@@ -1,7 +1,7 @@
 //! `auth-service`: parse flags, start logging, run the command. Exit codes: 0 ok, 1 a
 //! runtime failure (the database unreachable, a failed migration, unhealthy), 2 a
 //! configuration or usage error (clap's own usage errors exit 2 as well).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 use std::{future::Future, pin::Pin, process::ExitCode};
 
 use auth_service::{

@@ -27,7 +27,7 @@ pub struct TokenRecord {
 
 /// The record of a live token, or why there is none: unknown, revoked or expired at
 /// `now` (the database's clock, or the cache's estimate of it).
-pub fn judge(record: Option<&TokenRecord>, now: DateTime<Utc>) -> Result<&TokenRecord> {
+pub(crate) fn judge(record: Option<&TokenRecord>, now: DateTime<Utc>) -> Result<&TokenRecord> {
     let record = record.ok_or(Error::TokenUnknown)?;
     check_live(record.revoked_at, record.expires_at, now)?;
     Ok(record)
@@ -44,12 +44,16 @@ pub struct RenewalPolicy {
     pub max_lifetime: Option<Duration>,
 }
 
+/// The default `--renew-threshold`.
+pub(crate) const DEFAULT_THRESHOLD: Duration = Duration::from_secs(7 * 86400);
+/// The default `--renew-extension`.
+pub(crate) const DEFAULT_EXTENSION: Duration = Duration::from_secs(90 * 86400);
+
 impl Default for RenewalPolicy {
     fn default() -> Self {
-        const DAY: u64 = 24 * 3600;
         RenewalPolicy {
-            threshold: Duration::from_secs(7 * DAY),
-            extension: Duration::from_secs(90 * DAY),
+            threshold: DEFAULT_THRESHOLD,
+            extension: DEFAULT_EXTENSION,
             max_lifetime: None,
         }
     }
@@ -57,13 +61,13 @@ impl Default for RenewalPolicy {
 
 /// A configured duration as a time delta. Configuration bounds every duration far below
 /// chrono's range, so the saturation is never reached in practice.
-pub fn delta(d: Duration) -> TimeDelta {
+pub(crate) fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 /// A token is live unless revoked (reported first: it is the more specific cause) or
 /// past its expiry by the database clock `now`.
-pub fn check_live(
+pub(crate) fn check_live(
     revoked_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
@@ -79,7 +83,7 @@ pub fn check_live(
 
 /// The earliest time a renew would extend the token: its expiry minus the threshold;
 /// none when it never expires or has reached the maximum lifetime.
-pub fn next_renewal_at(
+pub(crate) fn next_renewal_at(
     policy: &RenewalPolicy,
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
@@ -101,7 +105,6 @@ pub fn next_renewal_at(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::ErrorReason;
 
     use super::*;

@@ -53,7 +53,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds `grpc` and, when given, `http`; errors name the flag.
-    pub async fn bind(grpc: SocketAddr, http: Option<SocketAddr>) -> Result<Listeners> {
+    pub(crate) async fn bind(grpc: SocketAddr, http: Option<SocketAddr>) -> Result<Listeners> {
         let grpc = TcpListener::bind(grpc).await.map_err(|e| {
             Error::Config(format!(
                 "cannot listen on {grpc} (--listen / AUTH_SERVICE_LISTEN): {e}"

@@ -12,28 +12,33 @@ use tokio::{
 
 /// A task that ended when it should not have.
 #[derive(Debug, Clone)]
-pub struct Failure {
-    pub task: &'static str,
+pub(crate) struct Failure {
+    pub(crate) task: &'static str,
     /// Whether the server must stop.
-    pub critical: bool,
-    pub why: String,
+    pub(crate) critical: bool,
+    pub(crate) why: String,
 }
 
 /// Hands out watched tasks, and the channel their failures arrive on.
-pub struct Watch {
+pub(crate) struct Watch {
     failures: mpsc::UnboundedSender<Failure>,
     stop: watch::Receiver<bool>,
 }
 
 impl Watch {
     /// A watch that treats an end after `stop` turned true as normal.
-    pub fn new(stop: watch::Receiver<bool>) -> (Watch, mpsc::UnboundedReceiver<Failure>) {
+    pub(crate) fn new(stop: watch::Receiver<bool>) -> (Watch, mpsc::UnboundedReceiver<Failure>) {
         let (failures, rx) = mpsc::unbounded_channel();
         (Watch { failures, stop }, rx)
     }
 
     /// Watches `task` (spawned already); the returned handle ends when it does.
-    pub fn task(&self, name: &'static str, critical: bool, task: JoinHandle<()>) -> JoinHandle<()> {
+    pub(crate) fn task(
+        &self,
+        name: &'static str,
+        critical: bool,
+        task: JoinHandle<()>,
+    ) -> JoinHandle<()> {
         self.future(name, critical, async move {
             task.await.map_err(|e| match e.try_into_panic() {
                 Ok(panic) => format!("panicked: {}", panic_message(&panic)),
@@ -43,7 +48,7 @@ impl Watch {
     }
 
     /// Watches a future that says how its task ended (a thread's, say).
-    pub fn future<F>(&self, name: &'static str, critical: bool, ended: F) -> JoinHandle<()>
+    pub(crate) fn future<F>(&self, name: &'static str, critical: bool, ended: F) -> JoinHandle<()>
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
@@ -75,7 +80,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[tokio::test]

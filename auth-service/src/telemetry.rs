@@ -6,10 +6,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use auth_telemetry::LogFormat;
+pub(crate) use auth_telemetry::LogFormat;
 
 /// The service's own log filter variable, read before `RUST_LOG`.
-pub const LOG_ENV: &str = "AUTH_SERVICE_LOG";
+pub(crate) const LOG_ENV: &str = "AUTH_SERVICE_LOG";
 
 /// `level` is the default for our own crate (`info` for `serve`, `warn` for the
 /// one-shot commands, whose output is for a person). With `traces`, this crate's spans
@@ -23,7 +23,7 @@ pub fn init(level: &str, format: LogFormat, traces: Option<&auth_telemetry::otel
 }
 
 /// A line for the person running a command, on stderr, in the log format.
-pub fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     auth_telemetry::say(tracing::Level::INFO, "auth_service", line);
 }
 
@@ -34,14 +34,14 @@ pub fn failed(error: &dyn std::fmt::Display) {
 
 /// Lets one log line through per period, and counts the ones it held back, so that a
 /// condition that fails every call (an outage, an attack) is said without flooding.
-pub struct Every {
+pub(crate) struct Every {
     period_secs: u64,
     last: AtomicU64,
     held_back: AtomicU64,
 }
 
 impl Every {
-    pub const fn new(period: Duration) -> Every {
+    pub(crate) const fn new(period: Duration) -> Every {
         Every {
             period_secs: if period.as_secs() == 0 {
                 1
@@ -54,7 +54,7 @@ impl Every {
     }
 
     /// `Some(held back since the last line)` when a line may be logged now.
-    pub fn ready(&self) -> Option<u64> {
+    pub(crate) fn ready(&self) -> Option<u64> {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())

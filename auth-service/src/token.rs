@@ -75,7 +75,6 @@ pub fn digest_of(token: &RawToken, prefix: &Prefix) -> TokenDigest {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::ErrorReason;
 
     use super::*;
@@ -127,7 +126,6 @@ mod tests {
 mod properties {
     //! Property tests of `parse`: it agrees with `digest_of` on every token, refuses every
     //! typo as `TOKEN_MALFORMED`, and never panics.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::{ErrorReason, token::with_random};
     use proptest::prelude::*;
 

@@ -11,7 +11,7 @@ use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The server span of a gRPC call to `service`/`method`.
-pub fn grpc_server(service: &'static str, method: &'static str) -> Span {
+pub(crate) fn grpc_server(service: &'static str, method: &'static str) -> Span {
     tracing::debug_span!(
         target: "auth_service::rpc",
         "rpc",
@@ -28,7 +28,7 @@ pub fn grpc_server(service: &'static str, method: &'static str) -> Span {
 
 /// The server span of an HTTP request to `route` (the route's pattern, never the path
 /// with its query).
-pub fn http_server(method: &http::Method, route: &'static str) -> Span {
+pub(crate) fn http_server(method: &http::Method, route: &'static str) -> Span {
     tracing::debug_span!(
         target: "auth_service::http",
         "http",
@@ -44,7 +44,7 @@ pub fn http_server(method: &http::Method, route: &'static str) -> Span {
 
 /// Joins `span` to the trace that `headers` carry (`traceparent`, `tracestate`), if
 /// any. Must come before `span` has children.
-pub fn join<'a>(span: &Span, headers: impl IntoIterator<Item = (&'a str, &'a str)>) {
+pub(crate) fn join<'a>(span: &Span, headers: impl IntoIterator<Item = (&'a str, &'a str)>) {
     if span.is_disabled() {
         return;
     }
@@ -56,7 +56,7 @@ pub fn join<'a>(span: &Span, headers: impl IntoIterator<Item = (&'a str, &'a str
 }
 
 /// The `traceparent`/`tracestate` pairs of an HTTP (or gRPC) header map.
-pub fn trace_headers(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn trace_headers(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|name| {
@@ -70,7 +70,7 @@ pub fn trace_headers(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &
 /// Records a gRPC call's status code on its server span. The codes that mean a server
 /// error (Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss)
 /// mark it an error, as the RPC conventions say for servers.
-pub fn grpc_status(span: &Span, code: i32) {
+pub(crate) fn grpc_status(span: &Span, code: i32) {
     if span.is_disabled() {
         return;
     }
@@ -81,7 +81,7 @@ pub fn grpc_status(span: &Span, code: i32) {
 }
 
 /// Records an HTTP response's status on its server span (5xx is an error).
-pub fn http_status(span: &Span, status: u16) {
+pub(crate) fn http_status(span: &Span, status: u16) {
     if span.is_disabled() {
         return;
     }
@@ -93,7 +93,7 @@ pub fn http_status(span: &Span, status: u16) {
 
 /// The span of one database statement, as a child of the current span (none outside a
 /// call: background work does not start traces of its own).
-pub fn db_statement(name: &'static str) -> Span {
+pub(crate) fn db_statement(name: &'static str) -> Span {
     if Span::current().is_none() {
         return Span::none();
     }
@@ -108,7 +108,7 @@ pub fn db_statement(name: &'static str) -> Span {
 }
 
 /// The span of the cache's decision on one lookup (`hit`, `miss` or `bypass`).
-pub fn cache_lookup() -> Span {
+pub(crate) fn cache_lookup() -> Span {
     tracing::debug_span!(
         target: "auth_service::cache",
         "cache",
@@ -119,7 +119,7 @@ pub fn cache_lookup() -> Span {
 
 /// The span of one expiry-notice delivery attempt to `host` (scheme and host only: the
 /// webhook's path may hold its key).
-pub fn webhook(host: &str, attempt: u32) -> Span {
+pub(crate) fn webhook(host: &str, attempt: u32) -> Span {
     tracing::debug_span!(
         target: "auth_service::notify",
         "webhook",

@@ -157,7 +157,6 @@ fn object(text: &str) -> Fields {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::fmt::MakeWriter;

@@ -9,7 +9,7 @@
 //! - [`json`]: the flat JSON event format and the line [`say`] writes in JSON mode;
 //! - [`otel`]: traces over OTLP, and W3C trace context in and out;
 //! - [`process`]: the standard process metrics, for both binaries' `/metrics`.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::{
     fmt::Display,
@@ -44,8 +44,16 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 /// The filter from the first of `vars` that holds a valid `EnvFilter` directive (e.g.
 /// `AUTH_SERVICE_LOG`, then `RUST_LOG`), else `default`.
 pub fn filter(vars: &[&str], default: &str) -> EnvFilter {
-    vars.iter()
-        .find_map(|var| EnvFilter::try_from_env(var).ok())
+    first_filter(vars.iter().map(|var| std::env::var(var).ok()), default)
+}
+
+/// The first of `values` (those of the variables, `None` where unset or not UTF-8) that
+/// is a valid directive, else `default`.
+fn first_filter(values: impl IntoIterator<Item = Option<String>>, default: &str) -> EnvFilter {
+    values
+        .into_iter()
+        .flatten()
+        .find_map(|value| EnvFilter::try_new(value).ok())
         .unwrap_or_else(|| EnvFilter::new(default))
 }
 
@@ -126,25 +134,24 @@ pub fn failed(program: &str, target: &str, error: &dyn Display) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
     fn the_first_variable_that_holds_a_filter_wins() {
-        // Variable names of this test's own, so that no other test sees them.
-        let (first, second) = ("AUTH_TELEMETRY_TEST_FIRST", "AUTH_TELEMETRY_TEST_SECOND");
-        // SAFETY: set before any thread of this test reads them, and read only here.
-        unsafe {
-            std::env::remove_var(first);
-            std::env::set_var(second, "debug");
-        }
-        assert_eq!(filter(&[first, second], "warn").to_string(), "debug");
-        unsafe { std::env::set_var(first, "trace") };
-        assert_eq!(filter(&[first, second], "warn").to_string(), "trace");
-        unsafe {
-            std::env::remove_var(first);
-            std::env::remove_var(second);
-        }
-        assert_eq!(filter(&[first, second], "warn").to_string(), "warn");
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            first_filter([None, some("debug")], "warn").to_string(),
+            "debug"
+        );
+        assert_eq!(
+            first_filter([some("trace"), some("debug")], "warn").to_string(),
+            "trace"
+        );
+        // A value that is no directive is passed over, like an unset variable.
+        assert_eq!(
+            first_filter([some("[not a filter"), some("debug")], "warn").to_string(),
+            "debug"
+        );
+        assert_eq!(first_filter([None, None], "warn").to_string(), "warn");
     }
 }

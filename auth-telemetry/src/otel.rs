@@ -291,7 +291,6 @@ pub fn inject(cx: &Context) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use opentelemetry::trace::TraceContextExt;
 
     use super::*;

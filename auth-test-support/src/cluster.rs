@@ -67,21 +67,41 @@ pub async fn own(tag: &str) -> Result<(Cluster, PathBuf)> {
     Ok((cluster, dir))
 }
 
+/// Kills `cluster`'s server at once (`pg_ctl stop -m immediate`: no checkpoint), for a
+/// throwaway cluster whose data no one will read again. Test-only, so it is here and not
+/// on `Cluster`, which ships in the release binary.
+pub fn stop_immediately(cluster: &Cluster) {
+    let _ = cluster
+        .command("pg_ctl")
+        .arg("-D")
+        .arg(cluster.pgdata())
+        .args(["stop", "-m", "immediate", "-w"])
+        .output();
+}
+
 extern "C" fn stop_shared_cluster() {
     if let Some(Ok(shared)) = SHARED.get() {
         // `immediate`: the process is exiting and the data is throwaway.
-        shared.cluster.stop_immediately();
+        stop_immediately(&shared.cluster);
         let _ = std::fs::remove_dir_all(&shared.dir);
     }
+}
+
+/// Registers [`stop_shared_cluster`] to run at process exit: a test binary ends with
+/// `std::process::exit`, which drops no static, and nothing else would stop the
+/// server it started. rustix has no `atexit` (nor std), hence libc and `unsafe`.
+#[allow(unsafe_code)]
+fn stop_shared_cluster_at_exit() {
+    // SAFETY: registering a plain `extern "C" fn` has no preconditions; it runs once,
+    // at process exit.
+    unsafe { libc::atexit(stop_shared_cluster) };
 }
 
 fn shared() -> Result<&'static Shared> {
     let shared = SHARED.get_or_init(|| {
         let dir = scratch_dir("test");
         let cluster = Cluster::start(&dir, None, &options()).map_err(|e| e.to_string())?;
-        // SAFETY: registering a plain `extern "C" fn` has no preconditions; it runs
-        // once at process exit to stop the cluster and delete its directory.
-        unsafe { libc::atexit(stop_shared_cluster) };
+        stop_shared_cluster_at_exit();
         Ok(Shared { cluster, dir })
     });
     shared
@@ -245,7 +265,7 @@ impl std::ops::DerefMut for Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        self.cluster.stop_immediately();
+        stop_immediately(&self.cluster);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -25,6 +25,10 @@
 //!   --no-sync`, no fsync), and a fresh database per test cloned from a migrated template;
 //! - [`docs`]: `docs/configuration.md` generated from both binaries' clap definitions
 //!   (its test fails on drift), and a check of the Markdown pages' links.
+//! - `workspace` (tests only): every member takes the workspace's lints, and every
+//!   crate root forbids `unsafe` but the one named exception.
+// Test code, used only by tests and the benchmark tools: a failed unwrap is a failed
+// test. Its `unsafe` is allowed only at its two process hooks (`cluster`, `process`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
@@ -46,6 +50,9 @@ pub mod proxy;
 pub mod cluster;
 
 pub mod docs;
+
+#[cfg(test)]
+mod workspace;
 
 /// Result type of the helpers: any error, with its message.
 pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

@@ -1,6 +1,9 @@
-//! Child processes: started with an environment of the test's own, and measured as the
-//! attacks and the benchmark measure them (CPU time, a limit on open files).
+//! Child processes: started with an environment of the test's own, signalled, and
+//! measured as the attacks and the benchmark measure them (CPU time, a limit on open
+//! files).
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
+
+use rustix::process::{Pid, Resource, Rlimit, Signal, kill_process, setrlimit};
 
 /// An installed program: `$<override_var>` when set, else `name` on the PATH, else in
 /// `/usr/sbin` (where Debian puts daemons such as nginx and pgbouncer, off a normal
@@ -50,27 +53,44 @@ pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
         return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let hz = rustix::param::clock_ticks_per_second();
     Ok(Duration::from_secs_f64(
         (user + system) as f64 / hz.max(1) as f64,
     ))
 }
 
 /// Starts `cmd` with at most `limit` open files (soft and hard).
+///
+/// The limit must hold from the program's first instruction (the server reads it once,
+/// at startup), so it is set in the child between fork and exec: `pre_exec` is
+/// `unsafe` in std whatever the closure does, and has no safe form.
+#[allow(unsafe_code)]
 pub fn limit_open_files(cmd: &mut Command, limit: u64) {
-    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    let limit = Rlimit {
+        current: Some(limit),
+        maximum: Some(limit),
+    };
+    // SAFETY: the closure only makes the setrlimit system call, which is
+    // async-signal-safe; it allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(move || {
-            let rl = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+        cmd.pre_exec(move || setrlimit(Resource::Nofile, limit).map_err(Into::into));
     }
+}
+
+/// Sends SIGTERM to process `pid` (a child the test started and has not reaped).
+pub fn terminate(pid: u32) -> std::io::Result<()> {
+    signal(pid, Signal::TERM)
+}
+
+/// Sends SIGHUP to process `pid` (a child the test started and has not reaped).
+pub fn hang_up(pid: u32) -> std::io::Result<()> {
+    signal(pid, Signal::HUP)
+}
+
+fn signal(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("not a process id: {pid}")))?;
+    kill_process(pid, signal).map_err(Into::into)
 }

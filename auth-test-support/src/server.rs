@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use auth_api::v1::auth_service_client::AuthServiceClient;
 use auth_service::{
-    config::ServeSettings,
+    config::{Cli, Command, ServeSettings},
     db::Db,
     embedded::Cluster,
     renewal::RenewalPolicy,
@@ -16,14 +16,34 @@ use tonic::transport::Channel;
 
 use crate::{Result, cluster};
 
-/// Serve settings for tests: the given renewal policy, the default prefix, and a fast
-/// health probe.
+/// Serve settings for tests: what `auth-service serve` runs with by default (its flags
+/// parsed, without the environment, so that the defaults are the binary's own), on
+/// port-0 listeners (gRPC and HTTP), with the given renewal policy and a fast health
+/// probe.
 pub fn settings(policy: RenewalPolicy) -> ServeSettings {
+    use clap::{CommandFactory, FromArgMatches};
+    fn without_env(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.env(None::<&str>))
+            .mut_subcommands(without_env)
+    }
+    let args = [
+        "auth-service",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let matches = without_env(Cli::command()).get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap();
+    let Command::Serve(serve) = &cli.command else {
+        unreachable!("parsed `serve`")
+    };
     ServeSettings {
-        http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         policy,
         db_check_interval: Duration::from_millis(200),
-        ..ServeSettings::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..serve.settings(&cli.db).unwrap()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Compiles the example's proto with `protox` (no system `protoc`), as the root crate does.
+//! Compiles the example's proto with `protox` (no system `protoc`), as auth-api (`api/build.rs`) does.
 use std::{env, fs, path::PathBuf};
 
 use prost::Message;

@@ -9,7 +9,7 @@
 //! - [`pem`]: reading certificate chains, private keys and CA roots from PEM files, with
 //!   errors that name the file;
 //! - [`provider`]: the crypto provider (ring) every TLS end uses.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,8 +19,6 @@ pub mod pem;
 pub mod problem;
 pub mod roots;
 pub mod verify;
-
-pub use rustls;
 
 /// The crypto provider of every TLS end in the workspace (ring): one instance, shared.
 pub fn provider() -> Arc<CryptoProvider> {

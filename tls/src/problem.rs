@@ -67,7 +67,6 @@ fn of(error: &TlsError) -> Option<Problem> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::Arc;
 
     use rustls::OtherError;

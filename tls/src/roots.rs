@@ -8,7 +8,7 @@ use rustls::RootCertStore;
 #[error("no CA certificates found on this system{}", detail(.errors))]
 pub struct NoSystemRoots {
     /// What went wrong while looking (unreadable files, ...).
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 fn detail(errors: &[String]) -> String {

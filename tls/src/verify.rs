@@ -50,12 +50,12 @@ impl Roots {
     }
 
     /// Whether these are the system's roots.
-    pub fn is_system(&self) -> bool {
+    pub(crate) fn is_system(&self) -> bool {
         self.system
     }
 
     /// The store, for rustls' own builders.
-    pub fn store(&self) -> Arc<RootCertStore> {
+    pub(crate) fn store(&self) -> Arc<RootCertStore> {
         self.store.clone()
     }
 }
@@ -85,7 +85,7 @@ pub enum Check {
 /// root certificate file that was never read.
 #[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unknown issuer: the server's certificate is not signed by a CA among the system's roots")]
-pub struct NotASystemRoot;
+pub(crate) struct NotASystemRoot;
 
 /// rustls shows an `Other` certificate error with `Debug`: make that the sentence.
 impl fmt::Debug for NotASystemRoot {
@@ -212,7 +212,6 @@ impl ServerCertVerifier for ServerVerifier {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::{
         ClientConfig, ClientConnection, ServerConfig, ServerConnection,

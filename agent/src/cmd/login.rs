@@ -7,6 +7,7 @@ use std::{
     time::SystemTime,
 };
 
+use rustix::termios;
 use tracing::warn;
 
 use super::Context;
@@ -29,13 +30,13 @@ const NOT_SAVED: &str = "nothing was saved; check that the whole token was paste
 #[derive(Debug)]
 pub struct LoginReport {
     /// The server the token was checked against, now saved.
-    pub server: ServerUrl,
+    pub(crate) server: ServerUrl,
     /// Who the token belongs to.
     pub identity: Identity,
     /// Where it was saved.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// True when `AUTH_AGENT_TOKEN` is set and will be used instead of the saved token.
-    pub env_token_overrides: bool,
+    pub(crate) env_token_overrides: bool,
 }
 
 impl fmt::Display for LoginReport {
@@ -119,7 +120,7 @@ fn rejected(reason: RejectReason, detail: Option<String>) -> AgentError {
 
 /// Reads the token to log in with: from `--token-file` when given, else from stdin (with
 /// a prompt and without echo when stdin is a terminal).
-pub fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
+pub(crate) fn read_token(source: &TokenSource) -> Result<Token, AgentError> {
     let text = match source {
         TokenSource::File(path) => {
             std::fs::read_to_string(path).map_err(|source| AgentError::LocalFile {
@@ -163,33 +164,22 @@ fn read_stdin() -> io::Result<String> {
 /// Turns terminal echo off on stdin until dropped, so a pasted token does not stay on
 /// screen or in a terminal recording. Best effort: without it, the paste is only visible.
 struct EchoOff {
-    original: libc::termios,
+    original: termios::Termios,
 }
 
 impl EchoOff {
     fn new() -> Option<EchoOff> {
-        // SAFETY: termios is a plain C struct of integers, valid when zeroed; tcgetattr
-        // fills it, and only reads/writes through the pointer we pass, for fd 0.
-        unsafe {
-            let mut settings: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) != 0 {
-                return None;
-            }
-            let original = settings;
-            settings.c_lflag &= !libc::ECHO;
-            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) != 0 {
-                return None;
-            }
-            Some(EchoOff { original })
-        }
+        let stdin = io::stdin();
+        let original = termios::tcgetattr(&stdin).ok()?;
+        let mut settings = original.clone();
+        settings.local_modes.remove(termios::LocalModes::ECHO);
+        termios::tcsetattr(&stdin, termios::OptionalActions::Now, &settings).ok()?;
+        Some(EchoOff { original })
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        // SAFETY: restores the settings tcgetattr returned for the same fd.
-        unsafe {
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.original);
-        }
+        let _ = termios::tcsetattr(io::stdin(), termios::OptionalActions::Now, &self.original);
     }
 }

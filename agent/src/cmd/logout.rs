@@ -14,13 +14,13 @@ use crate::{
 #[derive(Debug)]
 pub struct LogoutReport {
     /// When the server revoked the token; `None` when it was already unusable.
-    pub revoked_at: Option<SystemTime>,
+    pub(crate) revoked_at: Option<SystemTime>,
     /// Why the server refused it, when it was already unusable (expired, revoked...).
-    pub already_unusable: Option<RejectReason>,
+    pub(crate) already_unusable: Option<RejectReason>,
     /// The config file the token was removed from; `None` when it came from elsewhere.
-    pub removed_from: Option<PathBuf>,
+    pub(crate) removed_from: Option<PathBuf>,
     /// Where the token came from.
-    pub source: TokenSource,
+    pub(crate) source: TokenSource,
 }
 
 impl fmt::Display for LogoutReport {

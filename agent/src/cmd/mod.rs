@@ -23,21 +23,21 @@ pub mod status;
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The config file.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// True when the config path was given (so messages must name it).
-    pub config_explicit: bool,
+    pub(crate) config_explicit: bool,
     /// The server from `--server`/`AUTH_AGENT_SERVER`; else the config file's is used.
     pub server: Option<ServerUrl>,
     /// Where the token comes from.
-    pub token_source: TokenSource,
+    pub(crate) token_source: TokenSource,
     /// The state file (last renewal).
     pub state_file: PathBuf,
     /// Timeout of each call.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// A ready channel to use instead of dialling the server (tests).
-    pub channel: Option<Channel>,
+    pub(crate) channel: Option<Channel>,
     /// Transport settings of the channel to the server.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
 }
 
 impl Context {
@@ -60,13 +60,13 @@ impl Context {
     }
 
     /// The server: the flag (or its variable), else the one `login` saved.
-    pub async fn server(&self) -> Result<ServerUrl, AgentError> {
+    pub(crate) async fn server(&self) -> Result<ServerUrl, AgentError> {
         Ok(self.endpoint().await?.0)
     }
 
     /// The server and how to reach it: the flags (or their variables), and for what they
     /// leave unset, what `login` saved.
-    pub async fn endpoint(&self) -> Result<(ServerUrl, Transport), AgentError> {
+    pub(crate) async fn endpoint(&self) -> Result<(ServerUrl, Transport), AgentError> {
         // A config that cannot be read or parsed is reported as what it is: "no server
         // configured" would send the reader to fix the wrong thing. When the server is
         // given, the saved TLS files are only a fallback, and an unreadable config does
@@ -94,7 +94,7 @@ impl Context {
     }
 
     /// The server and a client for it.
-    pub async fn client(&self) -> Result<(ServerUrl, Client), AgentError> {
+    pub(crate) async fn client(&self) -> Result<(ServerUrl, Client), AgentError> {
         let (server, transport) = self.endpoint().await?;
         let client = match &self.channel {
             Some(channel) => Client::new(channel.clone()),
@@ -143,6 +143,6 @@ mod tests {
         std::fs::write(&path, "server = \"http://h:1\"\n").unwrap();
         let server = Context::new(path.clone()).server().await.unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
-        assert_eq!(server.as_str(), "http://h:1");
+        assert_eq!(server.to_string(), "http://h:1");
     }
 }

@@ -9,7 +9,6 @@ use crate::{
     client::RenewOutcome,
     clock::Clock,
     error::AgentError,
-    server_url::ServerUrl,
     state::{self, State},
     timefmt,
 };
@@ -17,12 +16,10 @@ use crate::{
 /// What `renew` did.
 #[derive(Debug)]
 pub struct RenewReport {
-    /// The server asked.
-    pub server: ServerUrl,
     /// Its answer.
-    pub outcome: RenewOutcome,
+    pub(crate) outcome: RenewOutcome,
     /// When it answered.
-    pub now: SystemTime,
+    pub(crate) now: SystemTime,
 }
 
 impl fmt::Display for RenewReport {
@@ -53,7 +50,7 @@ impl fmt::Display for RenewReport {
 
 /// Renews once. Errors are as for [`super::status::status`].
 pub async fn renew(context: &Context, clock: &dyn Clock) -> Result<RenewReport, AgentError> {
-    let (server, client) = context.client().await?;
+    let (_, client) = context.client().await?;
     let token = context.token_source.load().await?;
     let renewed = client.renew(&token, context.request_timeout).await;
     let outcome = AgentError::from_outcome(renewed, &context.token_source.fix())?;
@@ -62,9 +59,5 @@ pub async fn renew(context: &Context, clock: &dyn Clock) -> Result<RenewReport, 
     if let Err(err) = state::store(&context.state_file, &State::after(now, &outcome)).await {
         warn!("cannot record the renewal for `auth-agent status`: {err}");
     }
-    Ok(RenewReport {
-        server,
-        outcome,
-        now,
-    })
+    Ok(RenewReport { outcome, now })
 }

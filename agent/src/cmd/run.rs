@@ -29,7 +29,7 @@ pub async fn run(
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(SignalKind::terminate()) {
             Ok(mut signal) => {

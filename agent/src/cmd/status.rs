@@ -20,17 +20,17 @@ use crate::{
 #[derive(Debug)]
 pub struct StatusReport {
     /// The server asked.
-    pub server: ServerUrl,
+    pub(crate) server: ServerUrl,
     /// Where the token came from.
-    pub source: TokenSource,
+    pub(crate) source: TokenSource,
     /// What the server says about the token.
-    pub identity: Identity,
+    pub(crate) identity: Identity,
     /// When the report was made.
-    pub now: SystemTime,
+    pub(crate) now: SystemTime,
     /// The last recorded renewal, if any.
-    pub last_renewal: Option<State>,
+    pub(crate) last_renewal: Option<State>,
     /// Why the state file could not be read, if it could not.
-    pub state_problem: Option<String>,
+    pub(crate) state_problem: Option<String>,
 }
 
 impl fmt::Display for StatusReport {
@@ -98,45 +98,45 @@ pub async fn status(context: &Context, clock: &dyn Clock) -> Result<StatusReport
 /// token that is rejected (exit 3) or a server that cannot be reached (exit 1), `state`
 /// says which, `last_error_reason` why, and what only the server knows is `null`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct StatusJson {
+pub(crate) struct StatusJson {
     /// `active` (the server accepts the token), `rejected` or `unreachable`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// The server asked; `null` when none is known.
-    pub server: Option<String>,
+    pub(crate) server: Option<String>,
     /// Where the token came from, e.g. `config file /home/u/.config/auth-agent/config`.
-    pub token_source: String,
+    pub(crate) token_source: String,
     /// The user the token belongs to.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// The token's name.
-    pub token_name: Option<String>,
+    pub(crate) token_name: Option<String>,
     /// The token's id (safe to show).
-    pub token_id: Option<String>,
+    pub(crate) token_id: Option<String>,
     /// The scopes granted to the token.
-    pub scopes: Option<Vec<String>>,
+    pub(crate) scopes: Option<Vec<String>>,
     /// RFC 3339, UTC; `null` for a token that never expires, or when unknown.
-    pub expires_at: Option<String>,
+    pub(crate) expires_at: Option<String>,
     /// True when the server says the token never expires.
-    pub never_expires: Option<bool>,
+    pub(crate) never_expires: Option<bool>,
     /// The earliest time a renewal would extend the token again, as the last recorded
     /// renewal reported it; `null` when none can, or none is recorded.
-    pub next_renewal_at: Option<String>,
+    pub(crate) next_renewal_at: Option<String>,
     /// When a renewal last succeeded (from the state file).
-    pub last_renewal_at: Option<String>,
+    pub(crate) last_renewal_at: Option<String>,
     /// Whether that renewal extended the expiry.
-    pub last_renewal_extended: Option<bool>,
+    pub(crate) last_renewal_extended: Option<bool>,
     /// Why the state file could not be read, if it could not.
-    pub state_file_problem: Option<String>,
+    pub(crate) state_file_problem: Option<String>,
     /// The ErrorInfo reason of a rejection (`TOKEN_REVOKED`, ...) or the gRPC code of a
     /// failure to reach the server (`UNAVAILABLE`, `DEADLINE_EXCEEDED`); `null` when
     /// the lookup succeeded.
-    pub last_error_reason: Option<String>,
+    pub(crate) last_error_reason: Option<String>,
     /// The error's message, naming the fix; `null` when the lookup succeeded.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 impl StatusJson {
     /// The report of a successful lookup.
-    pub fn from_report(report: &StatusReport) -> StatusJson {
+    pub(crate) fn from_report(report: &StatusReport) -> StatusJson {
         let id = &report.identity;
         let last = report.last_renewal.as_ref();
         StatusJson {
@@ -160,7 +160,7 @@ impl StatusJson {
 
     /// What is known when the lookup failed with `err`; `None` for a configuration or
     /// local file error (exit 2), which is a usage problem, not a status.
-    pub async fn from_error(context: &Context, err: &AgentError) -> Option<StatusJson> {
+    pub(crate) async fn from_error(context: &Context, err: &AgentError) -> Option<StatusJson> {
         let (state, reason) = match err {
             AgentError::Reauthenticate { reason, .. } => ("rejected", reason.to_string()),
             AgentError::RetryLater { code, .. } => ("unreachable", (*code).to_owned()),

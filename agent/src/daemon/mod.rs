@@ -38,11 +38,11 @@ use crate::{
 };
 
 /// Default timeout of the preflight renewal.
-pub const DEFAULT_PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default timeout of every later call.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default longest sleep before the wall clock is looked at again (see [`crate::clock`]).
-pub const DEFAULT_CHECK_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_CHECK_PERIOD: Duration = Duration::from_secs(60);
 
 /// Where the daemon finds its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +64,9 @@ pub enum ServerSource {
 #[derive(Debug)]
 pub struct RunOptions {
     /// The server, for connecting and for messages.
-    pub server: ServerSource,
+    pub(crate) server: ServerSource,
     /// Where the token comes from; re-read on every attempt.
-    pub token_source: TokenSource,
+    pub(crate) token_source: TokenSource,
     /// A ready channel to use instead of dialling `server` (tests, custom transports).
     pub channel: Option<Channel>,
     /// Timeout of the preflight renewal (default 15 s).
@@ -78,13 +78,13 @@ pub struct RunOptions {
     /// Longest sleep before the wall clock is checked again (default 60 s).
     pub check_period: Duration,
     /// Where to record the last renewal for `status`; `None` records nothing.
-    pub state_file: Option<PathBuf>,
+    pub(crate) state_file: Option<PathBuf>,
     /// The observable state; keep a clone to watch it.
     pub health: Health,
     /// Serve `/healthz`, `/readyz` and `/metrics` on this listener.
     pub health_listener: Option<TcpListener>,
     /// Transport settings of the channel to the server (connect timeout, keepalives).
-    pub transport: Transport,
+    pub(crate) transport: Transport,
 }
 
 impl RunOptions {
@@ -94,7 +94,7 @@ impl RunOptions {
     }
 
     /// Options with every default, for a server from `server`.
-    pub fn with_server(server: ServerSource, token_source: TokenSource) -> Self {
+    pub(crate) fn with_server(server: ServerSource, token_source: TokenSource) -> Self {
         RunOptions {
             server,
             token_source,

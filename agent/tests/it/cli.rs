@@ -8,6 +8,7 @@ use std::{
 };
 
 use auth_agent::config::ConfigFile;
+use auth_test_support::process;
 use tokio::{io::AsyncWriteExt, process::Command};
 
 use crate::{
@@ -355,9 +356,7 @@ async fn run_renews_first_and_stops_cleanly_on_sigterm() {
         .unwrap_or_else(|_| panic!("no identity line in:\n{}", log.join("\n")));
     assert_eq!(fake.rpcs(), [Rpc::Renew, Rpc::Lookup]);
 
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    process::terminate(child.id().unwrap()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()
@@ -436,9 +435,7 @@ async fn run_without_any_config_waits_for_login_and_recovers() {
     assert_eq!(login.status.code(), Some(0), "{}", text(&login.stderr));
     read_until(&mut stderr, &mut log, "authenticated as alice").await;
 
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    process::terminate(child.id().unwrap()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()
@@ -646,9 +643,7 @@ async fn json_logs_are_one_object_per_line_and_never_show_the_token() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     read_until(&mut stderr, &mut log, "authenticated as alice").await;
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    process::terminate(child.id().unwrap()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()

@@ -7,6 +7,7 @@
 //! - [`e2e`]: against the real auth-service (started through `server::run` by
 //!   `auth_test_support`) on a real, throwaway PostgreSQL, in-process and as the binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 mod cli;
 mod e2e;

@@ -140,7 +140,6 @@ impl<V: Clone> Flights<V> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use std::sync::{Arc, atomic::AtomicUsize};
 
     use super::*;

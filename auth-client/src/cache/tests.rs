@@ -1,5 +1,4 @@
 //! The cache's rules, one test each, without a service.
-#![allow(clippy::unwrap_used)]
 use super::*;
 
 fn identity(user: &str, expires_at: Option<SystemTime>) -> Identity {

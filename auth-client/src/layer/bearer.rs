@@ -38,7 +38,6 @@ pub fn parse(value: &[u8]) -> Result<&str, Rejection> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

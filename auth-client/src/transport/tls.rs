@@ -78,7 +78,6 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -3,6 +3,7 @@
 //! invalidation stream and the cache, the layer on tonic and axum services, outages,
 //! the allow-list, secrets in logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 mod allow;
 mod flush;

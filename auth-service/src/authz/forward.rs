@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// The request header that names the required scopes.
-pub const REQUIRED_SCOPE_HEADER: &str = "x-auth-required-scope";
+pub(crate) const REQUIRED_SCOPE_HEADER: &str = "x-auth-required-scope";
 
 /// When a client should retry after a database outage (`Retry-After`).
 const OUTAGE_RETRY: Duration = Duration::from_secs(2);
@@ -39,13 +39,13 @@ const OUTAGE_RETRY: Duration = Duration::from_secs(2);
 /// `networks` (the HTTP port sees addresses, not certificates).
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    pub restricted: bool,
-    pub networks: Vec<ipnet::IpNet>,
+    pub(crate) restricted: bool,
+    pub(crate) networks: Vec<ipnet::IpNet>,
 }
 
 impl Access {
     /// Whether a peer at `peer` (unknown: `None`) may ask.
-    pub fn allows(&self, peer: Option<std::net::IpAddr>) -> bool {
+    pub(crate) fn allows(&self, peer: Option<std::net::IpAddr>) -> bool {
         if !self.restricted {
             return true;
         }
@@ -59,12 +59,12 @@ impl Access {
 
 /// What the endpoint needs: the token checks and who may ask.
 #[derive(Clone)]
-pub struct ForwardAuth {
-    pub svc: Arc<AuthSvc>,
-    pub access: Arc<Access>,
+pub(crate) struct ForwardAuth {
+    pub(crate) svc: Arc<AuthSvc>,
+    pub(crate) access: Arc<Access>,
 }
 
-pub async fn handle(State(state): State<ForwardAuth>, request: Request) -> Response {
+pub(crate) async fn handle(State(state): State<ForwardAuth>, request: Request) -> Response {
     let svc = &state.svc;
     let count = |decision| svc.metrics().authz_decision(Adapter::ForwardAuth, decision);
     let peer = request
@@ -221,7 +221,6 @@ fn retry_after_secs(after: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -235,7 +234,6 @@ mod tests {
 
 #[cfg(test)]
 mod access_tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -15,10 +15,10 @@ use crate::{
 };
 
 pub mod envoy;
-pub mod forward;
+pub(crate) mod forward;
 
 /// The headers a proxy passes upstream for an allowed request, in this order.
-pub const IDENTITY_HEADERS: [&str; 5] = [
+pub(crate) const IDENTITY_HEADERS: [&str; 5] = [
     "x-auth-user-id",
     "x-auth-token-id",
     "x-auth-token-name",
@@ -28,19 +28,19 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 
 /// Who the token belongs to, as header values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Granted {
-    pub user_id: String,
-    pub token_id: String,
-    pub name: String,
+pub(crate) struct Granted {
+    pub(crate) user_id: String,
+    pub(crate) token_id: String,
+    pub(crate) name: String,
     /// The granted scopes, comma-separated.
-    pub scopes: String,
+    pub(crate) scopes: String,
     /// RFC 3339; empty for a token that never expires.
-    pub expires_at: String,
+    pub(crate) expires_at: String,
 }
 
 impl Granted {
     /// [`Granted::headers`], owned.
-    pub fn into_headers(self) -> [(&'static str, String); 5] {
+    pub(crate) fn into_headers(self) -> [(&'static str, String); 5] {
         let [user, id, name, scopes, expires] = IDENTITY_HEADERS;
         [
             (user, self.user_id),
@@ -52,7 +52,7 @@ impl Granted {
     }
 
     /// `(name, value)` for each of [`IDENTITY_HEADERS`].
-    pub fn headers(&self) -> [(&'static str, &str); 5] {
+    pub(crate) fn headers(&self) -> [(&'static str, &str); 5] {
         let [user, id, name, scopes, expires] = IDENTITY_HEADERS;
         [
             (user, self.user_id.as_str()),
@@ -66,7 +66,7 @@ impl Granted {
 
 /// The answer to "may this request pass?".
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A live token with every required scope.
     Allow(Granted),
     /// No usable token: the error says which credential problem, and what to do.
@@ -77,7 +77,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// How the metrics count it.
-    pub fn decision(&self) -> Decision {
+    pub(crate) fn decision(&self) -> Decision {
         match self {
             Verdict::Allow(_) => Decision::Allow,
             Verdict::Unauthenticated(_) => Decision::Unauthenticated,
@@ -89,7 +89,7 @@ impl Verdict {
 /// Decides on the raw `authorization` header value (absent: `None`) and the required
 /// scopes (space-separated lists, all required). Only database trouble and bugs are
 /// errors.
-pub async fn decide(
+pub(crate) async fn decide(
     svc: &AuthSvc,
     authorization: Option<&[u8]>,
     required: &[&str],
@@ -142,15 +142,14 @@ fn rejected(svc: &AuthSvc, e: Error) -> Verdict {
 /// The `WWW-Authenticate` value for a credential problem (RFC 6750 §3): the bare
 /// challenge for no token at all, `invalid_token` with what to do for the rest. The
 /// shape is the contract's ([`auth_api::challenge`]), shared with auth-client's layer.
-pub fn challenge(error: &Error) -> String {
+pub(crate) fn challenge(error: &Error) -> String {
     auth_api::challenge::challenge(error.reason(), &error.to_string())
 }
 
-pub use auth_api::challenge::{body, scope_challenge, scope_message};
+pub(crate) use auth_api::challenge::{body, scope_challenge, scope_message};
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use chrono::DateTime;
 
     use super::*;

@@ -78,17 +78,17 @@ impl Packed {
 /// A live token as the handlers read it, borrowed from an [`Entry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenView<'a> {
-    pub id: Uuid,
-    pub user_id: &'a str,
-    pub name: &'a str,
+    pub(crate) id: Uuid,
+    pub(crate) user_id: &'a str,
+    pub(crate) name: &'a str,
     scopes: &'a str,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> TokenView<'a> {
     /// The scopes granted to the token.
-    pub fn scopes(&self) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &'a str> + 'a {
         let scopes = self.scopes;
         scopes.split(SEP).filter(|s| !s.is_empty())
     }
@@ -131,35 +131,35 @@ impl Entry {
     }
 
     /// The same entry, loaded at `at_us` on the cache's clock.
-    pub fn loaded_at(mut self, at_us: u64) -> Entry {
+    pub(crate) fn loaded_at(mut self, at_us: u64) -> Entry {
         self.loaded_at_us = at_us;
         self
     }
 
     /// When it was loaded, on the cache's clock.
-    pub fn loaded_at_us(&self) -> u64 {
+    pub(crate) fn loaded_at_us(&self) -> u64 {
         self.loaded_at_us
     }
 
     /// Whether the token was unknown, revoked or expired when it was read.
-    pub fn is_negative(&self) -> bool {
+    pub(crate) fn is_negative(&self) -> bool {
         self.negative
     }
 
     /// The bytes it takes: itself behind its `Arc`, and its strings.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         let strings = self.found.as_ref().map_or(0, |p| p.text.len());
         (std::mem::size_of::<Entry>() + 16 + strings) as u64
     }
 
     /// The database's `now()`, estimated from the local clock reading `local_now`.
-    pub fn db_now(&self, local_now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn db_now(&self, local_now: DateTime<Utc>) -> DateTime<Utc> {
         local_now + TimeDelta::microseconds(self.offset_us)
     }
 
     /// The live token, or why there is none (unknown, revoked, expired), judged at the
     /// database time `now`.
-    pub fn judge(&self, now: DateTime<Utc>) -> Result<TokenView<'_>> {
+    pub(crate) fn judge(&self, now: DateTime<Utc>) -> Result<TokenView<'_>> {
         let view = self
             .found
             .as_ref()
@@ -171,7 +171,7 @@ impl Entry {
 
     /// Whether to stamp the token as used now (local Unix seconds): at most once a
     /// minute per entry, decided by one atomic, off any lock.
-    pub fn should_touch(&self, now_secs: i64) -> bool {
+    pub(crate) fn should_touch(&self, now_secs: i64) -> bool {
         let last = self.last_touch.load(Ordering::Relaxed);
         now_secs.saturating_sub(last) >= TOUCH_EVERY_SECS
             && self
@@ -183,7 +183,6 @@ impl Entry {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use auth_api::ErrorReason;
 
     use super::*;

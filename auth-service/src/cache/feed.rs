@@ -12,11 +12,11 @@ use tokio::sync::broadcast;
 use super::Key;
 
 /// Events a subscriber may fall behind by before it must flush.
-pub const CAPACITY: usize = 4096;
+pub(crate) const CAPACITY: usize = 4096;
 
 /// One thing the listener learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// This token changed (or was created or deleted): forget it.
     Changed(Key),
     /// A heartbeat sent at this time (the cache's clock, µs) was heard: every change
@@ -32,7 +32,7 @@ pub enum Event {
 
 /// The sending side, held by the cache.
 #[derive(Debug)]
-pub struct Feed(broadcast::Sender<Event>);
+pub(crate) struct Feed(broadcast::Sender<Event>);
 
 impl Default for Feed {
     fn default() -> Self {
@@ -42,12 +42,12 @@ impl Default for Feed {
 
 impl Feed {
     /// Publishes `event` to every subscriber (none: nothing happens).
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         let _ = self.0.send(event);
     }
 
     /// A new subscriber, which hears every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.subscribe()
     }
 }

@@ -40,7 +40,7 @@ struct Flight<T> {
 }
 
 /// The flights in the air, by key.
-pub struct Flights<T> {
+pub(crate) struct Flights<T> {
     flights: Mutex<HashMap<Key, Flight<T>>>,
     next_id: AtomicU64,
     /// Most callers waiting on one flight, and on all of them.
@@ -102,7 +102,7 @@ impl<T> Drop for Landing<'_, T> {
 impl<T> Flights<T> {
     /// Flights whose waiters are bounded: at most `per_key` on one flight and `total`
     /// on all; a caller past either is answered [`Error::Overloaded`] at once.
-    pub fn bounded(per_key: usize, total: usize) -> Self {
+    pub(crate) fn bounded(per_key: usize, total: usize) -> Self {
         Flights {
             flights: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -122,7 +122,12 @@ impl<T: Clone> Flights<T> {
     /// `load`'s answer for `key`, shared with every concurrent caller for the same key
     /// whose flight started less than `max_age` ago. Returns the answer and whether this
     /// caller led the flight (ran `load`).
-    pub async fn run<F, Fut>(&self, key: &Key, max_age: Duration, load: F) -> (Result<T>, bool)
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        key: &Key,
+        max_age: Duration,
+        load: F,
+    ) -> (Result<T>, bool)
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -200,28 +205,29 @@ impl<T: Clone> Flights<T> {
 
     /// A change to `key` was announced: later callers must not join the flight that
     /// may have read the old row.
-    pub fn detach(&self, key: &Key) {
+    pub(crate) fn detach(&self, key: &Key) {
         self.lock().remove(key);
     }
 
     /// Every flight is suspect (a flush).
-    pub fn detach_all(&self) {
+    pub(crate) fn detach_all(&self) {
         self.lock().clear();
     }
 
-    /// Flights in the air (tests, metrics).
-    pub fn len(&self) -> usize {
+    /// Flights in the air.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use std::sync::{Arc, atomic::AtomicUsize};
 
     use super::*;

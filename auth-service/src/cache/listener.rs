@@ -28,7 +28,7 @@ use crate::db::{Target, sql};
 /// How long the listening connection may hear no heartbeat before it is given up. Late
 /// heartbeats already turned the cache off after `--cache-max-staleness`; this is when
 /// the connection itself is presumed dead and replaced.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// One heartbeat's time limit before its connection is replaced.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The wait between reconnection attempts.
@@ -120,7 +120,7 @@ async fn run(
 /// nothing (a transaction-pooling PgBouncer in front of it), so revocations would never
 /// reach this replica. When none could even be sent (the database is down), it returns
 /// and the cache stays off until they can.
-pub async fn hears_itself(cache: &TokenCache, limit: Duration) -> Result<(), String> {
+pub(crate) async fn hears_itself(cache: &TokenCache, limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     while started.elapsed() < limit {
         if cache.current() {

@@ -45,19 +45,19 @@ use crate::{
 };
 
 mod entry;
-pub mod feed;
-pub mod flight;
+pub(crate) mod feed;
+pub(crate) mod flight;
 pub mod listener;
 mod store;
 
 pub use entry::{Entry, TokenView};
 
 /// A token's SHA-256: the cache key.
-pub type Key = [u8; 32];
+pub(crate) type Key = [u8; 32];
 
 /// Heartbeats sent per staleness bound: at the default bound of 250 ms, one every
 /// 100 ms, so that one late or lost heartbeat does not yet turn the cache off.
-pub const HEARTBEAT_PER_BOUND: f64 = 2.5;
+pub(crate) const HEARTBEAT_PER_BOUND: f64 = 2.5;
 
 /// Cache settings (`--cache-capacity`, `--cache-ttl`, `--cache-max-staleness`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +79,14 @@ pub struct CacheSettings {
     pub panic_listener: bool,
 }
 
+/// The default `--cache-capacity`.
+pub(crate) const DEFAULT_CAPACITY: u64 = 100_000;
+
 /// The default `--cache-max-bytes`: 24 MiB, which holds the default 100,000 entries.
-pub const DEFAULT_MAX_BYTES: u64 = 24 << 20;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 24 << 20;
+
+/// The default `--cache-ttl`.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The default `--cache-max-staleness`.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
@@ -88,9 +94,9 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            capacity: 100_000,
+            capacity: DEFAULT_CAPACITY,
             max_bytes: DEFAULT_MAX_BYTES,
-            ttl: Duration::from_secs(300),
+            ttl: DEFAULT_TTL,
             max_staleness: DEFAULT_MAX_STALENESS,
             clock_skew: TimeDelta::zero(),
             panic_listener: false,
@@ -100,7 +106,7 @@ impl Default for CacheSettings {
 
 impl CacheSettings {
     /// How often this replica sends itself a heartbeat.
-    pub fn heartbeat_every(&self) -> Duration {
+    pub(crate) fn heartbeat_every(&self) -> Duration {
         self.max_staleness.div_f64(HEARTBEAT_PER_BOUND)
     }
 }
@@ -114,13 +120,13 @@ const NEVER: u64 = 0;
 
 /// An answer, from the cache or the database, and whether it is now cached.
 #[derive(Debug, Clone)]
-pub struct Loaded {
-    pub entry: Arc<Entry>,
-    pub cached: bool,
+pub(crate) struct Loaded {
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) cached: bool,
 }
 
 /// See [`TokenCache::connection_open`].
-pub struct OpenConnection<'a>(&'a AtomicUsize);
+pub(crate) struct OpenConnection<'a>(&'a AtomicUsize);
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
@@ -183,33 +189,33 @@ impl TokenCache {
 
     /// Counts one of the listener's connections as open until the guard is dropped
     /// (the connection closed, or the task holding it was cancelled).
-    pub fn connection_open(&self) -> OpenConnection<'_> {
+    pub(crate) fn connection_open(&self) -> OpenConnection<'_> {
         self.connections.fetch_add(1, Ordering::Relaxed);
         OpenConnection(&self.connections)
     }
 
     /// A heartbeat went out without an error.
-    pub fn sent(&self) {
+    pub(crate) fn sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Heartbeats sent without an error so far.
-    pub fn heartbeats_sent(&self) -> u64 {
+    pub(crate) fn heartbeats_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
 
     /// Whether the cache is configured at all (`--cache-capacity` above 0).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.entries.is_some()
     }
 
     /// The local clock (plus the test skew).
-    pub fn local_now(&self) -> DateTime<Utc> {
+    pub(crate) fn local_now(&self) -> DateTime<Utc> {
         Utc::now() + self.clock_skew
     }
 
     /// The heartbeat clock: microseconds since this cache was made, never 0.
-    pub fn clock_us(&self) -> u64 {
+    pub(crate) fn clock_us(&self) -> u64 {
         u64::try_from(self.born.elapsed().as_micros())
             .unwrap_or(u64::MAX)
             .max(1)
@@ -229,8 +235,10 @@ impl TokenCache {
     }
 
     /// The entry for `key`, while the cache is enabled, listening and current. Counts
-    /// the hit, miss or bypass.
-    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+    /// the hit, miss or bypass. Test-only: requests
+    /// go through [`TokenCache::get_or_load`].
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         self.decide(key).0
     }
 
@@ -257,7 +265,7 @@ impl TokenCache {
     /// The entry for `key` from the cache, else from `load` (the database), which
     /// concurrent misses of the same key share; the answer is cached when no change to
     /// any token was announced while it was loaded.
-    pub async fn get_or_load<F, Fut>(&self, key: &Key, load: F) -> Result<Loaded>
+    pub(crate) async fn get_or_load<F, Fut>(&self, key: &Key, load: F) -> Result<Loaded>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry>>,
@@ -314,7 +322,7 @@ impl TokenCache {
 
     /// A change to `key` was announced (or made here): evict it, make in-flight
     /// lookups discard what they read, and let no later caller join them.
-    pub fn evict(&self, key: &Key) {
+    pub(crate) fn evict(&self, key: &Key) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.feed.publish(feed::Event::Changed(*key));
         self.flights.detach(key);
@@ -327,7 +335,7 @@ impl TokenCache {
 
     /// A heartbeat sent at `sent_us` (see [`TokenCache::clock_us`]) was heard: every
     /// change committed before then has been heard too.
-    pub fn heard(&self, sent_us: u64) {
+    pub(crate) fn heard(&self, sent_us: u64) {
         let now = self.clock_us();
         self.heard_sent_us.fetch_max(sent_us, Ordering::AcqRel);
         self.heard_at_us.store(now, Ordering::Release);
@@ -338,7 +346,7 @@ impl TokenCache {
 
     /// Every entry is suspect (the listener is gone, or a TRUNCATE): evict all, and
     /// answer from the database until [`TokenCache::resume`].
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         self.listening.store(false, Ordering::Release);
         self.clear();
         self.feed.publish(feed::Event::Lost);
@@ -347,7 +355,7 @@ impl TokenCache {
     /// The listener is (again) listening: what was cached before may have missed
     /// notifications, so start empty, and serve nothing until a heartbeat sent on this
     /// connection's watch is heard.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.clear();
         self.heard_at_us.store(self.clock_us(), Ordering::Release);
         self.listening.store(true, Ordering::Release);
@@ -355,17 +363,17 @@ impl TokenCache {
     }
 
     /// A watcher of everything published from now on (see [`feed`]).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<feed::Event> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<feed::Event> {
         self.feed.subscribe()
     }
 
     /// The bound on staleness (`--cache-max-staleness`), which watchers apply too.
-    pub fn max_staleness(&self) -> Duration {
+    pub(crate) fn max_staleness(&self) -> Duration {
         self.max_staleness
     }
 
     /// Whether the listener is listening (entries may be served once current).
-    pub fn listening(&self) -> bool {
+    pub(crate) fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
 
@@ -375,7 +383,7 @@ impl TokenCache {
     }
 
     /// Since the newest heartbeat was heard (or the connection began listening).
-    pub fn since_heard(&self) -> Option<Duration> {
+    pub(crate) fn since_heard(&self) -> Option<Duration> {
         let at = self.heard_at_us.load(Ordering::Acquire);
         (at != NEVER).then(|| Duration::from_micros(self.clock_us().saturating_sub(at)))
     }
@@ -415,14 +423,14 @@ impl TokenCache {
 
 /// A notification payload: the hex SHA-256 of the changed token, or `*` (everything).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     One(Key),
     All,
 }
 
 impl Change {
     /// Parses a payload; `None` for anything else (ignored, with a log line).
-    pub fn parse(payload: &str) -> Option<Change> {
+    pub(crate) fn parse(payload: &str) -> Option<Change> {
         if payload == "*" {
             return Some(Change::All);
         }
@@ -441,7 +449,6 @@ impl Change {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use uuid::Uuid;
 
     use super::*;

@@ -52,7 +52,7 @@ impl Lifecycle<Key, Arc<Entry>> for Evictions {
 type Part = Cache<Key, Arc<Entry>, Bytes, std::collections::hash_map::RandomState, Evictions>;
 
 /// The two caches, and when an entry is too old to serve.
-pub struct Store {
+pub(crate) struct Store {
     live: Part,
     negative: Part,
     ttl_us: u64,
@@ -62,7 +62,7 @@ pub struct Store {
 impl Store {
     /// At most `capacity` entries and `max_bytes` bytes (both above 0); entries older
     /// than `ttl_us` (on the cache's clock) are not served.
-    pub fn new(capacity: u64, max_bytes: u64, ttl_us: u64, metrics: Arc<Metrics>) -> Store {
+    pub(crate) fn new(capacity: u64, max_bytes: u64, ttl_us: u64, metrics: Arc<Metrics>) -> Store {
         // Each part holds at most its share of both bounds.
         let part = |bytes: u64, items: u64| {
             let items = items.max(1);
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// The entry for `key`, unless it is older than the TTL at `now_us` (then it goes).
-    pub fn get(&self, key: &Key, now_us: u64) -> Option<Arc<Entry>> {
+    pub(crate) fn get(&self, key: &Key, now_us: u64) -> Option<Arc<Entry>> {
         let entry = self.live.get(key).or_else(|| self.negative.get(key))?;
         if now_us.saturating_sub(entry.loaded_at_us()) >= self.ttl_us {
             if self.part(&entry).remove(key).is_some() {
@@ -106,7 +106,7 @@ impl Store {
     }
 
     /// Caches `entry` for `key` in its part, replacing any other answer for `key`.
-    pub fn insert(&self, key: Key, entry: Arc<Entry>) {
+    pub(crate) fn insert(&self, key: Key, entry: Arc<Entry>) {
         if entry.is_negative() {
             self.live.remove(&key);
             self.negative.insert(key, entry);
@@ -117,7 +117,7 @@ impl Store {
     }
 
     /// Removes `key`; whether it was there.
-    pub fn remove(&self, key: &Key) -> bool {
+    pub(crate) fn remove(&self, key: &Key) -> bool {
         // Both, always: no short-circuit.
         let live = self.live.remove(key).is_some();
         let negative = self.negative.remove(key).is_some();
@@ -125,25 +125,25 @@ impl Store {
     }
 
     /// Removes everything; how many entries went.
-    pub fn clear(&self) -> u64 {
+    pub(crate) fn clear(&self) -> u64 {
         let n = self.len();
         self.live.clear();
         self.negative.clear();
         n
     }
 
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         (self.live.len() + self.negative.len()) as u64
     }
 
     /// The estimated bytes held.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.live.weight() + self.negative.weight()
     }
 
     /// Entries held in the negative part (tests).
     #[cfg(test)]
-    pub fn negative_len(&self) -> u64 {
+    pub(crate) fn negative_len(&self) -> u64 {
         self.negative.len() as u64
     }
 }

@@ -8,7 +8,7 @@ use crate::{config::Cli, error::Result};
 
 /// Prints the script for `shell` on stdout. Built in memory first: clap_complete panics
 /// on a failed write, and a reader that went away (`| head`) is not an error of ours.
-pub fn completions(shell: clap_complete::Shell) -> Result<()> {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "auth-service", &mut script);
     let mut stdout = std::io::stdout().lock();

@@ -9,15 +9,15 @@ use crate::{
 };
 
 /// An open database, and the embedded cluster behind it when there is one.
-pub struct Opened {
-    pub db: Db,
-    pub cluster: Option<Cluster>,
+pub(crate) struct Opened {
+    pub(crate) db: Db,
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// Who is opening the database: `serve` owns the embedded cluster; a one-shot
 /// command borrows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Server,
     OneShot,
 }
@@ -27,7 +27,7 @@ impl Opened {
     /// one-shot command that started the cluster leaves it running when a `serve`
     /// has claimed the data directory meanwhile (it adopts the cluster), or when
     /// another process is connected to it.
-    pub async fn close(self, role: Role) -> Result<()> {
+    pub(crate) async fn close(self, role: Role) -> Result<()> {
         let cluster = match self.cluster {
             Some(cluster) if cluster.owned() => cluster,
             _ => {
@@ -59,7 +59,7 @@ impl Opened {
 
 /// What opening does about the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
+pub(crate) enum Schema {
     /// Apply the migrations the database lacks (`migrate`, `serve`, the `token`
     /// commands). A schema that is exactly current is only read, so that a role without
     /// DDL rights (the runtime role of the prune CronJob) can run the `token` commands.
@@ -72,19 +72,19 @@ pub enum Schema {
 
 /// How the connections of a command are laid out.
 #[derive(Debug, Clone, Default)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// Sessions the command opens outside the pools (serve: the health probe, the
     /// LISTEN and heartbeat connections), out of `--db-max-connections`.
-    pub outside_pools: usize,
+    pub(crate) outside_pools: usize,
     /// A direct connection in session semantics (`--database-listen-url`), when the
     /// main URL goes through a transaction-pooling PgBouncer: migrations run over it
     /// (they take a session-level lock), and pooled sessions carry no startup options.
-    pub session: Option<Target>,
+    pub(crate) session: Option<Target>,
 }
 
 /// Connects (starting the embedded cluster if configured), and applies or checks the
 /// migrations.
-pub async fn open(
+pub(crate) async fn open(
     settings: &DbSettings,
     role: Role,
     schema: Schema,
@@ -321,7 +321,6 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn m(version: i64, checksum: &str) -> Migration {

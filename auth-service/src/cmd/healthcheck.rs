@@ -85,7 +85,7 @@ fn tls_client(args: &HealthcheckArgs) -> Result<Option<(ClientConfig, ServerName
 
 /// Asks the server. Every failure is [`Error::Runtime`] (exit 1), whatever its cause:
 /// see the module comment.
-pub async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
+pub(crate) async fn healthcheck(args: &HealthcheckArgs) -> Result<()> {
     ask(args).await.map_err(|e| match e {
         Error::Runtime(_) => e,
         other => unhealthy(other),

@@ -5,7 +5,7 @@ use super::{
 };
 use crate::{config::DbSettings, error::Result};
 
-pub async fn migrate(db: &DbSettings) -> Result<()> {
+pub(crate) async fn migrate(db: &DbSettings) -> Result<()> {
     let opened = database::open(db, Role::OneShot, Schema::Migrate, Default::default()).await?;
     say("migrations applied");
     opened.close(Role::OneShot).await

@@ -6,12 +6,12 @@ use crate::{
     error::Result,
 };
 
-pub mod completions;
-pub mod database;
-pub mod healthcheck;
-pub mod migrate;
-pub mod serve;
-pub mod token;
+pub(crate) mod completions;
+pub(crate) mod database;
+pub(crate) mod healthcheck;
+pub(crate) mod migrate;
+pub(crate) mod serve;
+pub(crate) mod token;
 
 /// Runs one parsed command line; `shutdown` ends `serve`, which exports its spans
 /// through `traces` when they are on.

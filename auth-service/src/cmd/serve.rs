@@ -8,7 +8,7 @@ use crate::{
     transport,
 };
 
-pub async fn serve(
+pub(crate) async fn serve(
     db: &DbSettings,
     settings: ServeSettings,
     shutdown: impl Future<Output = ()>,

@@ -22,7 +22,7 @@ use crate::{
 const PRUNE_BATCH: u32 = 1000;
 
 /// Opens the database, runs one token command, and closes it again.
-pub async fn token(db: &DbSettings, prefix: &Prefix, args: TokenArgs) -> Result<()> {
+pub(crate) async fn token(db: &DbSettings, prefix: &Prefix, args: TokenArgs) -> Result<()> {
     let opened = database::open(db, Role::OneShot, Schema::Migrate, Default::default()).await?;
     let output = args.output;
     let result = match args.command {

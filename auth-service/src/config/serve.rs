@@ -1,63 +1,96 @@
 //! The flags of `auth-service serve`: addresses, renewal rules, the cache, TLS and the
 //! transport's limits, validated into [`ServeSettings`].
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Args;
 
-use super::{DbArgs, parse_db_wait, parse_lifetime};
+use super::{
+    DbArgs, MIN_POOLED,
+    duration::{HumanDuration, human, parse_bounded, parse_lifetime, parse_timer},
+};
 use crate::{
     authz::forward::Access,
-    cache::CacheSettings,
+    cache::{self, CacheSettings},
     error::{Error, Result},
     notify::{NotifySettings, webhook::Secret},
-    renewal::RenewalPolicy,
+    renewal::{self, RenewalPolicy},
     token::Prefix,
-    transport::{
-        DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS, HttpSettings, TlsSettings,
-        TransportSettings,
-    },
+    transport::{self, HttpSettings, TlsSettings, TransportSettings},
 };
+
+/// `--listen`'s default, which `healthcheck` also asks when given no address.
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
+
+// A default that a settings type of a lower module also needs (`RenewalPolicy::default`,
+// `CacheSettings::default`) is that module's constant, shown here by `default_value_t`;
+// every other default is stated in its attribute alone, and `ServeSettings` is only ever
+// built from these flags (`ServeArgs::settings`), so it restates none of them.
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on for gRPC.
-    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    #[arg(long, env = "AUTH_SERVICE_LISTEN", default_value_t = DEFAULT_LISTEN)]
+    pub(crate) listen: SocketAddr,
     /// A renew extends a token only when less than this much life remains.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_THRESHOLD", default_value = "7d", value_parser = parse_lifetime)]
-    pub renew_threshold: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_RENEW_THRESHOLD",
+        default_value_t = HumanDuration(renewal::DEFAULT_THRESHOLD),
+        value_parser = human(parse_lifetime)
+    )]
+    pub(crate) renew_threshold: HumanDuration,
     /// A renew sets the expiry to now plus this.
-    #[arg(long, env = "AUTH_SERVICE_RENEW_EXTENSION", default_value = "90d", value_parser = parse_lifetime)]
-    pub renew_extension: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_RENEW_EXTENSION",
+        default_value_t = HumanDuration(renewal::DEFAULT_EXTENSION),
+        value_parser = human(parse_lifetime)
+    )]
+    pub(crate) renew_extension: HumanDuration,
     /// Absolute cap: renewal never moves a token's expiry past created_at plus this
     /// (like Vault's max TTL). Off by default.
     #[arg(long, env = "AUTH_SERVICE_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime)]
-    pub max_token_lifetime: Option<Duration>,
+    pub(crate) max_token_lifetime: Option<Duration>,
     /// How often the database is probed for the health service.
-    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_db_wait)]
-    pub db_check_interval: Duration,
+    #[arg(long, env = "AUTH_SERVICE_DB_CHECK_INTERVAL", default_value = "5s", value_parser = parse_timer)]
+    pub(crate) db_check_interval: Duration,
     /// Address of the HTTP side port: /metrics (Prometheus), /healthz, /readyz, and
     /// /authz/forward-auth for nginx, Traefik and Caddy [default: off].
     #[arg(long, env = "AUTH_SERVICE_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
+    pub(crate) http_listen: Option<SocketAddr>,
     /// Most token lookups kept in memory per replica; 0 turns the cache off.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = 100_000)]
-    pub cache_capacity: u64,
+    #[arg(long, env = "AUTH_SERVICE_CACHE_CAPACITY", default_value_t = cache::DEFAULT_CAPACITY)]
+    pub(crate) cache_capacity: u64,
     /// Most bytes the cached lookups take (estimated per entry: the entry, its strings,
     /// the key and the cache's slot). An eighth is kept for unknown, revoked and expired
     /// answers, so that a spray of made-up tokens cannot push out live ones.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = crate::cache::DEFAULT_MAX_BYTES)]
-    pub cache_max_bytes: u64,
+    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_BYTES", default_value_t = cache::DEFAULT_MAX_BYTES)]
+    pub(crate) cache_max_bytes: u64,
     /// Longest a cached lookup is kept. Changes reach every replica's cache at once
     /// through database notifications; this is only a safety net.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_TTL", default_value = "5m", value_parser = parse_lifetime)]
-    pub cache_ttl: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_CACHE_TTL",
+        default_value_t = HumanDuration(cache::DEFAULT_TTL),
+        value_parser = human(parse_lifetime)
+    )]
+    pub(crate) cache_ttl: HumanDuration,
     /// The cache's staleness bound: an entry is served only while every token change
     /// committed more than this long ago is known to have been heard (the replica sends
     /// itself a heartbeat NOTIFY every 2/5 of it). Beyond it, lookups go to the database
     /// until the listener catches up. From 10ms to 10s.
-    #[arg(long, env = "AUTH_SERVICE_CACHE_MAX_STALENESS", default_value = "250ms", value_parser = parse_staleness)]
-    pub cache_max_staleness: Duration,
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_CACHE_MAX_STALENESS",
+        default_value_t = HumanDuration(cache::DEFAULT_MAX_STALENESS),
+        value_parser = human(parse_staleness)
+    )]
+    pub(crate) cache_max_staleness: HumanDuration,
     /// Where the cache's LISTEN connection goes, when --database-url goes through a
     /// transaction-pooling PgBouncer (which cannot carry LISTEN): the primary itself, in
     /// session semantics, e.g. a CloudNativePG cluster's `-rw` Service. Migrations run
@@ -69,14 +102,14 @@ pub struct ServeArgs {
         hide_env_values = true,
         conflicts_with = "database_listen_url_file"
     )]
-    pub database_listen_url: Option<String>,
+    pub(crate) database_listen_url: Option<String>,
     /// A file holding --database-listen-url (a mounted Secret).
     #[arg(
         long,
         env = "AUTH_SERVICE_DATABASE_LISTEN_URL_FILE",
         value_name = "FILE"
     )]
-    pub database_listen_url_file: Option<PathBuf>,
+    pub(crate) database_listen_url_file: Option<PathBuf>,
 
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key). Re-read on
     /// SIGHUP and when the file changes.
@@ -86,7 +119,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_key"
     )]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(
         long,
@@ -94,7 +127,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_cert"
     )]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// PEM CA certificates: require and verify client certificates (mTLS).
     #[arg(
         long,
@@ -102,7 +135,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "tls_cert"
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
     /// Callers allowed to use ValidateToken and WatchTokenInvalidations (and the proxy
     /// adapters): a URI SAN (a SPIFFE ID such as
     /// spiffe://cluster.local/ns/mesh/sa/billing) or DNS SAN of their verified client
@@ -113,7 +146,7 @@ pub struct ServeArgs {
         value_name = "ID",
         value_delimiter = ','
     )]
-    pub validate_allow: Vec<String>,
+    pub(crate) validate_allow: Vec<String>,
     /// Networks whose proxies may use /authz/forward-auth on the HTTP port, which sees
     /// no client certificates (e.g. Traefik's pod network, 10.42.0.0/16). With this or
     /// --validate-allow set, only loopback and these networks may ask; with neither,
@@ -124,84 +157,84 @@ pub struct ServeArgs {
         value_name = "CIDR",
         value_delimiter = ','
     )]
-    pub forward_auth_allow: Vec<ipnet::IpNet>,
+    pub(crate) forward_auth_allow: Vec<ipnet::IpNet>,
 
     /// Most concurrent connections on the gRPC port (further ones are closed at once);
     /// also kept below the process's open-file limit.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Most concurrent connections on the HTTP port (--http-listen); further ones are
     /// closed at once. Also kept within a quarter of the process's open-file limit, so
     /// that connections to this port can never take the gRPC port's descriptors.
     #[arg(
         long,
         env = "AUTH_SERVICE_HTTP_MAX_CONNECTIONS",
-        default_value_t = DEFAULT_HTTP_MAX_CONNECTIONS
+        default_value_t = 1024
     )]
-    pub http_max_connections: usize,
+    pub(crate) http_max_connections: usize,
     /// A connection to the HTTP port must send a complete request head within this, when
     /// it opens and again between requests on a kept-alive connection, or it is closed
     /// (a slow client, or an idle one).
     #[arg(
         long,
         env = "AUTH_SERVICE_HTTP_HEADER_TIMEOUT",
-        default_value_t = humantime::Duration::from(DEFAULT_HTTP_HEADER_TIMEOUT),
-        value_parser = parse_human_wait
+        default_value = "10s",
+        value_parser = parse_timer
     )]
-    pub http_header_timeout: humantime::Duration,
+    pub(crate) http_header_timeout: Duration,
     /// Most concurrent calls (HTTP/2 streams) per connection.
     #[arg(
         long,
         env = "AUTH_SERVICE_MAX_CONCURRENT_STREAMS",
         default_value_t = 100
     )]
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
     /// Longest a call may take from its first byte to its answer, on the gRPC port and
     /// on the HTTP port (answered 503 there) [default: the database timeout plus 5s].
-    #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_db_wait)]
-    pub request_timeout: Option<Duration>,
+    #[arg(long, env = "AUTH_SERVICE_REQUEST_TIMEOUT", value_parser = parse_timer)]
+    pub(crate) request_timeout: Option<Duration>,
     /// A new connection must finish its TLS handshake and send the HTTP/2 preface
     /// within this, or it is closed.
-    #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
-    pub handshake_timeout: Duration,
+    #[arg(long, env = "AUTH_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
+    pub(crate) handshake_timeout: Duration,
     /// HTTP/2 PING interval on every connection; a peer that does not answer within
     /// --keepalive-timeout is disconnected.
-    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_db_wait)]
-    pub keepalive_interval: Duration,
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_timer)]
+    pub(crate) keepalive_interval: Duration,
     /// How long a PING may go unanswered.
-    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_db_wait)]
-    pub keepalive_timeout: Duration,
+    #[arg(long, env = "AUTH_SERVICE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
+    pub(crate) keepalive_timeout: Duration,
     #[command(flatten)]
-    pub otel: auth_telemetry::otel::OtelArgs,
+    pub(crate) otel: auth_telemetry::otel::OtelArgs,
     /// At this age (±10 %), a connection gets a GOAWAY: its calls finish, and the
     /// client reconnects, so that a long-lived channel spreads over the replicas an
     /// autoscaler adds (grpc-go's MaxConnectionAge). 0 turns it off.
     #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_age)]
-    pub max_connection_age: Duration,
+    pub(crate) max_connection_age: Duration,
     /// How long calls may go on after that GOAWAY before the connection is cut.
-    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_db_wait)]
-    pub max_connection_age_grace: Duration,
+    #[arg(long, env = "AUTH_SERVICE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_timer)]
+    pub(crate) max_connection_age_grace: Duration,
     /// After SIGTERM, how long in-flight calls may take to finish before they are
     /// cancelled and the process exits.
-    #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_db_wait)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "AUTH_SERVICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_timer)]
+    pub(crate) shutdown_grace: Duration,
     /// Credential failures per minute from one peer address on RenewCurrentToken,
     /// LookupCurrentToken and RevokeCurrentToken before its further calls are refused
     /// with RESOURCE_EXHAUSTED until the minute is over. ValidateToken is never limited.
     #[arg(long, env = "AUTH_SERVICE_AUTH_FAILURE_LIMIT", default_value_t = 60)]
-    pub auth_failure_limit: u32,
+    pub(crate) auth_failure_limit: u32,
     /// Most database operations (renew, revoke) in flight for one token per process;
     /// more are refused at once with UNAVAILABLE and a retry delay.
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_PER_TOKEN", default_value_t = 4)]
-    pub db_max_per_token: usize,
+    pub(crate) db_max_per_token: usize,
     /// Most calls waiting for a pooled database connection; more are refused at once
     /// with UNAVAILABLE and a retry delay [default: 4 x --db-max-connections].
     #[arg(long, env = "AUTH_SERVICE_DB_MAX_WAITING")]
-    pub db_max_waiting: Option<usize>,
+    pub(crate) db_max_waiting: Option<usize>,
     /// Do not apply migrations (a separate `auth-service migrate` does, with a role that
     /// may change the schema); only check at startup that the schema is current.
     #[arg(long, env = "AUTH_SERVICE_NO_MIGRATE")]
-    pub no_migrate: bool,
+    pub(crate) no_migrate: bool,
 
     /// POST a signed JSON notice to this URL when a token is about to expire (once per
     /// token and threshold, across every replica). Treated as a secret: logs show only
@@ -213,7 +246,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         value_parser = parse_webhook
     )]
-    pub notify_webhook: Option<http::Uri>,
+    pub(crate) notify_webhook: Option<http::Uri>,
     /// When to notify: how long before expiry, a comma-separated list; a token crossing
     /// several at once is notified for the nearest only.
     #[arg(
@@ -225,16 +258,16 @@ pub struct ServeArgs {
         value_parser = parse_lifetime,
         requires = "notify_webhook"
     )]
-    pub notify_before: Vec<Duration>,
+    pub(crate) notify_before: Vec<Duration>,
     /// How often due tokens are looked for.
     #[arg(
         long,
         env = "AUTH_SERVICE_NOTIFY_INTERVAL",
         default_value = "1m",
-        value_parser = parse_db_wait,
+        value_parser = parse_timer,
         requires = "notify_webhook"
     )]
-    pub notify_interval: Duration,
+    pub(crate) notify_interval: Duration,
     /// A file holding the key that signs each notice: `X-Auth-Signature: sha256=<hex
     /// HMAC-SHA256 of the body>`, as GitHub signs its webhooks [default: unsigned].
     #[arg(
@@ -243,13 +276,7 @@ pub struct ServeArgs {
         value_name = "FILE",
         requires = "notify_webhook"
     )]
-    pub notify_secret_file: Option<PathBuf>,
-}
-
-/// A timer (`--http-header-timeout`) as humantime's duration, whose `Display` is how
-/// clap shows the default.
-fn parse_human_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
-    parse_db_wait(s).map(humantime::Duration::from)
+    pub(crate) notify_secret_file: Option<PathBuf>,
 }
 
 /// `--max-connection-age`: a duration, or 0 for never.
@@ -257,13 +284,13 @@ fn parse_age(s: &str) -> std::result::Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_db_wait(s)
+    parse_timer(s)
 }
 
 /// `--cache-max-staleness`: 10ms to 10s. Below, heartbeats would cost more than they
 /// save; above, revocations could take longer than any caller would accept.
 fn parse_staleness(s: &str) -> std::result::Result<Duration, String> {
-    let d = super::parse_bounded(s, Duration::from_secs(10))?;
+    let d = parse_bounded(s, Duration::from_secs(10))?;
     if d < Duration::from_millis(10) {
         return Err("too short: at least 10ms".into());
     }
@@ -318,37 +345,9 @@ pub struct ServeSettings {
 }
 
 impl ServeSettings {
-    /// The settings of a server on `listen` with every default (tests and embedders).
-    pub fn new(listen: SocketAddr) -> ServeSettings {
-        ServeSettings {
-            listen,
-            http_listen: None,
-            policy: RenewalPolicy::default(),
-            prefix: Prefix::default(),
-            db_check_interval: Duration::from_secs(5),
-            cache: CacheSettings::default(),
-            db_max_connections: 12,
-            database_listen: None,
-            transport: TransportSettings::default(),
-            http: HttpSettings::default(),
-            validate_allow: Vec::new(),
-            forward_auth: Access::default(),
-            shutdown_grace: Duration::from_secs(10),
-            auth_failure_limit: 60,
-            db_max_per_token: 4,
-            db_max_waiting: 64,
-            coalesce: Default::default(),
-            traces: None,
-            no_migrate: false,
-            notify: None,
-        }
-    }
-}
-
-impl ServeSettings {
     /// The sessions a server opens outside its pools: the health probe, and with the
     /// cache on, the LISTEN and heartbeat connections.
-    pub fn connections_outside_pools(&self) -> usize {
+    pub(crate) fn connections_outside_pools(&self) -> usize {
         1 + if self.cache.capacity > 0 { 2 } else { 0 }
     }
 
@@ -428,10 +427,8 @@ impl ServeArgs {
             );
         }
         Ok(Some(NotifySettings {
-            before,
-            interval: self.notify_interval,
             secret,
-            ..NotifySettings::new(webhook.clone())
+            ..NotifySettings::new(webhook.clone(), before, self.notify_interval)
         }))
     }
 
@@ -439,8 +436,8 @@ impl ServeArgs {
         if self.renew_threshold >= self.renew_extension {
             return Err(Error::Config(format!(
                 "--renew-threshold ({}) must be shorter than --renew-extension ({})",
-                humantime::format_duration(self.renew_threshold),
-                humantime::format_duration(self.renew_extension)
+                humantime::format_duration(self.renew_threshold.get()),
+                humantime::format_duration(self.renew_extension.get())
             )));
         }
         if !self.validate_allow.is_empty() && self.tls_client_ca.is_none() {
@@ -482,22 +479,22 @@ impl ServeArgs {
             cache: CacheSettings {
                 capacity: self.cache_capacity,
                 max_bytes: self.cache_max_bytes,
-                ttl: self.cache_ttl,
-                max_staleness: self.cache_max_staleness,
+                ttl: self.cache_ttl.get(),
+                max_staleness: self.cache_max_staleness.get(),
                 ..CacheSettings::default()
             },
             db_max_connections: db.db_max_connections,
             database_listen: self.database_listen()?,
             policy: RenewalPolicy {
-                threshold: self.renew_threshold,
-                extension: self.renew_extension,
+                threshold: self.renew_threshold.get(),
+                extension: self.renew_extension.get(),
                 max_lifetime: self.max_token_lifetime,
             },
             prefix: db.prefix()?,
             db_check_interval: self.db_check_interval,
             transport: TransportSettings {
                 tls,
-                tls_poll: TransportSettings::default().tls_poll,
+                tls_poll: transport::TLS_POLL,
                 max_connections: self.max_connections,
                 max_concurrent_streams: self.max_concurrent_streams,
                 request_timeout: self
@@ -512,7 +509,7 @@ impl ServeArgs {
             },
             http: HttpSettings {
                 max_connections: self.http_max_connections,
-                header_timeout: *self.http_header_timeout,
+                header_timeout: self.http_header_timeout,
             },
             validate_allow: self
                 .validate_allow
@@ -532,7 +529,7 @@ impl ServeArgs {
             no_migrate: self.no_migrate,
             notify: self.notify_settings()?,
         };
-        let needed = settings.connections_outside_pools() + super::MIN_POOLED;
+        let needed = settings.connections_outside_pools() + MIN_POOLED;
         if db.db_max_connections < needed {
             return Err(Error::Config(format!(
                 "--db-max-connections {} is too small for serve: it needs at least {needed} \
@@ -543,9 +540,104 @@ impl ServeArgs {
                 } else {
                     ""
                 },
-                super::MIN_POOLED
+                MIN_POOLED
             )));
         }
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Command, parse};
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let s = serve.settings(&cli.db).unwrap();
+        // The defaults that lower modules state (and clap shows) are those the flags
+        // give.
+        assert_eq!(s.policy, RenewalPolicy::default());
+        assert_eq!(s.cache, CacheSettings::default());
+        assert_eq!(s.prefix, Prefix::default());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(
+            s.http,
+            HttpSettings {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(s.transport.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.db_max_waiting, 48);
+        assert!(s.notify.is_none());
+        match cli.db.settings().unwrap().database {
+            crate::config::Database::Embedded { data_dir, .. } => {
+                assert_eq!(data_dir, PathBuf::from(crate::config::db::DEFAULT_DATA_DIR))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_are_read_in_human_form() {
+        let cli = parse(&["serve", "--renew-threshold", "3d", "--cache-ttl", "90s"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let s = serve.settings(&cli.db).unwrap();
+        assert_eq!(s.policy.threshold, Duration::from_secs(3 * 86400));
+        assert_eq!(s.cache.ttl, Duration::from_secs(90));
+        assert!(parse(&["serve", "--renew-threshold", "banana"]).is_err());
+        assert!(parse(&["serve", "--cache-max-staleness", "5ms"]).is_err());
+    }
+
+    #[test]
+    fn notify_defaults_come_from_the_flags() {
+        let cli = parse(&["serve", "--notify-webhook", "https://hooks.example/x"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let notify = serve.settings(&cli.db).unwrap().notify.unwrap();
+        assert_eq!(
+            notify.before,
+            [Duration::from_secs(86400), Duration::from_secs(7 * 86400)]
+        );
+        assert_eq!(notify.interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn threshold_must_be_below_extension() {
+        let cli = parse(&[
+            "serve",
+            "--renew-threshold",
+            "90d",
+            "--renew-extension",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        let err = serve.settings(&cli.db).unwrap_err().to_string();
+        assert!(err.contains("--renew-threshold"), "{err}");
+    }
+
+    #[test]
+    fn no_migrate_reaches_the_serve_settings() {
+        let cli = parse(&["serve", "--no-migrate"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(serve.settings(&cli.db).unwrap().no_migrate);
+        let cli = parse(&["serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        assert!(!serve.settings(&cli.db).unwrap().no_migrate);
     }
 }

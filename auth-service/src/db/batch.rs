@@ -26,7 +26,7 @@ use crate::error::Result;
 /// Most lookups in one statement. Chosen by measurement (`auth-bench --batch-sweep`,
 /// docs/benchmarks.md): with 64 callers, 16 gave 0.80x and 256 gave 0.85x the rate of 64,
 /// with a higher p99 for both.
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// A queued lookup and where its answer goes.
 struct Pending {
@@ -35,7 +35,7 @@ struct Pending {
 }
 
 /// The queue and the slots of the cold lookups.
-pub struct Batcher {
+pub(crate) struct Batcher {
     queue: Mutex<VecDeque<Pending>>,
     slots: Arc<Semaphore>,
     max_batch: usize,
@@ -45,7 +45,7 @@ impl Batcher {
     /// `slots` statements in flight at most, each of up to `max_batch` lookups. With a
     /// `max_batch` of 1 nothing is batched, and nothing is held back either: every
     /// lookup is its own statement at once, pipelined on the shared connections.
-    pub fn new(slots: usize, max_batch: usize) -> Batcher {
+    pub(crate) fn new(slots: usize, max_batch: usize) -> Batcher {
         let slots = if max_batch <= 1 {
             Semaphore::MAX_PERMITS
         } else {

@@ -6,15 +6,15 @@
 
 /// The TLS parameters taken out of a connection string, as written (decoded).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct TlsParams {
+pub(crate) struct TlsParams {
     /// `sslmode`.
-    pub mode: Option<String>,
+    pub(crate) mode: Option<String>,
     /// `sslrootcert`.
-    pub root_cert: Option<String>,
+    pub(crate) root_cert: Option<String>,
 }
 
 /// Splits `sslmode` and `sslrootcert` off a URL or key=value string; returns the rest.
-pub fn take_tls_params(url: &str) -> Result<(String, TlsParams), String> {
+pub(crate) fn take_tls_params(url: &str) -> Result<(String, TlsParams), String> {
     let mut params = TlsParams::default();
     let mut take = |key: &str, value: String| match key {
         "sslmode" => {
@@ -106,7 +106,6 @@ fn percent_decode(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -15,19 +15,18 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use crate::error::{Error, Result};
 
-pub mod batch;
-pub mod conninfo;
-pub mod notices;
+pub(crate) mod batch;
+pub(crate) mod conninfo;
+pub(crate) mod notices;
 mod shared;
 pub mod sql;
-pub mod target;
-pub mod tls;
-pub mod tokens;
+pub(crate) mod target;
+pub(crate) mod tls;
+pub(crate) mod tokens;
 
-pub use crate::renewal::TokenRecord;
-pub use sql::Statement;
+pub(crate) use sql::Statement;
 pub use target::Target;
-pub use tokens::{CreatedToken, Lookup, Renewal, TokenListing};
+pub(crate) use tokens::{Lookup, Renewal, TokenListing};
 
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
@@ -63,10 +62,10 @@ pub async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<()> {
 /// history against the migrations this binary carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
-    pub version: i64,
-    pub name: String,
+    pub(crate) version: i64,
+    pub(crate) name: String,
     /// refinery's checksum of the name, version and SQL, in decimal.
-    pub checksum: String,
+    pub(crate) checksum: String,
 }
 
 impl fmt::Display for Migration {
@@ -76,7 +75,7 @@ impl fmt::Display for Migration {
 }
 
 /// The migrations this binary carries (and `migrate` applies), oldest first.
-pub fn known_migrations() -> Vec<Migration> {
+pub(crate) fn known_migrations() -> Vec<Migration> {
     let mut known: Vec<Migration> = embedded_migrations::migrations::runner()
         .get_migrations()
         .iter()
@@ -93,7 +92,7 @@ pub fn known_migrations() -> Vec<Migration> {
 /// `statement`, the label of [`StatementSeconds`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatementLabel {
-    pub statement: &'static str,
+    pub(crate) statement: &'static str,
 }
 
 /// Buckets of the statement latency: from 100 µs (a lookup by the unique index) to
@@ -108,7 +107,7 @@ fn statement_histogram() -> Histogram {
 
 /// How long each statement took, by name, from sending it to its last row (the
 /// `metrics` module registers it as `auth_db_statement_duration_seconds`).
-pub type StatementSeconds = Family<StatementLabel, Histogram, fn() -> Histogram>;
+pub(crate) type StatementSeconds = Family<StatementLabel, Histogram, fn() -> Histogram>;
 
 /// How `connections` sessions are split: a quarter (1 to 4) are shared by the pipelined
 /// lookups, the rest are the exclusive pool. Measured: four connections with many
@@ -225,17 +224,17 @@ impl Db {
     /// A separate one-connection handle on the same database, for the health probe:
     /// a request pool exhausted by load must not make the probe fail. (Its shared
     /// readers are never used, so never connected.)
-    pub fn dedicated(&self) -> Result<Db> {
+    pub(crate) fn dedicated(&self) -> Result<Db> {
         Db::build(self.target.clone(), 2, self.timeout, self.session_options)
     }
 
     /// The sessions this handle holds open now (both pools).
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.pool.status().size + self.readers.open()
     }
 
     /// The same handle with at most `n` lookups per batched statement (1: no batching).
-    pub fn max_batch(mut self, n: usize) -> Db {
+    pub(crate) fn max_batch(mut self, n: usize) -> Db {
         let (_, shared) = split_of(&self);
         self.batcher = Arc::new(batch::Batcher::new(2 * shared, n));
         self
@@ -243,7 +242,7 @@ impl Db {
 
     /// Tokens looked up so far (a batch counts each of its distinct tokens), for the
     /// metrics registry.
-    pub fn lookups(&self) -> &prometheus_client::metrics::counter::Counter {
+    pub(crate) fn lookups(&self) -> &prometheus_client::metrics::counter::Counter {
         &self.lookups
     }
 
@@ -344,7 +343,7 @@ impl Db {
     }
 
     /// What health waits on: woken whenever a call finds the database unavailable.
-    pub fn trouble(&self) -> Arc<tokio::sync::Notify> {
+    pub(crate) fn trouble(&self) -> Arc<tokio::sync::Notify> {
         self.trouble.clone()
     }
 
@@ -358,12 +357,12 @@ impl Db {
 
     /// The connection settings (without the per-request `statement_timeout`), for
     /// connections outside the pool such as the change listener.
-    pub fn config(&self) -> &tokio_postgres::Config {
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
         &self.target.config
     }
 
     /// The database and its TLS, for connections outside the pool.
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 
@@ -439,7 +438,7 @@ impl Db {
     }
 
     /// How many other sessions are connected to the database server.
-    pub async fn other_clients(&self) -> Result<i64> {
+    pub(crate) async fn other_clients(&self) -> Result<i64> {
         self.run(async |c| {
             Ok(self
                 .query_one(c, &sql::OTHER_CLIENTS, &[])
@@ -450,7 +449,7 @@ impl Db {
     }
 
     /// One trivial query: is the database reachable and answering?
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         self.run(async |c| {
             c.simple_query(sql::PING).await?;
             Ok(())

@@ -11,16 +11,16 @@ use crate::error::Result;
 /// A notice this replica has claimed and must now deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
-    pub token_id: Uuid,
-    pub user_id: String,
-    pub name: String,
-    pub expires_at: DateTime<Utc>,
+    pub(crate) token_id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) name: String,
+    pub(crate) expires_at: DateTime<Utc>,
     /// The threshold crossed, in seconds.
-    pub threshold_secs: i64,
+    pub(crate) threshold_secs: i64,
     /// The same on every attempt (`X-Auth-Delivery`).
-    pub delivery_id: Uuid,
+    pub(crate) delivery_id: Uuid,
     /// Attempts made before this claim (a takeover continues the count).
-    pub attempts: i32,
+    pub(crate) attempts: i32,
 }
 
 fn notice(row: &tokio_postgres::Row) -> Result<Notice> {
@@ -62,7 +62,7 @@ impl Db {
     }
 
     /// Records a delivered notice, with its audit event (`kind = 'notify'`).
-    pub async fn notice_sent(&self, n: &Notice, attempts: i32, caller: &str) -> Result<()> {
+    pub(crate) async fn notice_sent(&self, n: &Notice, attempts: i32, caller: &str) -> Result<()> {
         self.run(async |c| {
             self.execute(
                 c,
@@ -82,7 +82,7 @@ impl Db {
     }
 
     /// Records a notice whose retries ran out.
-    pub async fn notice_failed(&self, n: &Notice, attempts: i32) -> Result<()> {
+    pub(crate) async fn notice_failed(&self, n: &Notice, attempts: i32) -> Result<()> {
         self.run(async |c| {
             self.execute(
                 c,

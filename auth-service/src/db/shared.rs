@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 use crate::error::Result;
 
 /// The shared connections.
-pub struct Shared {
+pub(crate) struct Shared {
     pool: Pool,
     /// Held only to clone the connection out, or to refill the slot (so that one caller
     /// refills it while the others wait for that, not for connections of their own).
@@ -32,7 +32,7 @@ pub struct Shared {
 impl Shared {
     /// `pool` holds as many connections as there are `slots` (the budget is exact): a
     /// closed connection's replacement waits until its last queries let go of it.
-    pub fn new(pool: Pool, slots: usize) -> Shared {
+    pub(crate) fn new(pool: Pool, slots: usize) -> Shared {
         Shared {
             pool,
             slots: (0..slots.max(1)).map(|_| Mutex::new(None)).collect(),
@@ -41,7 +41,7 @@ impl Shared {
     }
 
     /// A connection to run one read on, shared with other readers.
-    pub async fn get(&self) -> Result<Arc<Object>> {
+    pub(crate) async fn get(&self) -> Result<Arc<Object>> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let mut slot = slot.lock().await;
         if let Some(client) = slot.as_ref()
@@ -62,7 +62,7 @@ impl Shared {
     /// A connection that stopped answering (its server's machine vanished in a
     /// failover, and nothing closed the connection) still looks open, and would
     /// otherwise serve read after read until the kernel gives up on it.
-    pub fn abandon(&self, client: Arc<Object>) {
+    pub(crate) fn abandon(&self, client: Arc<Object>) {
         for slot in &self.slots {
             // A slot that is locked is being refilled or read from; if it still holds
             // this connection, the next read on it times out and abandons it again.
@@ -81,17 +81,17 @@ impl Shared {
     }
 
     /// How many connections are shared.
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.slots.len()
     }
 
     /// The sessions open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.pool.status().size
     }
 
     /// Drops every held connection and closes the pool.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         for slot in &self.slots {
             if let Ok(mut slot) = slot.try_lock() {
                 *slot = None;

@@ -11,9 +11,9 @@ use tokio_postgres::types::Type;
 /// A statement: its name in metrics and traces, its text, its parameters' types.
 #[derive(Debug)]
 pub struct Statement {
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     pub sql: &'static str,
-    pub params: &'static [Type],
+    pub(crate) params: &'static [Type],
 }
 
 /// Renewal, in one round trip: read the token, extend it if it is inside the renewal
@@ -33,7 +33,7 @@ pub struct Statement {
 /// `cur` is this statement's snapshot, so a race loser sees the pre-renewal expiry
 /// there; `lost_race` tells the caller to re-read (`READ_BY_ID`) instead of reporting
 /// that stale value. `now()` is the database's clock: replicas with skewed clocks agree.
-pub const RENEW: Statement = Statement {
+pub(crate) const RENEW: Statement = Statement {
     name: "renew",
     sql: "
 WITH cur AS (
@@ -83,7 +83,7 @@ FROM cur LEFT JOIN upd ON upd.id = cur.id",
 
 /// Re-read after a lost renewal race: a new statement, so a new snapshot that sees
 /// the winner's committed expiry. $1 token id.
-pub const READ_BY_ID: Statement = Statement {
+pub(crate) const READ_BY_ID: Statement = Statement {
     name: "read_by_id",
     sql: "
 SELECT created_at, expires_at, revoked_at, now() AS db_now
@@ -107,7 +107,7 @@ LEFT JOIN tokens t ON t.token_hash = $1",
 /// `LOOKUP` for many tokens in one statement (see `db::batch`): one row per hash, in
 /// no particular order, the hash first, then `LOOKUP`'s columns; the same `now()` for
 /// all. $1 token hashes (distinct).
-pub const LOOKUP_BATCH: Statement = Statement {
+pub(crate) const LOOKUP_BATCH: Statement = Statement {
     name: "lookup_batch",
     sql: "
 SELECT h.hash, t.id, t.user_id, t.name, t.scopes, t.created_at, t.expires_at, t.revoked_at,
@@ -119,7 +119,7 @@ LEFT JOIN tokens t ON t.token_hash = h.hash",
 
 /// Self-revocation of a live token, audited in the same statement. When it returns
 /// no row, `LOOKUP` says why (unknown, expired, already revoked). $1 hash, $2 caller.
-pub const REVOKE_BY_HASH: Statement = Statement {
+pub(crate) const REVOKE_BY_HASH: Statement = Statement {
     name: "revoke",
     sql: "
 WITH upd AS (
@@ -138,7 +138,7 @@ SELECT id, revoked_at FROM upd",
 };
 
 /// Administrative revocation by id (`token revoke ID`). $1 id, $2 caller.
-pub const REVOKE_BY_ID: Statement = Statement {
+pub(crate) const REVOKE_BY_ID: Statement = Statement {
     name: "revoke_by_id",
     sql: "
 WITH upd AS (
@@ -155,7 +155,7 @@ SELECT revoked_at FROM upd",
 };
 
 /// Does a token with this id exist (to tell "unknown id" from "already revoked")?
-pub const EXISTS_BY_ID: Statement = Statement {
+pub(crate) const EXISTS_BY_ID: Statement = Statement {
     name: "exists_by_id",
     sql: "SELECT revoked_at FROM tokens WHERE id = $1",
     params: &[Type::UUID],
@@ -163,19 +163,19 @@ pub const EXISTS_BY_ID: Statement = Statement {
 
 /// Token creation with its audit row. $1 user, $2 name, $3 hash, $4 display prefix,
 /// $5 scopes, $6 lifetime seconds (NULL: never expires), $7 caller.
-pub const CREATE: Statement = Statement {
+pub(crate) const CREATE: Statement = Statement {
     name: "create",
     sql: "
 WITH ins AS (
     INSERT INTO tokens (user_id, name, token_hash, display_prefix, scopes, expires_at)
     VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::float8))
-    RETURNING id, created_at, expires_at
+    RETURNING id, expires_at
 ),
 audit AS (
     INSERT INTO token_events (token_id, kind, caller, expires_at_after)
     SELECT id, 'create', $7, expires_at FROM ins
 )
-SELECT id, created_at, expires_at FROM ins",
+SELECT id, expires_at FROM ins",
     params: &[
         Type::TEXT,
         Type::TEXT,
@@ -188,7 +188,7 @@ SELECT id, created_at, expires_at FROM ins",
 };
 
 /// `token list`: never the hash. $1 user or NULL for everyone.
-pub const LIST: Statement = Statement {
+pub(crate) const LIST: Statement = Statement {
     name: "list",
     sql: "
 SELECT id, user_id, name, display_prefix, scopes, created_at, expires_at,
@@ -237,7 +237,7 @@ DELETE FROM tokens WHERE id IN (SELECT id FROM doomed)",
 
 /// Batched last-used stamp, written off the request path. $1 token ids, sorted by
 /// the caller so that replicas lock rows in one order and cannot deadlock.
-pub const TOUCH: Statement = Statement {
+pub(crate) const TOUCH: Statement = Statement {
     name: "touch",
     sql: "
 UPDATE tokens SET last_used_at = now()
@@ -246,32 +246,32 @@ WHERE id = ANY($1)",
 };
 
 /// The health probe, and the change listener's ping.
-pub const PING: &str = "SELECT 1";
+pub(crate) const PING: &str = "SELECT 1";
 
 /// The channel of the change notifications the token trigger sends (migration V2).
-pub const TOKEN_CHANGES: &str = "auth_token_changes";
+pub(crate) const TOKEN_CHANGES: &str = "auth_token_changes";
 
 /// What the cache's listener listens to: the token changes, and `heartbeats`, a channel
 /// of this replica's own (see `cache::listener`). `heartbeats` is made by the caller of
 /// lowercase letters, digits and underscores only.
-pub fn listen(heartbeats: &str) -> String {
+pub(crate) fn listen(heartbeats: &str) -> String {
     format!("LISTEN {TOKEN_CHANGES}; LISTEN {heartbeats}")
 }
 
 /// One heartbeat on `heartbeats`, carrying its send time. A plain statement (no
 /// parameters, nothing prepared), so that it works through a transaction-pooling
 /// PgBouncer too; the channel is as for [`listen`].
-pub fn heartbeat(heartbeats: &str, sent_us: u64) -> String {
+pub(crate) fn heartbeat(heartbeats: &str, sent_us: u64) -> String {
     format!("SELECT pg_notify('{heartbeats}', '{sent_us}')")
 }
 
 /// Migrations run without the per-request statement timeout, then restore it.
-pub const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
-pub const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
+pub(crate) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+pub(crate) const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
 
 /// Other sessions connected to this cluster (a running `serve`), so that a `token`
 /// command that started the embedded cluster does not stop it under them.
-pub const OTHER_CLIENTS: Statement = Statement {
+pub(crate) const OTHER_CLIENTS: Statement = Statement {
     name: "other_clients",
     sql: "
 SELECT count(*) FROM pg_stat_activity
@@ -281,7 +281,7 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
 
 /// Whether refinery's history table exists where refinery looks for it (unqualified,
 /// through the search path). A database that was never migrated has none.
-pub const SCHEMA_HISTORY_EXISTS: Statement = Statement {
+pub(crate) const SCHEMA_HISTORY_EXISTS: Statement = Statement {
     name: "schema_history_exists",
     sql: "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
     params: &[],
@@ -289,7 +289,7 @@ pub const SCHEMA_HISTORY_EXISTS: Statement = Statement {
 
 /// The migrations applied, as refinery recorded them (its checksum is stored as text),
 /// for `serve --no-migrate`'s check. Read-only: the runtime role can run it.
-pub const SCHEMA_HISTORY: Statement = Statement {
+pub(crate) const SCHEMA_HISTORY: Statement = Statement {
     name: "schema_history",
     sql: "
 SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY version",
@@ -297,8 +297,8 @@ SELECT version::int8, name, checksum FROM refinery_schema_history ORDER BY versi
 };
 
 /// Serialises migrations across replicas that start together (an arbitrary constant key).
-pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
-pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
+pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7468657461757468)";
+pub(crate) const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7468657461757468)";
 
 /// Claims the expiry notices that are due, in one statement (one transaction).
 ///
@@ -351,7 +351,7 @@ FROM claimed c JOIN due d ON d.id = c.token_id",
 /// loser's re-checked `claimed_at` no longer matches.
 ///
 /// $1 lease in seconds. Returns the same columns as `CLAIM_DUE_NOTICES`.
-pub const RECLAIM_STALE_NOTICES: Statement = Statement {
+pub(crate) const RECLAIM_STALE_NOTICES: Statement = Statement {
     name: "reclaim_notices",
     sql: "
 UPDATE token_notices n
@@ -371,7 +371,7 @@ RETURNING n.token_id, t.user_id, t.name, n.expires_at, n.threshold_secs, n.deliv
 /// A notice was delivered: mark it and audit it, in one statement.
 /// $1 token id, $2 threshold seconds, $3 expiry, $4 attempts made, $5 caller (the
 /// webhook's host).
-pub const NOTICE_SENT: Statement = Statement {
+pub(crate) const NOTICE_SENT: Statement = Statement {
     name: "notice_sent",
     sql: "
 WITH upd AS (
@@ -392,7 +392,7 @@ SELECT token_id, 'notify', $5, expires_at, expires_at FROM upd",
 
 /// A notice's retries ran out: it is not tried again. $1 token id, $2 threshold
 /// seconds, $3 expiry, $4 attempts made.
-pub const NOTICE_FAILED: Statement = Statement {
+pub(crate) const NOTICE_FAILED: Statement = Statement {
     name: "notice_failed",
     sql: "
 UPDATE token_notices SET failed_at = now(), attempts = $4

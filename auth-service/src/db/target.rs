@@ -11,7 +11,7 @@ use super::{
 
 /// The TLS connector of a target (cheap to clone).
 #[derive(Clone)]
-pub enum Tls {
+pub(crate) enum Tls {
     None,
     Rustls(MakeRustlsConnect),
 }
@@ -30,8 +30,8 @@ impl std::fmt::Debug for Tls {
 #[derive(Clone)]
 pub struct Target {
     pub config: tokio_postgres::Config,
-    pub tls: Tls,
-    pub mode: Mode,
+    pub(crate) tls: Tls,
+    pub(crate) mode: Mode,
 }
 
 impl std::fmt::Debug for Target {
@@ -103,7 +103,7 @@ impl Target {
     /// of the current runtime that hands every notification to `on_notification` as it
     /// is read, before the next message, so that nothing queues between the socket and
     /// whoever acts on it. The task ends with why the connection ended.
-    pub async fn connect_listening<F>(
+    pub(crate) async fn connect_listening<F>(
         &self,
         config: &tokio_postgres::Config,
         on_notification: F,
@@ -146,7 +146,7 @@ impl Target {
     }
 
     /// Asks the server to cancel what the connection of `token` is running.
-    pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
+    pub(crate) async fn cancel(&self, token: tokio_postgres::CancelToken) {
         let _ = match &self.tls {
             Tls::None => token.cancel_query(NoTls).await,
             Tls::Rustls(tls) => token.cancel_query(tls.clone()).await,
@@ -156,7 +156,6 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -26,7 +26,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Disable,
     Prefer,
     Require,
@@ -54,7 +54,7 @@ impl Mode {
 
 /// `sslrootcert`: where the trusted CA certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootCert {
+pub(crate) enum RootCert {
     /// A PEM file of CA certificates.
     File(PathBuf),
     /// `sslrootcert=system`: the platform's roots.
@@ -73,14 +73,14 @@ impl RootCert {
 /// How to speak TLS to one server: the mode, and the roots to check its certificate
 /// against.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub mode: Mode,
-    pub root_cert: Option<RootCert>,
+pub(crate) struct Policy {
+    pub(crate) mode: Mode,
+    pub(crate) root_cert: Option<RootCert>,
 }
 
 impl Policy {
     /// From the values of `sslmode` and `sslrootcert`, with libpq's defaults and rules.
-    pub fn new(mode: Option<&str>, root_cert: Option<&str>) -> Result<Policy, String> {
+    pub(crate) fn new(mode: Option<&str>, root_cert: Option<&str>) -> Result<Policy, String> {
         let (given, root_cert) = (mode, root_cert.map(RootCert::parse));
         let mode = match (mode, &root_cert) {
             (Some(mode), _) => Mode::parse(mode)?,
@@ -106,7 +106,7 @@ impl Policy {
     }
 
     /// What tokio-postgres is told: whether to ask for TLS, and whether to insist.
-    pub fn ssl_mode(&self) -> SslMode {
+    pub(crate) fn ssl_mode(&self) -> SslMode {
         match self.mode {
             Mode::Disable => SslMode::Disable,
             Mode::Prefer => SslMode::Prefer,
@@ -116,7 +116,7 @@ impl Policy {
 
     /// The rustls client settings; `None` without TLS. Reads the root certificates now,
     /// so that a missing file is a startup error.
-    pub fn client_config(&self) -> Result<Option<ClientConfig>, String> {
+    pub(crate) fn client_config(&self) -> Result<Option<ClientConfig>, String> {
         let roots = || -> Result<Roots, String> {
             match &self.root_cert {
                 Some(RootCert::File(path)) => {
@@ -152,7 +152,6 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -25,35 +25,34 @@ pub struct Lookup {
 /// The result of `RenewCurrentToken`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renewal {
-    pub token_id: Uuid,
+    pub(crate) token_id: Uuid,
     pub expires_at: Option<Time>,
     pub renewed: bool,
     /// A concurrent renew extended the token while this one waited for its row lock.
-    pub lost_race: bool,
-    pub next_renewal_at: Option<Time>,
+    pub(crate) lost_race: bool,
+    pub(crate) next_renewal_at: Option<Time>,
 }
 
 /// A newly stored token (the secret itself stays with the caller).
 #[derive(Debug, Clone)]
 pub struct CreatedToken {
     pub id: Uuid,
-    pub created_at: Time,
-    pub expires_at: Option<Time>,
+    pub(crate) expires_at: Option<Time>,
 }
 
 /// One row of `token list`.
 #[derive(Debug, Clone)]
-pub struct TokenListing {
-    pub id: Uuid,
-    pub user_id: String,
-    pub name: String,
-    pub display_prefix: String,
-    pub scopes: Vec<String>,
-    pub created_at: Time,
-    pub expires_at: Option<Time>,
-    pub revoked_at: Option<Time>,
-    pub last_used_at: Option<Time>,
-    pub db_now: Time,
+pub(crate) struct TokenListing {
+    pub(crate) id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) name: String,
+    pub(crate) display_prefix: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) created_at: Time,
+    pub(crate) expires_at: Option<Time>,
+    pub(crate) revoked_at: Option<Time>,
+    pub(crate) last_used_at: Option<Time>,
+    pub(crate) db_now: Time,
 }
 
 /// A `LOOKUP` row (its columns from `at` on): the token, if any, and `now()`.
@@ -169,7 +168,11 @@ impl Db {
     }
 
     /// `RevokeCurrentToken`: revokes a live token; otherwise says why it cannot.
-    pub async fn revoke_by_hash(&self, digest: &TokenDigest, caller: &str) -> Result<(Uuid, Time)> {
+    pub(crate) async fn revoke_by_hash(
+        &self,
+        digest: &TokenDigest,
+        caller: &str,
+    ) -> Result<(Uuid, Time)> {
         let row = self
             .run(async |c| {
                 self.query_opt(c, &sql::REVOKE_BY_HASH, &[&&digest.hash[..], &caller])
@@ -239,13 +242,12 @@ impl Db {
             .await?;
         Ok(CreatedToken {
             id: row.try_get(0)?,
-            created_at: row.try_get(1)?,
-            expires_at: row.try_get(2)?,
+            expires_at: row.try_get(1)?,
         })
     }
 
     /// Every token (or one user's), oldest first, without secrets.
-    pub async fn list(&self, user: Option<&str>) -> Result<Vec<TokenListing>> {
+    pub(crate) async fn list(&self, user: Option<&str>) -> Result<Vec<TokenListing>> {
         let rows = self
             .run(async |c| self.query(c, &sql::LIST, &[&user]).await)
             .await?;
@@ -290,7 +292,7 @@ impl Db {
     }
 
     /// Stamps `last_used_at = now()` on a batch of tokens.
-    pub async fn touch(&self, ids: &[Uuid]) -> Result<()> {
+    pub(crate) async fn touch(&self, ids: &[Uuid]) -> Result<()> {
         self.run(async |c| {
             self.execute(c, &sql::TOUCH, &[&ids]).await?;
             Ok(())

@@ -8,7 +8,7 @@ use std::{
 use crate::error::{Error, Result};
 
 /// The system account the cluster runs as when auth-service runs as root.
-pub const SYSTEM_USER: &str = "postgres";
+pub(crate) const SYSTEM_USER: &str = "postgres";
 
 /// An account to run the server programs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,9 +18,8 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+pub(crate) fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// The account for the cluster: `None` (ourselves) unless we are root.
@@ -71,7 +70,6 @@ pub fn blocking_ancestor(dir: &Path, who: &RunAs) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

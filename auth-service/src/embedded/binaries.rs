@@ -10,8 +10,8 @@ const PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 
 /// The directory holding the server programs.
 #[derive(Debug, Clone)]
-pub struct PgBinaries {
-    pub bindir: PathBuf,
+pub(crate) struct PgBinaries {
+    pub(crate) bindir: PathBuf,
 }
 
 impl PgBinaries {
@@ -19,7 +19,7 @@ impl PgBinaries {
     /// `pg_ctl` really lives in. A bindir found on `PATH` may be a directory of links to
     /// the server programs only (`/usr/local/bin`), while a client program such as
     /// `pg_basebackup` of the same installation sits next to the real `pg_ctl`.
-    pub fn program(&self, name: &str) -> PathBuf {
+    pub(crate) fn program(&self, name: &str) -> PathBuf {
         let here = self.bindir.join(name);
         if here.is_file() {
             return here;
@@ -33,7 +33,7 @@ impl PgBinaries {
 
     /// In order: an explicit `--pg-bindir`, `PATH`, `pg_config --bindir`, and
     /// Debian's `/usr/lib/postgresql/<version>/bin` (highest version first).
-    pub fn locate(explicit: Option<&Path>) -> Result<PgBinaries> {
+    pub(crate) fn locate(explicit: Option<&Path>) -> Result<PgBinaries> {
         if let Some(dir) = explicit {
             return if has_all(dir) {
                 Ok(PgBinaries {
@@ -92,7 +92,6 @@ fn candidates() -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -31,13 +31,13 @@ const SERVE_LOCK: &str = "serve.lock";
 
 /// The right to decide about the cluster under one data directory; released on drop.
 #[derive(Debug)]
-pub struct ClusterLock {
+pub(crate) struct ClusterLock {
     _file: File,
 }
 
 impl ClusterLock {
     /// Waits until no other process is deciding about the cluster under `data_dir`.
-    pub fn acquire(data_dir: &Path) -> Result<ClusterLock> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<ClusterLock> {
         let path = data_dir.join(CLUSTER_LOCK);
         let file = open(&path)?;
         match file.try_lock() {
@@ -57,13 +57,13 @@ impl ClusterLock {
 
 /// `serve`'s claim on the data directory, held for its whole life; released on drop.
 #[derive(Debug)]
-pub struct ServeLock {
+pub(crate) struct ServeLock {
     file: File,
 }
 
 impl ServeLock {
     /// Claims the data directory for this `serve`, or names the `serve` that has it.
-    pub fn acquire(data_dir: &Path) -> Result<ServeLock> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<ServeLock> {
         let path = data_dir.join(SERVE_LOCK);
         let file = open(&path)?;
         if !take(&file, &path)? {
@@ -96,7 +96,7 @@ impl ServeLock {
 
     /// Whether a `serve` holds the data directory. Probed under the cluster lock (see
     /// the module comment).
-    pub fn held(data_dir: &Path, _deciding: &ClusterLock) -> Result<bool> {
+    pub(crate) fn held(data_dir: &Path, _deciding: &ClusterLock) -> Result<bool> {
         let path = data_dir.join(SERVE_LOCK);
         let file = open(&path)?;
         match file.try_lock_shared() {
@@ -164,7 +164,6 @@ fn failed(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn scratch(tag: &str) -> std::path::PathBuf {

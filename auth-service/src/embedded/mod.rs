@@ -22,12 +22,12 @@ use std::{
 use crate::error::{Error, Result};
 
 pub mod account;
-pub mod binaries;
-pub mod lock;
+pub(crate) mod binaries;
+pub(crate) mod lock;
 
-pub use account::RunAs;
-pub use binaries::PgBinaries;
-pub use lock::{ClusterLock, ServeLock};
+pub(crate) use account::RunAs;
+pub(crate) use binaries::PgBinaries;
+pub(crate) use lock::{ClusterLock, ServeLock};
 
 /// The socket path must fit in `sockaddr_un.sun_path` (108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -84,7 +84,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], but returns with the cluster lock still held, so the
     /// caller can connect before any other process decides to stop the server.
-    pub fn start_locked(
+    pub(crate) fn start_locked(
         data_dir: &Path,
         bindir: Option<&Path>,
         options: &ClusterOptions,
@@ -121,12 +121,12 @@ impl Cluster {
     }
 
     /// Waits for the right to decide about the server (stop it or leave it running).
-    pub fn lock(&self) -> Result<ClusterLock> {
+    pub(crate) fn lock(&self) -> Result<ClusterLock> {
         ClusterLock::acquire(&self.data_dir)
     }
 
     /// Whether a `serve` has claimed this data directory (and so owns the server).
-    pub fn serve_running(&self, deciding: &ClusterLock) -> Result<bool> {
+    pub(crate) fn serve_running(&self, deciding: &ClusterLock) -> Result<bool> {
         ServeLock::held(&self.data_dir, deciding)
     }
 
@@ -142,11 +142,6 @@ impl Cluster {
         config
     }
 
-    /// Kills the server at once (no checkpoint): for throwaway test clusters at exit.
-    pub fn stop_immediately(&self) {
-        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
-    }
-
     pub fn pgdata(&self) -> &Path {
         &self.pgdata
     }
@@ -158,7 +153,7 @@ impl Cluster {
     }
 
     /// [`Cluster::stop`] for a caller that already holds the cluster lock.
-    pub fn stop_locked(mut self, _deciding: &ClusterLock) -> Result<()> {
+    pub(crate) fn stop_locked(mut self, _deciding: &ClusterLock) -> Result<()> {
         let stopped = if self.owned {
             self.stop_server()
         } else {
@@ -171,7 +166,7 @@ impl Cluster {
     }
 
     /// Whether this process will stop the server when done.
-    pub fn owned(&self) -> bool {
+    pub(crate) fn owned(&self) -> bool {
         self.owned
     }
 
@@ -445,7 +440,6 @@ fn tail(path: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::os::unix::process::ExitStatusExt;
 
     use super::*;

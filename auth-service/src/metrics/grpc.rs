@@ -50,7 +50,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
 
 /// The label sets of every method, in the order [`method`] numbers them: the known
 /// methods, then `unknown`.
-pub fn methods() -> impl Iterator<Item = GrpcLabels> {
+pub(crate) fn methods() -> impl Iterator<Item = GrpcLabels> {
     KNOWN
         .iter()
         .map(|(service, method, kind)| GrpcLabels {
@@ -67,7 +67,7 @@ pub fn methods() -> impl Iterator<Item = GrpcLabels> {
 
 /// The number of the method a request path (`/package.Service/Method`) calls, in the
 /// order of [`methods`]; anything unknown is the last.
-pub fn method(path: &str) -> usize {
+pub(crate) fn method(path: &str) -> usize {
     path.strip_prefix('/')
         .and_then(|p| p.split_once('/'))
         .and_then(|(service, method)| {
@@ -80,7 +80,7 @@ pub fn method(path: &str) -> usize {
 
 /// A `grpc-status` value as grpc-go's `codes.Code.String()` spells it, which is what
 /// dashboards built on go-grpc-prometheus expect in `grpc_code`.
-pub fn code_name(status: &[u8]) -> &'static str {
+pub(crate) fn code_name(status: &[u8]) -> &'static str {
     std::str::from_utf8(status)
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
@@ -91,12 +91,12 @@ pub fn code_name(status: &[u8]) -> &'static str {
 
 /// The layer: wraps the server's router.
 #[derive(Clone)]
-pub struct GrpcMetricsLayer {
+pub(crate) struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
 }
 
 impl GrpcMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         GrpcMetricsLayer { metrics }
     }
 }
@@ -114,7 +114,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 
 /// The service the layer makes.
 #[derive(Clone)]
-pub struct GrpcMetrics<S> {
+pub(crate) struct GrpcMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
@@ -229,7 +229,7 @@ where
 }
 
 /// The response body, watched for the trailers that carry the status.
-pub struct MeteredBody<B> {
+pub(crate) struct MeteredBody<B> {
     inner: B,
     recorder: Recorder,
 }
@@ -272,7 +272,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn labels(path: &str) -> GrpcLabels {

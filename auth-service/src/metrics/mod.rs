@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub mod grpc;
+pub(crate) mod grpc;
 
 /// Buckets of `grpc_server_handling_seconds`: from 100 µs (a cached validation) to 10 s
 /// (past the default database timeout).
@@ -24,60 +24,60 @@ const HANDLING_BUCKETS: [f64; 15] = [
 
 /// `grpc_type`, `grpc_service`, `grpc_method`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GrpcLabels {
-    pub grpc_type: &'static str,
-    pub grpc_service: &'static str,
-    pub grpc_method: &'static str,
+pub(crate) struct GrpcLabels {
+    pub(crate) grpc_type: &'static str,
+    pub(crate) grpc_service: &'static str,
+    pub(crate) grpc_method: &'static str,
 }
 
 /// [`GrpcLabels`] and `grpc_code` (as grpc-go spells it: `OK`, `Unauthenticated`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GrpcCodeLabels {
-    pub grpc_type: &'static str,
-    pub grpc_service: &'static str,
-    pub grpc_method: &'static str,
-    pub grpc_code: &'static str,
+pub(crate) struct GrpcCodeLabels {
+    pub(crate) grpc_type: &'static str,
+    pub(crate) grpc_service: &'static str,
+    pub(crate) grpc_method: &'static str,
+    pub(crate) grpc_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TaskLabel {
-    pub task: &'static str,
+pub(crate) struct TaskLabel {
+    pub(crate) task: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CauseLabel {
-    pub cause: &'static str,
+pub(crate) struct CauseLabel {
+    pub(crate) cause: &'static str,
 }
 
 /// `http_route`, `http_request_method`, `http_response_status_code`, as OpenTelemetry's
 /// HTTP server metric names them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
-    pub http_route: &'static str,
-    pub http_request_method: &'static str,
-    pub http_response_status_code: u16,
+pub(crate) struct HttpLabels {
+    pub(crate) http_route: &'static str,
+    pub(crate) http_request_method: &'static str,
+    pub(crate) http_response_status_code: u16,
 }
 
 /// `adapter` and `decision`, for `auth_authz_decisions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    pub adapter: &'static str,
-    pub decision: &'static str,
+pub(crate) struct DecisionLabels {
+    pub(crate) adapter: &'static str,
+    pub(crate) decision: &'static str,
 }
 
 /// How one expiry-notice delivery attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoticeResult {
+pub(crate) enum NoticeResult {
     Sent,
     /// Failed; it will be tried again.
     Retried,
@@ -87,14 +87,14 @@ pub enum NoticeResult {
 
 /// Which proxy adapter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Adapter {
+pub(crate) enum Adapter {
     ExtAuthz,
     ForwardAuth,
 }
 
 /// What a proxy adapter answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The request may pass.
     Allow,
     /// A credential problem (401).
@@ -108,8 +108,8 @@ pub enum Decision {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
+pub(crate) struct StateLabel {
+    pub(crate) state: &'static str,
 }
 
 type HistogramFamily = Family<GrpcLabels, Histogram, fn() -> Histogram>;
@@ -120,7 +120,7 @@ fn handling_histogram() -> Histogram {
 
 /// How a renewal ended, for `auth_token_renewals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenewalResult {
+pub(crate) enum RenewalResult {
     /// This call extended the expiry.
     Renewed,
     /// The token did not need extending.
@@ -133,7 +133,7 @@ pub enum RenewalResult {
 
 /// Why a cache entry left, for `auth_cache_evictions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eviction {
+pub(crate) enum Eviction {
     /// A change notification (or this replica's own renew or revoke).
     Notify,
     /// The change listener was lost: everything goes.
@@ -147,7 +147,7 @@ pub enum Eviction {
 /// Why a lookup went to the database although the cache is on, for
 /// `auth_cache_bypasses_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bypass {
+pub(crate) enum Bypass {
     /// The listening connection is down (or not yet listening).
     NotListening,
     /// The newest heard heartbeat is older than `--cache-max-staleness`.
@@ -168,19 +168,19 @@ pub struct DbState {
 /// The cache and its listener at scrape time.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CacheState {
-    pub enabled: bool,
-    pub entries: u64,
-    pub listening: bool,
+    pub(crate) enabled: bool,
+    pub(crate) entries: u64,
+    pub(crate) listening: bool,
     /// Now minus the send time of the newest heard heartbeat (none heard on this
     /// connection: since the process started).
-    pub lag: Duration,
+    pub(crate) lag: Duration,
     /// Since the newest heartbeat was heard (or the connection began listening; never:
     /// since the process started).
-    pub since_heard: Duration,
+    pub(crate) since_heard: Duration,
     /// The LISTEN and heartbeat connections open now.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// The entries' estimated bytes (each at least its share of the count bound).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// Buckets of `auth_cache_heartbeat_delay_seconds`: from 100 µs to past the default
@@ -521,7 +521,7 @@ impl Metrics {
 
     /// Registers the database's statement latency (see [`crate::db::StatementSeconds`])
     /// as `auth_db_statement_duration_seconds{statement}`.
-    pub fn register_db(&mut self, db: &crate::db::Db) {
+    pub(crate) fn register_db(&mut self, db: &crate::db::Db) {
         self.register_statements(db.statement_seconds().clone());
         self.registry.register(
             "auth_db_lookups",
@@ -542,14 +542,14 @@ impl Metrics {
     }
 
     /// An RPC to the method numbered `method` (see [`grpc::method`]) started.
-    pub fn grpc_started(&self, method: usize) {
+    pub(crate) fn grpc_started(&self, method: usize) {
         if let Some(m) = self.methods.get(method) {
             m.started.inc();
         }
     }
 
     /// An RPC to the method numbered `method` finished with `code` after `seconds`.
-    pub fn grpc_handled(&self, method: usize, code: &'static str, seconds: f64) {
+    pub(crate) fn grpc_handled(&self, method: usize, code: &'static str, seconds: f64) {
         let Some(m) = self.methods.get(method) else {
             return;
         };
@@ -565,7 +565,7 @@ impl Metrics {
     }
 
     /// A credential was refused.
-    pub fn rejected(&self, reason: ErrorReason) {
+    pub(crate) fn rejected(&self, reason: ErrorReason) {
         self.rejections
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str_name(),
@@ -573,7 +573,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn renewal(&self, result: RenewalResult) {
+    pub(crate) fn renewal(&self, result: RenewalResult) {
         let result = match result {
             RenewalResult::Renewed => "renewed",
             RenewalResult::Noop => "noop",
@@ -584,7 +584,7 @@ impl Metrics {
     }
 
     /// A proxy adapter answered.
-    pub fn authz_decision(&self, adapter: Adapter, decision: Decision) {
+    pub(crate) fn authz_decision(&self, adapter: Adapter, decision: Decision) {
         let adapter = match adapter {
             Adapter::ExtAuthz => "ext_authz",
             Adapter::ForwardAuth => "forward_auth",
@@ -602,7 +602,7 @@ impl Metrics {
     }
 
     /// An expiry-notice delivery attempt ended.
-    pub fn notice(&self, result: NoticeResult) {
+    pub(crate) fn notice(&self, result: NoticeResult) {
         let result = match result {
             NoticeResult::Sent => "sent",
             NoticeResult::Retried => "retried",
@@ -612,7 +612,7 @@ impl Metrics {
     }
 
     /// An expiry-notice scan ended (`ok`: its claimed notices are on their way).
-    pub fn notify_scan(&self, ok: bool) {
+    pub(crate) fn notify_scan(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.notify_scans
             .get_or_create(&ResultLabel { result })
@@ -620,7 +620,7 @@ impl Metrics {
     }
 
     /// The TLS files were read again (`reloaded`: new handshakes use them).
-    pub fn tls_reload(&self, reloaded: bool) {
+    pub(crate) fn tls_reload(&self, reloaded: bool) {
         let result = if reloaded { "reloaded" } else { "refused" };
         self.tls_reloads
             .get_or_create(&ResultLabel { result })
@@ -628,7 +628,7 @@ impl Metrics {
     }
 
     /// A cache lookup (`hit`: answered from memory).
-    pub fn cache_request(&self, hit: bool) {
+    pub(crate) fn cache_request(&self, hit: bool) {
         if hit {
             self.cache_hits.inc();
         } else {
@@ -637,7 +637,7 @@ impl Metrics {
     }
 
     /// A lookup bypassed the cache.
-    pub fn cache_bypassed(&self, cause: Bypass) {
+    pub(crate) fn cache_bypassed(&self, cause: Bypass) {
         match cause {
             Bypass::Stale => self.cache_bypass_stale.inc(),
             Bypass::NotListening => self.cache_bypass_not_listening.inc(),
@@ -645,12 +645,12 @@ impl Metrics {
     }
 
     /// A heartbeat was heard `delay` after it was sent.
-    pub fn heartbeat_delay(&self, delay: Duration) {
+    pub(crate) fn heartbeat_delay(&self, delay: Duration) {
         self.heartbeat_delay.observe(delay.as_secs_f64());
     }
 
     /// `n` entries left the cache for `cause`.
-    pub fn evicted(&self, cause: Eviction, n: u64) {
+    pub(crate) fn evicted(&self, cause: Eviction, n: u64) {
         let cause = match cause {
             Eviction::Notify => "notify",
             Eviction::Flush => "flush",
@@ -663,7 +663,7 @@ impl Metrics {
     }
 
     /// A request on the HTTP port was answered.
-    pub fn http_request(
+    pub(crate) fn http_request(
         &self,
         route: &'static str,
         method: &http::Method,
@@ -690,12 +690,12 @@ impl Metrics {
     }
 
     /// A background task failed.
-    pub fn task_failed(&self, task: &'static str) {
+    pub(crate) fn task_failed(&self, task: &'static str) {
         self.task_failures.get_or_create(&TaskLabel { task }).inc();
     }
 
     /// The trace exporter has lost `total` spans so far.
-    pub fn otel_dropped(&self, total: u64) {
+    pub(crate) fn otel_dropped(&self, total: u64) {
         let counted = self.otel_dropped.get();
         if total > counted {
             self.otel_dropped.inc_by(total - counted);
@@ -703,7 +703,7 @@ impl Metrics {
     }
 
     /// A call was shed.
-    pub fn shed(&self, cause: crate::error::Shed) {
+    pub(crate) fn shed(&self, cause: crate::error::Shed) {
         self.shed
             .get_or_create(&CauseLabel {
                 cause: cause.as_str(),
@@ -712,7 +712,7 @@ impl Metrics {
     }
 
     /// The health probe's verdict.
-    pub fn db_up(&self, up: bool) {
+    pub(crate) fn db_up(&self, up: bool) {
         self.db_up.set(i64::from(up));
     }
 
@@ -749,7 +749,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn pool(size: usize, available: usize, waiting: usize) -> DbState {

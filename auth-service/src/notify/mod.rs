@@ -53,12 +53,14 @@ pub struct NotifySettings {
 }
 
 impl NotifySettings {
-    /// The settings for `webhook` with every default.
-    pub fn new(webhook: http::Uri) -> NotifySettings {
+    /// The settings for `webhook`, notifying `before` expiry (ascending) and scanning
+    /// every `interval` (`--notify-before`, `--notify-interval`, whose defaults are the
+    /// flags'), with the delivery's own defaults.
+    pub fn new(webhook: http::Uri, before: Vec<Duration>, interval: Duration) -> NotifySettings {
         NotifySettings {
             webhook,
-            before: vec![Duration::from_secs(86400), Duration::from_secs(7 * 86400)],
-            interval: Duration::from_secs(60),
+            before,
+            interval,
             secret: None,
             attempts: 5,
             retry_base: Duration::from_secs(1),
@@ -90,7 +92,7 @@ static SCAN_LOG: Every = Every::new(Duration::from_secs(60));
 
 /// Starts the notifier; it stops when `stop` turns true (deliveries in flight are
 /// abandoned: their claims are taken over after the lease).
-pub fn spawn(
+pub(crate) fn spawn(
     db: Db,
     settings: NotifySettings,
     metrics: Arc<Metrics>,
@@ -252,12 +254,15 @@ async fn deliver(d: Delivery, notice: Notice, first: tokio::sync::OwnedSemaphore
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
-        let s = NotifySettings::new("http://x/".parse().unwrap());
+        let s = NotifySettings::new(
+            "http://x/".parse().unwrap(),
+            vec![],
+            Duration::from_secs(60),
+        );
         let waits: Vec<u64> = (1..=8).map(|n| s.backoff(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
     }

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// The event name, in the body and in `X-Auth-Event`.
-pub const EVENT: &str = "token.expiring";
+pub(crate) const EVENT: &str = "token.expiring";
 
 /// The signing key (`--notify-secret-file`). Its Debug output never shows it.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` under `secret`.
-pub fn signature(secret: &Secret, body: &[u8]) -> String {
+pub(crate) fn signature(secret: &Secret, body: &[u8]) -> String {
     // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
         return String::new();
@@ -56,7 +56,7 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
 }
 
 /// A threshold as people write it: `7d`, `1d`, `12h`, `30m`, `45s`.
-pub fn fmt_threshold(d: Duration) -> String {
+pub(crate) fn fmt_threshold(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => "0s".into(),
@@ -68,7 +68,7 @@ pub fn fmt_threshold(d: Duration) -> String {
 }
 
 /// The URL without its path and query, which may hold the receiver's key.
-pub fn describe(uri: &http::Uri) -> String {
+pub(crate) fn describe(uri: &http::Uri) -> String {
     format!(
         "{}://{}",
         uri.scheme_str().unwrap_or("http"),
@@ -77,7 +77,7 @@ pub fn describe(uri: &http::Uri) -> String {
 }
 
 /// The JSON body of a notice, sent at `sent_at`.
-pub fn body(notice: &Notice, sent_at: chrono::DateTime<Utc>) -> Vec<u8> {
+pub(crate) fn body(notice: &Notice, sent_at: chrono::DateTime<Utc>) -> Vec<u8> {
     let threshold = Duration::from_secs(u64::try_from(notice.threshold_secs).unwrap_or(0));
     serde_json::json!({
         "event": EVENT,
@@ -94,7 +94,7 @@ pub fn body(notice: &Notice, sent_at: chrono::DateTime<Utc>) -> Vec<u8> {
 }
 
 /// Sends notices to the one webhook.
-pub struct Client {
+pub(crate) struct Client {
     http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: http::Uri,
     secret: Option<Secret>,
@@ -104,7 +104,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(settings: &NotifySettings) -> Result<Client> {
+    pub(crate) fn new(settings: &NotifySettings) -> Result<Client> {
         let roots = auth_tls::roots::system_roots()
             .map_err(|e| Error::Config(format!("--notify-webhook: no TLS roots: {e}")))?;
         let tls = ClientConfig::builder_with_provider(auth_tls::provider())
@@ -126,13 +126,13 @@ impl Client {
         })
     }
 
-    pub fn caller(&self) -> &str {
+    pub(crate) fn caller(&self) -> &str {
         &self.caller
     }
 
     /// One attempt: `Ok` on a 2xx answer within the timeout; otherwise what went wrong,
     /// for the log (never the URL).
-    pub async fn send(&self, notice: &Notice) -> std::result::Result<(), String> {
+    pub(crate) async fn send(&self, notice: &Notice) -> std::result::Result<(), String> {
         let body = body(notice, Utc::now());
         let mut request = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -172,7 +172,6 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
 
 /// Parses the bearer token of a request. Every failure is a credential error that
 /// touches nothing: no database work happens for a request that fails here.
-pub fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
+pub(crate) fn bearer<T>(request: &Request<T>, prefix: &Prefix) -> Result<TokenDigest> {
     let value = request.metadata().get("authorization").ok_or_else(|| {
         Error::MissingCredentials(
             "no `authorization` metadata: send `authorization: Bearer <token>`".into(),
@@ -69,13 +69,13 @@ pub fn parse_bearer(value: &[u8], prefix: &Prefix) -> Result<TokenDigest> {
 }
 
 /// The peer address, for the audit trail.
-pub fn caller<T>(request: &Request<T>) -> String {
+pub(crate) fn caller<T>(request: &Request<T>) -> String {
     peer_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// The peer's socket address: from the transport's connection info (our accept loop),
 /// else tonic's own (a server built without it, as in some tests).
-pub fn peer_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+pub(crate) fn peer_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     request
         .extensions()
         .get::<ConnInfo>()
@@ -84,13 +84,13 @@ pub fn peer_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
 }
 
 /// The verified client certificate's identity, on an mTLS connection.
-pub fn peer_identity<T>(request: &Request<T>) -> Option<Arc<PeerIdentity>> {
+pub(crate) fn peer_identity<T>(request: &Request<T>) -> Option<Arc<PeerIdentity>> {
     request.extensions().get::<ConnInfo>()?.peer.clone()
 }
 
 /// Checks that the caller may use ValidateToken (or a proxy adapter): anyone when
 /// `allowed` is empty, else a verified client certificate carrying one of its IDs.
-pub fn authorize_validate<T>(request: &Request<T>, allowed: &[String]) -> Result<()> {
+pub(crate) fn authorize_validate<T>(request: &Request<T>, allowed: &[String]) -> Result<()> {
     if allowed.is_empty() {
         return Ok(());
     }
@@ -110,7 +110,6 @@ pub fn authorize_validate<T>(request: &Request<T>, allowed: &[String]) -> Result
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::ErrorReason as Reason;
 
     use super::*;
@@ -217,7 +216,6 @@ mod tests {
 mod properties {
     //! Property tests of `parse_bearer`: hostile bytes never panic, and the scheme's case
     //! and the blanks around and between do not change the answer.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use auth_api::{ErrorReason as Reason, token::with_random};
     use proptest::{collection::vec, prelude::*};
 

@@ -28,10 +28,10 @@ mod lookup;
 mod renew;
 mod revoke;
 mod validate;
-pub mod watch;
+pub(crate) mod watch;
 
 /// Shared state of the RPC handlers.
-pub struct AuthSvc {
+pub(crate) struct AuthSvc {
     db: Db,
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
@@ -68,21 +68,21 @@ impl Default for CoalesceLimits {
 }
 
 /// What the handlers need besides the database and the renewal rules.
-pub struct Shared {
-    pub cache: Arc<TokenCache>,
-    pub metrics: Arc<Metrics>,
-    pub toucher: Toucher,
-    pub throttle: Arc<FailureThrottle>,
-    pub admission: DbAdmission,
+pub(crate) struct Shared {
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) toucher: Toucher,
+    pub(crate) throttle: Arc<FailureThrottle>,
+    pub(crate) admission: DbAdmission,
     /// Callers allowed to validate; empty: anyone.
-    pub validate_allow: Arc<[String]>,
-    pub coalesce: CoalesceLimits,
+    pub(crate) validate_allow: Arc<[String]>,
+    pub(crate) coalesce: CoalesceLimits,
     /// Turns true when the server begins to shut down.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuthSvc {
-    pub fn new(db: Db, policy: RenewalPolicy, prefix: Prefix, shared: Shared) -> Self {
+    pub(crate) fn new(db: Db, policy: RenewalPolicy, prefix: Prefix, shared: Shared) -> Self {
         AuthSvc {
             db,
             cache: shared.cache,

@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// A heartbeat goes out at least this often.
-pub const KEEPALIVE: Duration = Duration::from_millis(250);
+pub(crate) const KEEPALIVE: Duration = Duration::from_millis(250);
 /// Most token hashes in one message.
 const MAX_BATCH: usize = 512;
 /// Messages queued for the client before the relay waits (and, if it waits long, falls
@@ -40,7 +40,7 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 16;
 
 /// The stream of one watcher.
-pub type WatchStream =
+pub(crate) type WatchStream =
     Pin<Box<dyn Stream<Item = Result<WatchTokenInvalidationsResponse, Status>> + Send>>;
 
 pub(super) fn handle(

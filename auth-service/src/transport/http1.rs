@@ -30,17 +30,17 @@ use super::Conn;
 
 /// What one connection may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Http1Settings {
+pub(crate) struct Http1Settings {
     /// Longest wait for a complete request head (from the connection's start, or from
     /// the previous response on a kept-alive connection).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Longest a request may take from its head to its answer.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 /// Serves every connection `incoming` yields with `router` until `shutdown` resolves;
 /// then drains (bounded by the request time limit) and returns.
-pub async fn serve(
+pub(crate) async fn serve(
     incoming: impl Stream<Item = io::Result<Conn>>,
     router: Router,
     settings: Http1Settings,

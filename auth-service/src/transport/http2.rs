@@ -40,27 +40,27 @@ use super::{Conn, ConnInfo};
 /// server draining): calls in flight may finish, but a stream that never ends will be
 /// cut after the grace period.
 #[derive(Debug, Clone)]
-pub struct GoingAway(pub watch::Receiver<bool>);
+pub(crate) struct GoingAway(pub(crate) watch::Receiver<bool>);
 
 /// What one connection may do, and how long it may live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Http2Settings {
-    pub max_concurrent_streams: u32,
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub max_header_list: u32,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
+pub(crate) struct Http2Settings {
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) max_header_list: u32,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
     /// `None`: connections live as long as their clients keep them.
-    pub max_age: Option<Duration>,
-    pub age_grace: Duration,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) age_grace: Duration,
     /// Longest a call may take from its first byte to its answer.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 /// Serves every connection `incoming` yields with `service` until `shutdown`
 /// resolves; then drains, and returns once every connection has finished.
-pub async fn serve<S, B>(
+pub(crate) async fn serve<S, B>(
     incoming: impl Stream<Item = io::Result<Conn>>,
     service: S,
     settings: Http2Settings,

@@ -7,17 +7,17 @@ use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 /// The identities a client certificate carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerIdentity {
+pub(crate) struct PeerIdentity {
     /// URI SANs, e.g. `spiffe://cluster.local/ns/mesh/sa/billing`.
-    pub uris: Vec<String>,
+    pub(crate) uris: Vec<String>,
     /// DNS SANs.
-    pub dns: Vec<String>,
+    pub(crate) dns: Vec<String>,
 }
 
 impl PeerIdentity {
     /// The SANs of a DER certificate; none when it cannot be read (it was verified, so
     /// that only happens with certificates this parser does not understand).
-    pub fn from_der(der: &[u8]) -> PeerIdentity {
+    pub(crate) fn from_der(der: &[u8]) -> PeerIdentity {
         let mut identity = PeerIdentity::default();
         let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
             return identity;
@@ -35,7 +35,7 @@ impl PeerIdentity {
     }
 
     /// Whether any SAN equals one of `allowed` (DNS names compare without case).
-    pub fn is_allowed(&self, allowed: &[String]) -> bool {
+    pub(crate) fn is_allowed(&self, allowed: &[String]) -> bool {
         allowed.iter().any(|id| {
             self.uris.iter().any(|uri| uri == id)
                 || self.dns.iter().any(|dns| dns.eq_ignore_ascii_case(id))

@@ -28,6 +28,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -47,7 +48,8 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
 }
 
-/// How connections are accepted and kept.
+/// How connections are accepted and kept: built only from `serve`'s flags, whose
+/// attributes state the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportSettings {
     pub tls: Option<TlsSettings>,
@@ -71,49 +73,21 @@ pub struct TransportSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Most concurrent connections (also kept within a quarter of the open-file limit).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A connection must send a complete request head within this, when it opens and
     /// again between requests on a kept-alive connection, or it is closed.
     pub header_timeout: Duration,
 }
 
-/// `--http-max-connections`' default, written once: clap shows this one.
-pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
-/// `--http-header-timeout`'s default, written once: clap shows this one.
-pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the TLS files are checked for a change ([`TransportSettings::tls_poll`]).
+pub(crate) const TLS_POLL: Duration = Duration::from_secs(10);
 
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
-            header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
-        }
-    }
-}
+pub(crate) mod http1;
+pub(crate) mod http2;
+pub(crate) mod identity;
+pub(crate) mod tls;
 
-impl Default for TransportSettings {
-    fn default() -> Self {
-        TransportSettings {
-            tls: None,
-            tls_poll: Duration::from_secs(10),
-            max_connections: 4096,
-            max_concurrent_streams: 100,
-            request_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            max_connection_age: Some(Duration::from_secs(300)),
-            max_connection_age_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-pub mod http1;
-pub mod http2;
-pub mod identity;
-pub mod tls;
-
-pub use identity::PeerIdentity;
+pub(crate) use identity::PeerIdentity;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -122,10 +96,10 @@ const RESERVED_FDS: u64 = 64;
 
 /// What handlers know about the connection a call came on.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub remote_addr: SocketAddr,
+pub(crate) struct ConnInfo {
+    pub(crate) remote_addr: SocketAddr,
     /// The verified client certificate's identity (mTLS only).
-    pub peer: Option<Arc<PeerIdentity>>,
+    pub(crate) peer: Option<Arc<PeerIdentity>>,
 }
 
 /// The byte stream under one connection.
@@ -136,7 +110,7 @@ enum Io {
 
 /// One accepted connection, handed to tonic once its preface has arrived. The preface
 /// it read is replayed first; its slot under `max_connections` is released on drop.
-pub struct Conn {
+pub(crate) struct Conn {
     io: Io,
     replay: Bytes,
     info: ConnInfo,
@@ -220,23 +194,15 @@ impl AsyncWrite for Conn {
 /// configured, kept together `RESERVED_FDS` below the soft open-file limit. The HTTP
 /// port gets at most a quarter of what is left, so that idle connections to it can
 /// never take the descriptors the gRPC port needs.
-pub fn connection_caps(grpc: usize, http: Option<usize>) -> (usize, Option<usize>) {
+pub(crate) fn connection_caps(grpc: usize, http: Option<usize>) -> (usize, Option<usize>) {
     caps_within(fd_budget(), grpc, http)
 }
 
 /// Descriptors left for connections: the soft open-file limit less `RESERVED_FDS`;
 /// `None` when unlimited (or unknown).
 fn fd_budget() -> Option<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we own; RLIMIT_NOFILE is a valid resource.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    Some(usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX))
+    let current = getrlimit(Resource::Nofile).current?;
+    Some(usize::try_from(current.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX))
 }
 
 /// [`connection_caps`] for a given budget of descriptors.
@@ -250,33 +216,29 @@ fn caps_within(budget: Option<usize>, grpc: usize, http: Option<usize>) -> (usiz
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the connection cap, not
-/// the default 1024 descriptors, is what bounds the server. Returns the new soft limit.
-pub fn raise_fd_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// the default 1024 descriptors, is what bounds the server. Returns the new soft limit,
+/// `None` when unlimited.
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    // In rustix's `Rlimit`, `None` is RLIM_INFINITY, which is above every number.
+    let limit = getrlimit(Resource::Nofile);
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return Some(raised.rlim_cur);
-            }
-        }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if below && setrlimit(Resource::Nofile, raised).is_ok() {
+        return limit.maximum;
     }
-    Some(limit.rlim_cur)
+    limit.current
 }
 
 /// What a new connection must do before it is served.
 #[derive(Clone)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// The gRPC port: the TLS handshake when configured, then the HTTP/2 preface, both
     /// within `timeout`.
     Http2 {
@@ -290,19 +252,19 @@ pub enum Handshake {
 
 /// How one port accepts connections.
 #[derive(Clone)]
-pub struct Accept {
+pub(crate) struct Accept {
     /// Most connections at once (see [`connection_caps`]).
-    pub cap: usize,
+    pub(crate) cap: usize,
     /// The flag that sets the cap, named when it is reached.
-    pub cap_flag: &'static str,
+    pub(crate) cap_flag: &'static str,
     /// TCP keepalive on every connection, so that a vanished peer is noticed.
-    pub keepalive: Duration,
-    pub handshake: Handshake,
+    pub(crate) keepalive: Duration,
+    pub(crate) handshake: Handshake,
 }
 
 impl Accept {
     /// The gRPC port's, with `cap` connections at most.
-    pub fn grpc(
+    pub(crate) fn grpc(
         settings: &TransportSettings,
         cap: usize,
         tls: Option<Arc<tls::Reloader>>,
@@ -319,7 +281,7 @@ impl Accept {
     }
 
     /// The HTTP side port's, with `cap` connections at most.
-    pub fn http(settings: &TransportSettings, cap: usize) -> Accept {
+    pub(crate) fn http(settings: &TransportSettings, cap: usize) -> Accept {
         Accept {
             cap,
             cap_flag: "--http-max-connections",
@@ -331,7 +293,7 @@ impl Accept {
 
 /// Accepts on `listener` until `stop` changes (or its sender is dropped), yielding
 /// connections once their handshake has completed.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     accept: Accept,
     stop: watch::Receiver<bool>,

@@ -7,7 +7,6 @@
 //! match its certificate, is refused with an ERROR line naming the file, and the
 //! current certificate stays in use.
 use std::{
-    path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -80,7 +79,7 @@ fn fingerprint(files: &TlsSettings) -> Option<[u8; 32]> {
 }
 
 /// The current server configuration, and where it comes from.
-pub struct Reloader {
+pub(crate) struct Reloader {
     files: TlsSettings,
     current: RwLock<Arc<ServerConfig>>,
     loaded: RwLock<Option<[u8; 32]>>,
@@ -90,7 +89,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads the files. At startup a problem is fatal, with the file named.
-    pub fn load(files: &TlsSettings, metrics: Arc<Metrics>) -> Result<Reloader> {
+    pub(crate) fn load(files: &TlsSettings, metrics: Arc<Metrics>) -> Result<Reloader> {
         let config = build(files).map_err(|e| Error::Config(format!("TLS: {e}")))?;
         Ok(Reloader {
             files: files.clone(),
@@ -101,7 +100,7 @@ impl Reloader {
     }
 
     /// What new handshakes use.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         let config = match self.current.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -112,7 +111,7 @@ impl Reloader {
     /// Reads the files again. On success new handshakes use them; on failure the
     /// current configuration stays, and an ERROR line names the file. Returns whether
     /// it changed.
-    pub fn reload(&self) -> bool {
+    pub(crate) fn reload(&self) -> bool {
         match build(&self.files) {
             Ok(config) => {
                 if let Ok(mut current) = self.current.write() {
@@ -150,7 +149,7 @@ impl Reloader {
 
     /// Reloads on SIGHUP and when the files change (looked at every `every`), until
     /// `stop` changes.
-    pub fn watch(
+    pub(crate) fn watch(
         self: Arc<Self>,
         every: Duration,
         mut stop: watch::Receiver<bool>,
@@ -182,10 +181,5 @@ impl Reloader {
                 }
             }
         })
-    }
-
-    /// The certificate file, for messages.
-    pub fn cert_path(&self) -> &PathBuf {
-        &self.files.cert
     }
 }

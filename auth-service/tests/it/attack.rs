@@ -120,8 +120,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn sigterm(child: &Child) {
-    // SAFETY: signalling our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    process::terminate(child.id()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,11 +39,11 @@ async fn a_replica_never_opens_more_sessions_than_its_budget() {
     settings.db_max_connections = BUDGET;
     settings.db_max_waiting = 10_000;
     settings.db_max_per_token = 10_000;
-    settings.notify = Some(NotifySettings {
-        before: vec![Duration::from_secs(3 * 86400)],
-        interval: Duration::from_millis(20),
-        ..NotifySettings::new(receiver.url().parse().unwrap())
-    });
+    settings.notify = Some(NotifySettings::new(
+        receiver.url().parse().unwrap(),
+        vec![Duration::from_secs(3 * 86400)],
+        Duration::from_millis(20),
+    ));
     let db = Db::new(
         config.clone(),
         settings.pooled_connections(),

@@ -11,7 +11,7 @@ use std::{
 use auth_api::v1::{
     RenewCurrentTokenRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
 };
-use auth_test_support::{cluster, grpc::*};
+use auth_test_support::{cluster, grpc::*, process};
 
 pub(crate) fn run(args: &[&str]) -> Output {
     crate::service().args(args).output().unwrap()
@@ -199,8 +199,7 @@ pub(crate) fn wait_listening(child: &mut Child) -> (String, Vec<String>, Receive
 }
 
 pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    process::terminate(child.id()).unwrap();
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
             return status;

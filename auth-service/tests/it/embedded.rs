@@ -11,7 +11,7 @@ use std::{
 };
 
 use auth_api::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient};
-use auth_test_support::{cluster, grpc::wait_for_health};
+use auth_test_support::{cluster, grpc::wait_for_health, process};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{listening_addr, run, stderr_lines, terminate, text};
@@ -25,8 +25,7 @@ struct Running(Child);
 impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = process::terminate(self.0.id());
             for _ in 0..300 {
                 if !matches!(self.0.try_wait(), Ok(None)) {
                     return;

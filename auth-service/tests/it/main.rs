@@ -5,6 +5,7 @@
 //! One test binary with modules: each binary links tonic and starts its own cluster,
 //! so twelve binaries cost twelve links and twelve clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 mod attack;
 mod budget;

@@ -25,15 +25,17 @@ const TWO_MINUTES: i64 = 120;
 /// Notify settings for tests: thresholds 1h and 2m, fast scans and retries.
 fn notify(receiver: &Receiver) -> NotifySettings {
     NotifySettings {
-        before: vec![
-            Duration::from_secs(TWO_MINUTES as u64),
-            Duration::from_secs(HOUR as u64),
-        ],
-        interval: Duration::from_millis(100),
         secret: Some(Secret::new(KEY.to_vec())),
         attempts: 3,
         retry_base: Duration::from_millis(50),
-        ..NotifySettings::new(receiver.url().parse().unwrap())
+        ..NotifySettings::new(
+            receiver.url().parse().unwrap(),
+            vec![
+                Duration::from_secs(TWO_MINUTES as u64),
+                Duration::from_secs(HOUR as u64),
+            ],
+            Duration::from_millis(100),
+        )
     }
 }
 

@@ -68,11 +68,11 @@ async fn the_whole_flow_works_through_pgbouncer_in_transaction_mode() {
     let bouncer = PgBouncer::start(&direct, 10).await.unwrap();
     let receiver = Receiver::start(&[]).await.unwrap();
     let a = replica(&bouncer, &direct, |s| {
-        s.notify = Some(NotifySettings {
-            before: vec![Duration::from_secs(7 * 86400)],
-            interval: Duration::from_millis(100),
-            ..NotifySettings::new(receiver.url().parse().unwrap())
-        });
+        s.notify = Some(NotifySettings::new(
+            receiver.url().parse().unwrap(),
+            vec![Duration::from_secs(7 * 86400)],
+            Duration::from_millis(100),
+        ));
     })
     .await;
     let b = replica(&bouncer, &direct, |_| {}).await;

@@ -14,6 +14,7 @@ use auth_test_support::{
     fixtures::token_expiring_in,
     grpc::*,
     http::metric,
+    process,
     server::{self, TestServer},
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -360,8 +361,7 @@ async fn sighup_reloads_the_certificate_a_bad_one_is_refused_and_healthcheck_spe
     let second = pki.server("server", 2, &[]).unwrap();
     std::fs::copy(&second.cert, &live.cert).unwrap();
     std::fs::copy(&second.key, &live.key).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    process::hang_up(child.id()).unwrap();
     let started = std::time::Instant::now();
     while served_serial_mtls(addr, &pki.ca, &client).await != 2 {
         assert!(
@@ -374,7 +374,7 @@ async fn sighup_reloads_the_certificate_a_bad_one_is_refused_and_healthcheck_spe
     // A replacement key that does not go with the certificate: refused, named, kept.
     let third = pki.server("server", 3, &[]).unwrap();
     std::fs::copy(&third.key, &live.key).unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    process::hang_up(child.id()).unwrap();
     let started = std::time::Instant::now();
     let mut lines = Vec::new();
     while !lines

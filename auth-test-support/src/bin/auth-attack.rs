@@ -13,6 +13,7 @@
 //! 2. **Descriptor exhaustion.** The server limited to 512 descriptors, 700 idle sockets
 //!    held open. Reports how long until a normal call succeeds, and the server's CPU use
 //!    meanwhile. Target: within 40 s, under 25% of a core.
+#![forbid(unsafe_code)]
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},

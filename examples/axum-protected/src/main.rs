@@ -8,6 +8,7 @@
 //!
 //! `AUTH_SERVER` (default `http://127.0.0.1:50051`) and `LISTEN` (default
 //! `127.0.0.1:3000`) change where it connects and listens.
+#![forbid(unsafe_code)]
 use std::net::SocketAddr;
 
 use auth_client::{AuthClient, AuthLayer, ClientOptions, Identity};

@@ -15,7 +15,7 @@ use auth_agent::{
     cmd::{self, Context, login::LoginReport},
 };
 use auth_service::{db::Db, renewal::RenewalPolicy};
-use auth_test_support::{agent::RunningAgent, fixtures, server::TestServer};
+use auth_test_support::{agent::RunningAgent, fixtures, process, server::TestServer};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -285,9 +285,7 @@ impl Process {
     /// Sends SIGTERM and waits (at most [`PROMPTLY`]) for the exit; returns its status
     /// once both pipes are read to the end.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child, which has not been reaped (we hold `Child`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        process::terminate(self.child.id()).unwrap();
         let asked = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

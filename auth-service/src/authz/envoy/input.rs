@@ -59,7 +59,7 @@ pub struct CheckInput {
     pub trace: Vec<(Bytes, Bytes)>,
 }
 
-/// The context extension read (see `envoy::REQUIRED_SCOPE`).
+/// The context extension read.
 const EXTENSION: &[u8] = b"required_scope";
 
 /// The path from a `CheckRequest` to the fields the decision reads, with Envoy's field
@@ -69,60 +69,60 @@ mod wire {
 
     /// `envoy.service.auth.v3.CheckRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CheckRequest {
+    pub(crate) struct CheckRequest {
         #[prost(message, optional, tag = "1")]
-        pub attributes: Option<AttributeContext>,
+        pub(crate) attributes: Option<AttributeContext>,
     }
 
     /// `envoy.service.auth.v3.AttributeContext`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AttributeContext {
+    pub(crate) struct AttributeContext {
         #[prost(message, optional, tag = "4")]
-        pub request: Option<Request>,
+        pub(crate) request: Option<Request>,
         /// `map<string, string> context_extensions`.
         #[prost(message, repeated, tag = "10")]
-        pub context_extensions: Vec<Entry>,
+        pub(crate) context_extensions: Vec<Entry>,
     }
 
     /// `envoy.service.auth.v3.AttributeContext.Request`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Request {
+    pub(crate) struct Request {
         #[prost(message, optional, tag = "2")]
-        pub http: Option<HttpRequest>,
+        pub(crate) http: Option<HttpRequest>,
     }
 
     /// `envoy.service.auth.v3.AttributeContext.HttpRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HttpRequest {
+    pub(crate) struct HttpRequest {
         /// `map<string, string> headers`.
         #[prost(message, repeated, tag = "3")]
-        pub headers: Vec<Entry>,
+        pub(crate) headers: Vec<Entry>,
         /// Filled instead of `headers` when Envoy's `encode_raw_headers` is on.
         #[prost(message, optional, tag = "13")]
-        pub header_map: Option<HeaderMap>,
+        pub(crate) header_map: Option<HeaderMap>,
     }
 
     /// `envoy.config.core.v3.HeaderMap`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HeaderMap {
+    pub(crate) struct HeaderMap {
         #[prost(message, repeated, tag = "1")]
-        pub headers: Vec<HeaderValue>,
+        pub(crate) headers: Vec<HeaderValue>,
     }
 
     /// `envoy.config.core.v3.HeaderValue`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HeaderValue {
+    pub(crate) struct HeaderValue {
         #[prost(bytes = "bytes", tag = "1")]
-        pub key: Bytes,
+        pub(crate) key: Bytes,
         #[prost(bytes = "bytes", tag = "2")]
-        pub value: Bytes,
+        pub(crate) value: Bytes,
         #[prost(bytes = "bytes", tag = "3")]
-        pub raw_value: Bytes,
+        pub(crate) raw_value: Bytes,
     }
 
     impl HeaderValue {
         /// The value Envoy set: `raw_value` when `encode_raw_headers` is on, else `value`.
-        pub fn into_value(self) -> Bytes {
+        pub(crate) fn into_value(self) -> Bytes {
             if self.raw_value.is_empty() {
                 self.value
             } else {
@@ -136,9 +136,9 @@ mod wire {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Entry {
         #[prost(bytes = "bytes", tag = "1")]
-        pub key: Bytes,
+        pub(crate) key: Bytes,
         #[prost(bytes = "bytes", tag = "2")]
-        pub value: Bytes,
+        pub(crate) value: Bytes,
     }
 }
 
@@ -231,11 +231,11 @@ impl CheckInput {
 /// tonic's codec for Check: requests read into [`CheckInput`], responses encoded by
 /// prost as usual.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CheckCodec;
+pub(crate) struct CheckCodec;
 
 /// The request side of [`CheckCodec`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CheckDecoder;
+pub(crate) struct CheckDecoder;
 
 impl Decoder for CheckDecoder {
     type Item = CheckInput;

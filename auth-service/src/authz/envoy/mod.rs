@@ -29,7 +29,7 @@ use tracing::Instrument;
 /// The reader of Check requests, public for the `envoy_check` fuzz target (in `fuzz/`):
 /// `CheckInput::parse` on arbitrary bytes, then what the adapter asks of it.
 pub use self::input::CheckInput;
-pub use self::server::AuthorizationServer;
+pub(crate) use self::server::AuthorizationServer;
 use super::{Granted, Verdict};
 use crate::{
     error::Error,
@@ -40,16 +40,13 @@ use crate::{
 mod input;
 mod server;
 
-/// The context extension that names the scopes a route requires.
-pub const REQUIRED_SCOPE: &str = "required_scope";
-
 /// The Authorization service, over the same state as `auth.v1`.
-pub struct ExtAuthz {
+pub(crate) struct ExtAuthz {
     svc: Arc<AuthSvc>,
 }
 
 impl ExtAuthz {
-    pub fn new(svc: Arc<AuthSvc>) -> Self {
+    pub(crate) fn new(svc: Arc<AuthSvc>) -> Self {
         ExtAuthz { svc }
     }
 }
@@ -206,10 +203,12 @@ fn forbidden(missing: &[String]) -> CheckResponse {
 /// trip through envoy-types' own decoder. After an envoy-types upgrade, refresh them
 /// with `scripts/regenerate-envoy-descriptors` (it needs the crate's source, which
 /// `cargo metadata` finds), then set [`PRUNED_FROM`] to the new version.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("ext_authz.fds.bin");
+pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("ext_authz.fds.bin");
 
-/// The envoy-types version [`FILE_DESCRIPTOR_SET`] was pruned from.
-pub const PRUNED_FROM: &str = "0.7.7";
+/// The envoy-types version [`FILE_DESCRIPTOR_SET`] was pruned from (read by the test
+/// that compares the two).
+#[cfg(test)]
+pub(crate) const PRUNED_FROM: &str = "0.7.7";
 
 #[cfg(test)]
 mod tests;

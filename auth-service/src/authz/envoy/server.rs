@@ -25,14 +25,14 @@ const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The Authorization service, for `Server::add_service`.
 #[derive(Clone)]
-pub struct AuthorizationServer {
+pub(crate) struct AuthorizationServer {
     inner: Arc<ExtAuthz>,
     max_decoding_message_size: usize,
 }
 
 impl AuthorizationServer {
     /// Serves `inner`, refusing requests over `max_decoding_message_size` bytes.
-    pub fn new(inner: ExtAuthz, max_decoding_message_size: usize) -> Self {
+    pub(crate) fn new(inner: ExtAuthz, max_decoding_message_size: usize) -> Self {
         AuthorizationServer {
             inner: Arc::new(inner),
             max_decoding_message_size,

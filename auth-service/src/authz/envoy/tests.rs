@@ -1,7 +1,6 @@
 //! The reflection descriptors against envoy-types, from the repository alone: no
 //! `cargo metadata`, no registry, no network (a newcomer's machine holds only what the
 //! build fetched).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::{HashMap, HashSet};
 
 use envoy_types::pb::envoy::service::auth::v3 as envoy;

@@ -25,6 +25,8 @@
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
 //! service; the ratios are the result.
+#![forbid(unsafe_code)]
+
 mod baseline;
 mod curve;
 mod h2load;
@@ -284,8 +286,7 @@ impl Server {
     }
 
     fn stop(mut self) {
-        // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = auth_test_support::process::terminate(self.child.id());
         let _ = self.child.wait();
     }
 }

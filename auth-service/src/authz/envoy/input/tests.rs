@@ -1,7 +1,6 @@
 //! The reader against envoy-types: its messages encoded (as Envoy sends them, and with
 //! duplicates and merged messages), read here and by envoy-types, compared; arbitrary
 //! bytes, never a panic; and the seeds of the `envoy_check` fuzz target.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 use auth_api::ErrorReason;
 use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue},
@@ -138,42 +137,42 @@ mod loose {
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CheckRequest {
+    pub(crate) struct CheckRequest {
         #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<AttributeContext>,
+        pub(crate) attributes: Vec<AttributeContext>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AttributeContext {
+    pub(crate) struct AttributeContext {
         #[prost(message, repeated, tag = "4")]
-        pub request: Vec<Request>,
+        pub(crate) request: Vec<Request>,
         #[prost(message, repeated, tag = "10")]
-        pub context_extensions: Vec<Entry>,
+        pub(crate) context_extensions: Vec<Entry>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Request {
+    pub(crate) struct Request {
         #[prost(message, repeated, tag = "2")]
-        pub http: Vec<HttpRequest>,
+        pub(crate) http: Vec<HttpRequest>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HttpRequest {
+    pub(crate) struct HttpRequest {
         #[prost(message, repeated, tag = "3")]
-        pub headers: Vec<Entry>,
+        pub(crate) headers: Vec<Entry>,
         #[prost(message, repeated, tag = "13")]
-        pub header_map: Vec<HeaderMap>,
+        pub(crate) header_map: Vec<HeaderMap>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Entry {
         #[prost(string, tag = "1")]
-        pub key: String,
+        pub(crate) key: String,
         #[prost(string, tag = "2")]
-        pub value: String,
+        pub(crate) value: String,
     }
 
-    pub fn entry(key: &str, value: &str) -> Entry {
+    pub(crate) fn entry(key: &str, value: &str) -> Entry {
         Entry {
             key: key.into(),
             value: value.into(),
@@ -181,7 +180,7 @@ mod loose {
     }
 
     /// One of each message, with these headers and extensions.
-    pub fn once(headers: Vec<Entry>, context_extensions: Vec<Entry>) -> CheckRequest {
+    pub(crate) fn once(headers: Vec<Entry>, context_extensions: Vec<Entry>) -> CheckRequest {
         CheckRequest {
             attributes: vec![AttributeContext {
                 request: vec![Request {

@@ -4,7 +4,7 @@
 use crate::{ERROR_DOMAIN, ErrorReason};
 
 /// What the service calls itself in challenges.
-pub const REALM: &str = "auth";
+pub(crate) const REALM: &str = "auth";
 
 /// The `WWW-Authenticate` value for a credential problem (RFC 6750 §3). A request that
 /// carried no bearer token at all (`reason` is `MISSING_CREDENTIALS`, or unknown) gets
@@ -63,7 +63,6 @@ pub fn quotable(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`time`]: the one conversion between `google.protobuf.Timestamp` and `chrono`;
 //! - [`challenge`]: the HTTP face of a refusal, the RFC 6750 `WWW-Authenticate`
 //!   challenge and the JSON body with the reason (forward-auth and auth-client's layer).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 /// The `auth.v1` package: messages, the client and the server trait.
 pub mod v1 {

@@ -25,7 +25,6 @@ pub fn from_timestamp(ts: &Timestamp) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -13,9 +13,9 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 /// Random base62 characters after the prefix.
 pub const RANDOM_LEN: usize = 30;
 /// Checksum characters after the random part.
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Characters after the prefix.
-pub const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+pub(crate) const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 /// Longest string even looked at; anything longer is refused before any work.
 pub const MAX_LEN: usize = 128;
 /// Longest prefix body (the letters and digits before the `_`).
@@ -27,7 +27,7 @@ pub struct Prefix(String);
 
 /// A prefix that does not follow the rules of [`Prefix`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadPrefix(pub String);
+pub struct BadPrefix(pub(crate) String);
 
 impl fmt::Display for BadPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,10 +67,13 @@ impl Prefix {
     }
 }
 
+/// The service's default prefix (`--token-prefix`).
+pub const DEFAULT_PREFIX: &str = "pat_";
+
 impl Default for Prefix {
-    /// `pat_`, the default of the service.
+    /// [`DEFAULT_PREFIX`].
     fn default() -> Self {
-        Prefix("pat_".into())
+        Prefix(DEFAULT_PREFIX.into())
     }
 }
 
@@ -230,7 +233,6 @@ pub fn generate(prefix: &Prefix) -> Result<String, getrandom::Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -362,7 +364,6 @@ mod tests {
 #[cfg(test)]
 mod properties {
     //! Property tests: what holds for every token and every string, not just the examples.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use proptest::prelude::*;
 
     use super::*;
