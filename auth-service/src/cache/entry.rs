@@ -14,7 +14,52 @@ use crate::{
 /// PostgreSQL text cannot hold a NUL, so it safely separates the packed strings.
 const SEP: char = '\0';
 
-/// A token's record, packed: times as microseconds, the strings in one allocation.
+/// Most bytes of strings kept inside the entry itself, without an allocation of their
+/// own: a short user id, name and scope or two (`bench-12345`, `ci`, `read`) fit, which
+/// saves a heap block (32 bytes or more with the allocator's header) per entry.
+const INLINE: usize = 22;
+
+/// The packed strings: inside the entry when short, else on the heap. 24 bytes either
+/// way, as large as the `Box<str>` alone was with its padding.
+#[derive(Debug)]
+enum Text {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Text {
+    fn new(text: &str) -> Text {
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                Text::Inline { len, bytes }
+            }
+            _ => Text::Heap(text.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole, so always UTF-8; never "" in practice.
+            Text::Inline { len, bytes } => {
+                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+            Text::Heap(text) => text,
+        }
+    }
+
+    /// The bytes it holds outside the entry.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Text::Inline { .. } => 0,
+            Text::Heap(text) => text.len(),
+        }
+    }
+}
+
+/// A token's record, packed: times as microseconds, the strings in one [`Text`].
 #[derive(Debug)]
 struct Packed {
     id: Uuid,
@@ -23,9 +68,11 @@ struct Packed {
     /// `i64::MIN`: not revoked.
     revoked_us: i64,
     /// `user_id`, then `name`, then the scopes, separated by NUL.
-    text: Box<str>,
+    text: Text,
     user_end: u16,
     name_end: u16,
+    /// Revoked or expired when it was read (in the padding after the ends).
+    negative: bool,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -37,7 +84,7 @@ fn time(us: i64) -> DateTime<Utc> {
 }
 
 impl Packed {
-    fn new(r: &TokenRecord) -> Packed {
+    fn new(r: &TokenRecord, negative: bool) -> Packed {
         let mut text = String::with_capacity(
             r.user_id.len() + r.name.len() + r.scopes.iter().map(|s| s.len() + 1).sum::<usize>(),
         );
@@ -58,17 +105,19 @@ impl Packed {
             // The database limits user ids and names to 255 characters (1020 bytes).
             user_end: u16::try_from(user_end).unwrap_or(u16::MAX),
             name_end: u16::try_from(name_end).unwrap_or(u16::MAX),
-            text: text.into_boxed_str(),
+            text: Text::new(&text),
+            negative,
         }
     }
 
     fn view(&self) -> TokenView<'_> {
         let (user_end, name_end) = (usize::from(self.user_end), usize::from(self.name_end));
+        let text = self.text.as_str();
         TokenView {
             id: self.id,
-            user_id: self.text.get(..user_end).unwrap_or(""),
-            name: self.text.get(user_end..name_end).unwrap_or(""),
-            scopes: self.text.get(name_end..).unwrap_or(""),
+            user_id: text.get(..user_end).unwrap_or(""),
+            name: text.get(user_end..name_end).unwrap_or(""),
+            scopes: text.get(name_end..).unwrap_or(""),
             expires_at: (self.expires_us != i64::MAX).then(|| time(self.expires_us)),
             revoked_at: (self.revoked_us != i64::MIN).then(|| time(self.revoked_us)),
         }
@@ -104,8 +153,6 @@ pub struct Entry {
     last_touch: AtomicI64,
     /// When it was loaded, on the cache's clock (for the TTL).
     loaded_at_us: u64,
-    /// Unknown, revoked or expired when it was read: kept apart from live tokens.
-    negative: bool,
 }
 
 /// How often a token's `last_used_at` is stamped at most, from one entry.
@@ -119,14 +166,12 @@ impl Entry {
         db_now: DateTime<Utc>,
         local_now: DateTime<Utc>,
     ) -> Entry {
-        let negative =
-            record.is_none_or(|r| check_live(r.revoked_at, r.expires_at, db_now).is_err());
         Entry {
-            found: record.map(Packed::new),
+            found: record
+                .map(|r| Packed::new(r, check_live(r.revoked_at, r.expires_at, db_now).is_err())),
             offset_us: (db_now - local_now).num_microseconds().unwrap_or(0),
             last_touch: AtomicI64::new(i64::MIN),
             loaded_at_us: 0,
-            negative,
         }
     }
 
@@ -141,14 +186,15 @@ impl Entry {
         self.loaded_at_us
     }
 
-    /// Whether the token was unknown, revoked or expired when it was read.
+    /// Whether the token was unknown, revoked or expired when it was read: kept apart
+    /// from live tokens.
     pub(crate) fn is_negative(&self) -> bool {
-        self.negative
+        self.found.as_ref().is_none_or(|p| p.negative)
     }
 
     /// The bytes it takes: itself behind its `Arc`, and its strings.
     pub(crate) fn bytes(&self) -> u64 {
-        let strings = self.found.as_ref().map_or(0, |p| p.text.len());
+        let strings = self.found.as_ref().map_or(0, |p| p.text.heap_bytes());
         (std::mem::size_of::<Entry>() + 16 + strings) as u64
     }
 
@@ -215,6 +261,32 @@ mod tests {
         let view = entry.judge(now).unwrap();
         assert_eq!(view.scopes().count(), 0);
         assert_eq!(view.expires_at, None);
+    }
+
+    #[test]
+    fn short_strings_live_in_the_entry_and_long_ones_on_the_heap() {
+        assert_eq!(std::mem::size_of::<Text>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 88, "one Arc block of 104 bytes");
+        let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+        let short = Entry::new(Some(&record()), now, now);
+        assert!(!short.is_negative());
+        let mut long = record();
+        long.user_id = "a-rather-long-user@example.com".into();
+        let long_entry = Entry::new(Some(&long), now, now);
+        let (short_view, long_view) = (short.judge(now).unwrap(), long_entry.judge(now).unwrap());
+        assert_eq!(short_view.user_id, "alice");
+        assert_eq!(long_view.user_id, "a-rather-long-user@example.com");
+        assert_eq!(long_view.name, "ci runner");
+        assert_eq!(long_view.scopes().collect::<Vec<_>>(), ["read", "billing:write"]);
+        let base = Entry::new(None, now, now).bytes();
+        // "alice" "ci runner" "read\0billing:write": 32 bytes, on the heap.
+        assert_eq!(short.bytes(), base + 32);
+        assert_eq!(long_entry.bytes(), base + 57);
+        let mut tiny = record();
+        tiny.scopes = vec!["read".into()];
+        let tiny = Entry::new(Some(&tiny), now, now);
+        assert_eq!(tiny.bytes(), base, "18 bytes of strings take no heap");
+        assert_eq!(tiny.judge(now).unwrap().scopes().collect::<Vec<_>>(), ["read"]);
     }
 
     #[test]
