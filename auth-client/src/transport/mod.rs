@@ -220,14 +220,33 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> I
 /// The balancer over every address `host` resolves to, kept up to date by a task that
 /// ends when the channel is dropped.
 fn balanced(dial: Dial, host: String, port: u16) -> GrpcChannel {
+    let name = host.clone();
+    balanced_over(dial, name, move || {
+        let host = host.clone();
+        async move {
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(Iterator::collect)
+        }
+    })
+}
+
+/// The balancer over the addresses `resolve` gives, asked again every
+/// [`RESOLVE_EVERY`].
+fn balanced_over<R, F>(dial: Dial, host: String, resolve: R) -> GrpcChannel
+where
+    R: Fn() -> F + Send + 'static,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+{
     let (changes, discovered) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut known: HashMap<SocketAddr, ()> = HashMap::new();
         let mut said = None::<String>;
         loop {
-            match tokio::net::lookup_host((host.as_str(), port)).await {
+            match resolve().await {
                 Ok(found) => {
-                    let found: HashMap<SocketAddr, ()> = found.map(|a| (a, ())).collect();
+                    let found: HashMap<SocketAddr, ()> =
+                        found.into_iter().map(|a| (a, ())).collect();
                     if found.is_empty() {
                         tracing::warn!(%host, "the server's name has no addresses: keeping the last ones");
                     } else {
@@ -266,4 +285,82 @@ fn balanced(dial: Dial, host: String, port: u16) -> GrpcChannel {
     );
     let balance = Balance::new(discover);
     BoxCloneSyncService::new(Buffer::new(balance, BUFFER).map_err(ChannelError))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    use super::*;
+
+    /// A real gRPC server on a loopback port whose health check answers `status`.
+    async fn server(status: ServingStatus) -> SocketAddr {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        match status {
+            ServingStatus::Serving => {
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await
+            }
+            _ => {
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _keep = reporter;
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        addr
+    }
+
+    /// How many of `n` health checks through `channel` each status answered.
+    async fn spread(channel: &GrpcChannel, n: usize) -> (usize, usize) {
+        let mut client = HealthClient::new(channel.clone());
+        let (mut serving, mut not) = (0, 0);
+        for _ in 0..n {
+            let status = client
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status();
+            match status {
+                ServingStatus::Serving => serving += 1,
+                _ => not += 1,
+            }
+        }
+        (serving, not)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_spread_over_every_address_the_name_resolves_to() {
+        let a = server(ServingStatus::Serving).await;
+        let b = server(ServingStatus::NotServing).await;
+        let addresses = Arc::new(Mutex::new(vec![a, b]));
+        let dial = Dial {
+            endpoint: Endpoint::from_static("http://auth.test"),
+            tls: None,
+            tcp_keepalive: Duration::from_secs(60),
+        };
+        let resolved = addresses.clone();
+        let channel = balanced_over(dial, "auth.test".into(), move || {
+            let found = resolved.lock().unwrap().clone();
+            async move { Ok(found) }
+        });
+        // Both connections up: a call at a time goes to either (power of two choices
+        // over equal loads picks at random).
+        let (to_a, to_b) = spread(&channel, 200).await;
+        assert!(to_a >= 20 && to_b >= 20, "a {to_a}, b {to_b}");
+    }
 }
