@@ -266,7 +266,11 @@ mod tests {
     #[test]
     fn short_strings_live_in_the_entry_and_long_ones_on_the_heap() {
         assert_eq!(std::mem::size_of::<Text>(), 24);
-        assert_eq!(std::mem::size_of::<Entry>(), 88, "one Arc block of 104 bytes");
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            88,
+            "one Arc block of 104 bytes"
+        );
         let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
         let short = Entry::new(Some(&record()), now, now);
         assert!(!short.is_negative());
@@ -277,7 +281,10 @@ mod tests {
         assert_eq!(short_view.user_id, "alice");
         assert_eq!(long_view.user_id, "a-rather-long-user@example.com");
         assert_eq!(long_view.name, "ci runner");
-        assert_eq!(long_view.scopes().collect::<Vec<_>>(), ["read", "billing:write"]);
+        assert_eq!(
+            long_view.scopes().collect::<Vec<_>>(),
+            ["read", "billing:write"]
+        );
         let base = Entry::new(None, now, now).bytes();
         // "alice" "ci runner" "read\0billing:write": 32 bytes, on the heap.
         assert_eq!(short.bytes(), base + 32);
@@ -286,7 +293,10 @@ mod tests {
         tiny.scopes = vec!["read".into()];
         let tiny = Entry::new(Some(&tiny), now, now);
         assert_eq!(tiny.bytes(), base, "18 bytes of strings take no heap");
-        assert_eq!(tiny.judge(now).unwrap().scopes().collect::<Vec<_>>(), ["read"]);
+        assert_eq!(
+            tiny.judge(now).unwrap().scopes().collect::<Vec<_>>(),
+            ["read"]
+        );
     }
 
     #[test]
