@@ -65,6 +65,29 @@ pub async fn validate(
         .map(|r| r.into_inner())
 }
 
+/// How long after the start a new caller's first `ValidateToken` on `addr` was answered
+/// (a malformed token: `UNAUTHENTICATED` is the answer), trying with a fresh connection
+/// every `pause` for at most `within`; `None` if it never was.
+pub async fn first_answer(addr: &str, within: Duration, pause: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            validate(&mut client, "pat_x").await.err()
+        })
+        .await;
+        if let Ok(Some(status)) = attempt
+            && status.code() == Code::Unauthenticated
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(pause).await;
+    }
+    None
+}
+
 pub async fn lookup(
     client: &mut AuthServiceClient<Channel>,
     token: &str,

@@ -137,25 +137,12 @@ async fn descriptor_exhaustion_neither_spins_nor_locks_callers_out() {
     }
     let cpu_before = cpu_time(child.id());
     let started = Instant::now();
-    let mut answered = None;
-    while started.elapsed() < Duration::from_secs(40) {
-        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut client = auth_api::v1::auth_service_client::AuthServiceClient::connect(
-                format!("http://{addr}"),
-            )
-            .await
-            .ok()?;
-            validate(&mut client, "pat_x").await.err()
-        })
-        .await;
-        if let Ok(Some(status)) = attempt
-            && status.code() == tonic::Code::Unauthenticated
-        {
-            answered = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let answered = first_answer(
+        &addr.to_string(),
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+    )
+    .await;
     let wall = started.elapsed();
     let cpu = cpu_time(child.id()) - cpu_before;
     let _ = child.kill();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use auth_service::renewal::RenewalPolicy;
 use auth_test_support::{
     cluster,
-    grpc::validate,
+    grpc::first_answer,
     server::{self, TestServer},
 };
 use tokio::{
@@ -133,26 +133,12 @@ async fn two_thousand_idle_connections_leave_descriptors_and_the_grpc_port_alone
     }
 
     // The gRPC port still answers a new caller while they are held.
-    let started = Instant::now();
-    let mut answered = None;
-    while started.elapsed() < Duration::from_secs(30) {
-        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut client = auth_api::v1::auth_service_client::AuthServiceClient::connect(
-                format!("http://{addr}"),
-            )
-            .await
-            .ok()?;
-            validate(&mut client, "pat_x").await.err()
-        })
-        .await;
-        if let Ok(Some(status)) = attempt
-            && status.code() == tonic::Code::Unauthenticated
-        {
-            answered = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let answered = first_answer(
+        &addr.to_string(),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+    )
+    .await;
     let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
         .unwrap()
         .count();
