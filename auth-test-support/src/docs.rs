@@ -185,35 +185,31 @@ pub fn slug(heading: &str) -> String {
         .collect()
 }
 
-/// The anchors of a Markdown page's headings.
-pub fn anchors(markdown: &str) -> Vec<String> {
+/// The lines of a Markdown page outside its fenced code blocks.
+fn prose(markdown: &str) -> impl Iterator<Item = &str> {
     let mut in_code = false;
-    let mut out = Vec::new();
-    for line in markdown.lines() {
+    markdown.lines().filter(move |line| {
         if line.trim_start().starts_with("```") {
             in_code = !in_code;
-            continue;
+            return false;
         }
-        if !in_code && line.starts_with('#') {
-            out.push(slug(line.trim_start_matches('#').trim()));
-        }
-    }
-    out
+        !in_code
+    })
+}
+
+/// The anchors of a Markdown page's headings.
+pub fn anchors(markdown: &str) -> Vec<String> {
+    prose(markdown)
+        .filter(|line| line.starts_with('#'))
+        .map(|line| slug(line.trim_start_matches('#').trim()))
+        .collect()
 }
 
 /// The relative link targets of a Markdown page (`[text](target)`), outside code blocks;
 /// links to the web, mail and the page's own anchors are left out.
 pub fn relative_links(markdown: &str) -> Vec<String> {
-    let mut in_code = false;
     let mut out = Vec::new();
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose(markdown) {
         let mut rest = line;
         while let Some(at) = rest.find("](") {
             rest = &rest[at + 2..];
