@@ -20,10 +20,10 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{sync::watch, task::JoinSet};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::Conn;
@@ -51,30 +51,16 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .keep_alive(true);
-    let (drain, draining) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    futures_util::pin_mut!(incoming);
-    futures_util::pin_mut!(shutdown);
-    loop {
-        tokio::select! {
-            next = incoming.next() => match next {
-                Some(Ok(conn)) => {
-                    connections.spawn(connection(
-                        conn,
-                        builder.clone(),
-                        router.clone(),
-                        settings.request_timeout,
-                        draining.clone(),
-                    ));
-                }
-                Some(Err(_)) => {}
-                None => break,
-            },
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    let _ = drain.send(true);
+    let mut connections = super::serve_connections(incoming, shutdown, |conn, draining| {
+        connection(
+            conn,
+            builder.clone(),
+            router.clone(),
+            settings.request_timeout,
+            draining,
+        )
+    })
+    .await;
     // A request in flight gets its time limit to finish; then the rest are dropped
     // (the JoinSet aborts them).
     let _ = tokio::time::timeout(settings.request_timeout, async {

@@ -25,13 +25,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::sync::watch;
 use tower::Service;
 
 use super::{Conn, ConnInfo};
@@ -83,30 +83,16 @@ pub(crate) async fn serve<S, B>(
         .max_header_list_size(settings.max_header_list)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
-    let (drain, draining) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    futures_util::pin_mut!(incoming);
-    futures_util::pin_mut!(shutdown);
-    loop {
-        tokio::select! {
-            next = incoming.next() => match next {
-                Some(Ok(conn)) => {
-                    connections.spawn(connection(
-                        conn,
-                        builder.clone(),
-                        service.clone(),
-                        settings.clone(),
-                        draining.clone(),
-                    ));
-                }
-                Some(Err(_)) => {}
-                None => break,
-            },
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    let _ = drain.send(true);
+    let mut connections = super::serve_connections(incoming, shutdown, |conn, draining| {
+        connection(
+            conn,
+            builder.clone(),
+            service.clone(),
+            settings.clone(),
+            draining,
+        )
+    })
+    .await;
     while connections.join_next().await.is_some() {}
 }
 

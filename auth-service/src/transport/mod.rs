@@ -82,6 +82,41 @@ pub struct HttpSettings {
 /// How often the TLS files are checked for a change ([`TransportSettings::tls_poll`]).
 pub(crate) const TLS_POLL: Duration = Duration::from_secs(10);
 
+/// Spawns `connection(conn, draining)` for every connection `incoming` yields, until
+/// `shutdown` resolves or `incoming` ends; then tells the connections to drain (the
+/// receiver turns `true`) and returns them, for the caller to wait on as its protocol
+/// says. The HTTP/1.1 and HTTP/2 ports share it.
+pub(crate) async fn serve_connections<F, Fut>(
+    incoming: impl futures_util::Stream<Item = std::io::Result<Conn>>,
+    shutdown: impl Future<Output = ()>,
+    mut connection: F,
+) -> tokio::task::JoinSet<()>
+where
+    F: FnMut(Conn, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    futures_util::pin_mut!(incoming);
+    futures_util::pin_mut!(shutdown);
+    loop {
+        tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(conn)) => {
+                    connections.spawn(connection(conn, draining.clone()));
+                }
+                Some(Err(_)) => {}
+                None => break,
+            },
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = drain.send(true);
+    connections
+}
+
 pub(crate) mod http1;
 pub(crate) mod http2;
 pub(crate) mod identity;
