@@ -28,6 +28,17 @@ impl PgBouncer {
     /// same name there, as `upstream`'s user, with `pool_size` server connections per
     /// database.
     pub async fn start(upstream: &tokio_postgres::Config, pool_size: usize) -> Result<PgBouncer> {
+        PgBouncer::start_ignoring(upstream, pool_size, "extra_float_digits").await
+    }
+
+    /// [`PgBouncer::start`] with `ignore_startup_parameters = ignore`: with `options`
+    /// among them, PgBouncer accepts a session's startup options and drops them, where
+    /// it otherwise refuses the connection.
+    pub async fn start_ignoring(
+        upstream: &tokio_postgres::Config,
+        pool_size: usize,
+        ignore: &str,
+    ) -> Result<PgBouncer> {
         let dir = crate::cluster::scratch_dir("pgbouncer");
         std::fs::create_dir_all(&dir)?;
         let socket_dir = match upstream.get_hosts().first() {
@@ -49,7 +60,7 @@ impl PgBouncer {
              default_pool_size = {pool_size}\n\
              max_db_connections = {pool_size}\n\
              server_reset_query =\n\
-             ignore_startup_parameters = extra_float_digits\n\
+             ignore_startup_parameters = {ignore}\n\
              logfile = {d}/pgbouncer.log\n\
              pidfile = {d}/pgbouncer.pid\n",
             socket = socket_dir.display(),

@@ -131,6 +131,21 @@ pub(crate) async fn open(
                  (ALTER ROLE ... SET statement_timeout)"
             );
             db.close();
+            Db::through_pooler(target.clone(), pools, settings.timeout)?
+        }
+        _ => db,
+    };
+    // A pooler may drop the option instead (ignore_startup_parameters = options): then
+    // the sessions are not ours from one statement to the next either, and a statement
+    // prepared on one may be missing, or another client's, on the next.
+    let db = match db.session_options_applied().await {
+        Ok(false) if layout.session.is_none() => {
+            tracing::warn!(
+                "the database URL goes through a pooler that drops startup options: \
+                 sessions carry no statement_timeout (set it on the role: ALTER ROLE \
+                 ... SET statement_timeout), and statements are not prepared"
+            );
+            db.close();
             Db::through_pooler(target, pools, settings.timeout)?
         }
         _ => db,

@@ -122,6 +122,29 @@ fn split_of(db: &Db) -> (usize, usize) {
     (db.pool.status().max_size, db.readers.slots())
 }
 
+/// A statement called with as many parameters as it declares types.
+fn arity(statement: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<()> {
+    if params.len() == statement.params.len() {
+        return Ok(());
+    }
+    Err(Error::Internal(format!(
+        "{}: {} parameters for {} types",
+        statement.name,
+        params.len(),
+        statement.params.len()
+    )))
+}
+
+/// Whether a prepared statement failed because the session no longer has it as it was
+/// prepared: gone (26000), or its cached plan's result type no longer matches the
+/// table (0A000, "cached plan must not change result type").
+fn stale_statement(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::FEATURE_NOT_SUPPORTED
+    })
+}
+
 /// A pooled database handle whose every operation fails with `UNAVAILABLE` after
 /// `timeout`, so a hung database cannot hang callers.
 #[derive(Clone)]
@@ -307,15 +330,7 @@ impl Db {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<(Vec<Row>, u64)> {
-        if params.len() != statement.params.len() {
-            return Err(Error::Internal(format!(
-                "{}: {} parameters for {} types",
-                statement.name,
-                params.len(),
-                statement.params.len()
-            )));
-        }
-        let started = std::time::Instant::now();
+        arity(statement, params)?;
         let run = async {
             let typed = params.iter().copied().zip(statement.params.iter().cloned());
             let stream = client.query_typed_raw(statement.sql, typed).await?;
@@ -324,18 +339,72 @@ impl Db {
             while let Some(row) = stream.try_next().await? {
                 rows.push(row);
             }
-            Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
+            Ok((rows, stream.rows_affected().unwrap_or(0)))
         };
-        // The statement's name only: never its parameters.
-        let (rows, changed) =
-            tracing::Instrument::instrument(run, crate::trace::db_statement(statement.name))
-                .await?;
-        self.statement_seconds
-            .get_or_create(&StatementLabel {
-                statement: statement.name,
+        Ok(self.timed(statement, run).await?)
+    }
+
+    /// The rows of a read-only `statement` on a shared reader connection.
+    ///
+    /// On a direct session the statement is prepared once per connection (named, kept
+    /// in the connection's statement cache) and from then on only bound and executed:
+    /// the server parses and plans it once instead of at every call, which at the
+    /// cold path's rates was most of the database's work per lookup (docs/benchmarks.md).
+    /// Through a pooler, where the next statement may run on another server connection,
+    /// it goes unnamed like every other statement.
+    pub(crate) async fn read_rows(
+        &self,
+        client: &deadpool_postgres::Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        if !self.session_options {
+            return self.query(client, statement, params).await;
+        }
+        arity(statement, params)?;
+        let prepared = self
+            .timed(statement, async {
+                let named = client
+                    .prepare_typed_cached(statement.sql, statement.params)
+                    .await?;
+                client.query(&named, params).await
             })
-            .observe(started.elapsed().as_secs_f64());
-        Ok((rows, changed))
+            .await;
+        match prepared {
+            Err(e) if stale_statement(&e) => {
+                // The session lost the statement (a DEALLOCATE or DISCARD behind our
+                // back) or its plan no longer fits the schema (a newer replica's
+                // migration changed a column): forget what this connection prepared,
+                // and run this one unnamed; the next read prepares afresh.
+                tracing::info!(
+                    statement = statement.name,
+                    "a prepared statement went stale ({e}); preparing again"
+                );
+                client.statement_cache.clear();
+                self.query(client, statement, params).await
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Runs a statement's execution `run` in its span, and times it.
+    async fn timed<T>(
+        &self,
+        statement: &Statement,
+        run: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> std::result::Result<T, tokio_postgres::Error> {
+        let started = std::time::Instant::now();
+        // The statement's name only: never its parameters.
+        let result =
+            tracing::Instrument::instrument(run, crate::trace::db_statement(statement.name)).await;
+        if result.is_ok() {
+            self.statement_seconds
+                .get_or_create(&StatementLabel {
+                    statement: statement.name,
+                })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     pub fn pool(&self) -> &Pool {
@@ -435,6 +504,38 @@ impl Db {
             }
         };
         self.noticed(read.await)
+    }
+
+    /// Whether the startup options of this handle's sessions took effect: a direct
+    /// session applies the `statement_timeout` it carries, while a pooler that drops
+    /// startup options instead of refusing them (PgBouncer with
+    /// `ignore_startup_parameters = options`) leaves the role's or the server's. A
+    /// handle built without startup options answers false.
+    pub async fn session_options_applied(&self) -> Result<bool> {
+        if !self.session_options {
+            return Ok(false);
+        }
+        let setting: String = self
+            .run(async |c| {
+                Ok(self
+                    .query_one(c, &sql::STATEMENT_TIMEOUT_MS, &[])
+                    .await?
+                    .try_get(0)?)
+            })
+            .await?;
+        Ok(setting == self.timeout.as_millis().max(1).to_string())
+    }
+
+    /// How many statements the next shared reader connection holds prepared (for the
+    /// tests: whether lookups are prepared once per connection, or go unnamed).
+    pub async fn prepared_on_a_reader(&self) -> Result<i64> {
+        self.read(async |c| {
+            Ok(self
+                .query_one(c, &sql::PREPARED_HERE, &[])
+                .await?
+                .try_get(0)?)
+        })
+        .await
     }
 
     /// How many other sessions are connected to the database server.

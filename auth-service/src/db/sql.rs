@@ -269,6 +269,21 @@ pub(crate) fn heartbeat(heartbeats: &str, sent_us: u64) -> String {
 pub(crate) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
 pub(crate) const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
 
+/// The session's `statement_timeout` in milliseconds, as the server applies it: the
+/// startup option's value when the options reached a server session of ours.
+pub(crate) const STATEMENT_TIMEOUT_MS: Statement = Statement {
+    name: "statement_timeout",
+    sql: "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'",
+    params: &[],
+};
+
+/// The statements this session holds prepared (for the tests).
+pub(crate) const PREPARED_HERE: Statement = Statement {
+    name: "prepared_here",
+    sql: "SELECT count(*) FROM pg_prepared_statements",
+    params: &[],
+};
+
 /// Other sessions connected to this cluster (a running `serve`), so that a `token`
 /// command that started the embedded cluster does not stop it under them.
 pub(crate) const OTHER_CLIENTS: Statement = Statement {

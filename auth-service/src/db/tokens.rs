@@ -141,10 +141,13 @@ impl Db {
     /// One lookup, one statement (the batcher's single path; public for the tests).
     pub async fn lookup_one(&self, hash: &[u8; 32]) -> Result<Lookup> {
         let row = self
-            .read(async |c| self.query_one(c, &sql::LOOKUP, &[&&hash[..]]).await)
+            .read(async |c| self.read_rows(c, &sql::LOOKUP, &[&&hash[..]]).await)
             .await?;
+        let row = row
+            .first()
+            .ok_or_else(|| Error::Internal("lookup: no row".into()))?;
         self.lookups.inc();
-        lookup_from(&row, 0)
+        lookup_from(row, 0)
     }
 
     /// Several lookups, one statement: each hash with what `lookup_one` would say (the
@@ -154,7 +157,7 @@ impl Db {
         distinct.sort_unstable();
         distinct.dedup();
         let rows = self
-            .read(async |c| self.query(c, &sql::LOOKUP_BATCH, &[&distinct]).await)
+            .read(async |c| self.read_rows(c, &sql::LOOKUP_BATCH, &[&distinct]).await)
             .await?;
         self.lookups.inc_by(distinct.len() as u64);
         rows.iter()

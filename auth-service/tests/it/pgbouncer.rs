@@ -189,3 +189,42 @@ async fn a_listen_connection_behind_pgbouncer_stops_serve_naming_the_flag() {
         other => panic!("serve went on: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_drops_startup_options_is_taken_for_a_pooler() {
+    let direct = cluster::fresh_database().await.unwrap();
+    let bouncer = PgBouncer::start_ignoring(&direct, 10, "extra_float_digits, options")
+        .await
+        .unwrap();
+    // The session is accepted, but its statement_timeout never reached a server.
+    let db = Db::connect_to(
+        Target::plain(bouncer.config(&direct)),
+        4,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(!db.session_options_applied().await.unwrap());
+    assert!(
+        Db::new(direct.clone(), 4, Duration::from_secs(5))
+            .unwrap()
+            .session_options_applied()
+            .await
+            .unwrap()
+    );
+    // The CLI, pointed at it as if it were the database, says so, and goes on as
+    // through a pooler.
+    let out = crate::service()
+        .args(["token", "create", "--user", "carol", "--expires-in", "3d"])
+        .args([
+            "--database-url",
+            &cluster::conninfo(&bouncer.config(&direct)),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", bouncer.log());
+    assert!(
+        stderr.contains("drops startup options") && stderr.contains("ALTER ROLE"),
+        "{stderr}"
+    );
+}
