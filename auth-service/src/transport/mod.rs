@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
@@ -148,6 +148,10 @@ enum Io {
 pub(crate) struct Conn {
     io: Io,
     replay: Bytes,
+    /// Written, not yet sent (see [`AsyncWrite for Conn`](#impl-AsyncWrite-for-Conn)).
+    out: BytesMut,
+    /// A flush of `out` already let the other ready tasks run once.
+    yielded: bool,
     info: ConnInfo,
     _slot: OwnedSemaphorePermit,
 }
@@ -180,16 +184,38 @@ impl AsyncRead for Conn {
     }
 }
 
+/// Most bytes held back for one flush; past it a write sends what is held first.
+const COALESCE_MAX: usize = 64 * 1024;
+
+impl Conn {
+    /// Sends everything held in `out`.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = match &mut self.io {
+                Io::Plain(s) => std::task::ready!(Pin::new(s).poll_write(cx, &self.out))?,
+                Io::Tls(s) => std::task::ready!(Pin::new(s.as_mut()).poll_write(cx, &self.out))?,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        self.out.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes are held, and sent at the flush after the other ready tasks had their turn:
+/// when a batch of lookups answers many streams of one connection at once, each
+/// stream's response would otherwise be its own write system call (the connection's
+/// task runs right after the stream that woke it), and one call carries them all.
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -197,28 +223,43 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        let this = self.get_mut();
+        if this.out.len() >= COALESCE_MAX {
+            std::task::ready!(this.poll_send(cx))?;
         }
+        let mut n = 0;
+        for b in bufs {
+            this.out.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if !this.out.is_empty() {
+            if !this.yielded {
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            std::task::ready!(this.poll_send(cx))?;
+        }
+        this.yielded = false;
+        match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send(cx))?;
+        match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
@@ -421,6 +462,8 @@ async fn accept_loop(
                     let info = ConnInfo { remote_addr, peer };
                     let _ = tx
                         .send(Ok(Conn {
+                            out: BytesMut::new(),
+                            yielded: false,
                             io,
                             replay,
                             info,
@@ -507,5 +550,87 @@ mod tests {
         let mut backoff = Backoff::default();
         let total: Duration = (0..1000).map(|_| backoff.next()).sum();
         assert!(total > Duration::from_secs(900), "{total:?}");
+    }
+
+    /// A connection over a real loopback socket, and its peer.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (stream, remote_addr) = accepted.unwrap();
+        let slot = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let conn = Conn {
+            io: Io::Plain(stream),
+            replay: Bytes::new(),
+            out: BytesMut::new(),
+            yielded: false,
+            info: ConnInfo {
+                remote_addr,
+                peer: None,
+            },
+            _slot: slot,
+        };
+        (conn, peer.unwrap())
+    }
+
+    /// What `peer` has received so far, without waiting for more.
+    async fn received(peer: &TcpStream) -> Vec<u8> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = vec![0u8; 1 << 20];
+        match peer.try_read(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_held_until_the_flush_and_leave_together() {
+        use tokio::io::AsyncWriteExt;
+        let (mut conn, peer) = pair().await;
+        conn.write_all(b"first response ").await.unwrap();
+        conn.write_all(b"second response").await.unwrap();
+        assert_eq!(
+            received(&peer).await,
+            b"",
+            "nothing is sent before the flush"
+        );
+        conn.flush().await.unwrap();
+        assert_eq!(received(&peer).await, b"first response second response");
+
+        // Past the bound, a write sends what is held first, flush or not.
+        let big = vec![7u8; COALESCE_MAX];
+        conn.write_all(&big).await.unwrap();
+        conn.write_all(b"more").await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            got.extend(received(&peer).await);
+            if got.len() >= COALESCE_MAX {
+                break;
+            }
+        }
+        assert_eq!(got, big, "the held bytes went out when the next write came");
+
+        // Shutting down sends what is still held.
+        conn.shutdown().await.unwrap();
+        assert_eq!(received(&peer).await, b"more");
+    }
+
+    #[tokio::test]
+    async fn a_flush_lets_the_other_ready_tasks_run_first() {
+        use tokio::io::AsyncWriteExt;
+        let (mut conn, _peer) = pair().await;
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = {
+            let ran = ran.clone();
+            tokio::spawn(async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) })
+        };
+        conn.write_all(b"response").await.unwrap();
+        conn.flush().await.unwrap();
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "the task that was ready ran before the flush completed"
+        );
+        other.await.unwrap();
     }
 }
