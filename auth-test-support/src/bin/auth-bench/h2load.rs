@@ -29,6 +29,8 @@ pub struct Run {
     pub non_2xx: u64,
     /// The server's CPU time (user + system) per completed request, after the warm-up.
     pub server_cpu: Duration,
+    /// The whole machine's busy CPU time per completed request (h2load's own included).
+    pub machine_cpu: Duration,
 }
 
 /// h2load calling the gRPC method `path` on `addr` (the server process `pid`) for
@@ -48,6 +50,59 @@ pub fn run(
         .arg(body)
         .arg(format!("http://{addr}{path}"));
     measure(cmd, pid)
+}
+
+/// One h2load process per body in `bodies`, all at once, each with one connection and
+/// one stream calling the gRPC method `path`: as many concurrent calls as bodies, and
+/// no two of them ever carry the same body (so that the server cannot merge them, as
+/// it merges concurrent lookups of one token). Their rates add up.
+pub fn run_each(
+    addr: &str,
+    pid: u32,
+    path: &str,
+    bodies: &[std::path::PathBuf],
+    duration: Duration,
+) -> Result<Run, String> {
+    let mut children = Vec::new();
+    for body in bodies {
+        let mut cmd = timed(1, 1, duration);
+        cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("-d")
+            .arg(body)
+            .arg(format!("http://{addr}{path}"));
+        children.push(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("h2load: {e}"))?,
+        );
+    }
+    std::thread::sleep(WARM_UP);
+    let cpu_before = cpu_time(pid)?;
+    let machine_before = crate::load::machine_busy();
+    let mut outputs = Vec::new();
+    for child in children {
+        outputs.push(
+            child
+                .wait_with_output()
+                .map_err(|e| format!("h2load: {e}"))?,
+        );
+    }
+    let cpu_after = cpu_time(pid)?;
+    let machine = crate::load::machine_busy().saturating_sub(machine_before);
+    let (mut rate, mut done, mut non_2xx) = (0.0, 0, 0);
+    for out in outputs {
+        let (r, d, n) = parse(&String::from_utf8_lossy(&out.stdout))?;
+        rate += r;
+        done += d;
+        non_2xx += n;
+    }
+    Ok(Run {
+        rate,
+        non_2xx,
+        server_cpu: per(cpu_after.saturating_sub(cpu_before), done),
+        machine_cpu: per(machine, done),
+    })
 }
 
 /// [`run`] for a plain HTTP/1.1 GET with `headers` (one request at a time on each
@@ -91,11 +146,30 @@ fn measure(mut cmd: Command, pid: u32) -> Result<Run, String> {
         .map_err(|e| format!("h2load: {e}"))?;
     std::thread::sleep(WARM_UP);
     let cpu_before = cpu_time(pid)?;
+    let machine_before = crate::load::machine_busy();
     let out = child
         .wait_with_output()
         .map_err(|e| format!("h2load: {e}"))?;
     let cpu_after = cpu_time(pid)?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let machine = crate::load::machine_busy().saturating_sub(machine_before);
+    let (rate, done, non_2xx) = parse(&String::from_utf8_lossy(&out.stdout))?;
+    Ok(Run {
+        rate,
+        non_2xx,
+        server_cpu: per(cpu_after.saturating_sub(cpu_before), done),
+        machine_cpu: per(machine, done),
+    })
+}
+
+/// `total` over `n` requests.
+fn per(total: Duration, n: u64) -> Duration {
+    total
+        .checked_div(u32::try_from(n).unwrap_or(u32::MAX))
+        .unwrap_or_default()
+}
+
+/// The rate, the requests done and the non-2xx responses in h2load's report.
+fn parse(text: &str) -> Result<(f64, u64, u64), String> {
     let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix));
     // "finished in 5.00s, 99832.40 req/s, 8.66MB/s"
     let rate = line("finished in")
@@ -118,12 +192,5 @@ fn measure(mut cmd: Command, pid: u32) -> Result<Run, String> {
                 .sum()
         })
         .unwrap_or(0);
-    let server_cpu = (cpu_after.saturating_sub(cpu_before))
-        .checked_div(u32::try_from(done).unwrap_or(u32::MAX))
-        .unwrap_or_default();
-    Ok(Run {
-        rate,
-        non_2xx,
-        server_cpu,
-    })
+    Ok((rate, done, non_2xx))
 }

@@ -14,6 +14,9 @@ pub struct Stats {
     pub micros: Vec<u32>,
     /// This process's CPU time (the load generator's) per call.
     pub client_cpu: Duration,
+    /// The whole machine's busy CPU time per call (every process: this generator, the
+    /// server, PostgreSQL, and whatever else runs).
+    pub machine_cpu: Duration,
 }
 
 impl Stats {
@@ -40,6 +43,7 @@ where
 {
     let started = Instant::now();
     let cpu_before = auth_test_support::process::cpu_time(std::process::id()).unwrap_or_default();
+    let machine_before = machine_busy();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
@@ -67,6 +71,7 @@ where
         elapsed: Duration::ZERO,
         micros: Vec::new(),
         client_cpu: Duration::ZERO,
+        machine_cpu: Duration::ZERO,
     };
     for w in workers {
         if let Ok((ok, failed, mut micros)) = w.await {
@@ -81,8 +86,36 @@ where
         .saturating_sub(cpu_before)
         .checked_div(u32::try_from(stats.ok + stats.failed).unwrap_or(u32::MAX))
         .unwrap_or_default();
+    let calls = u32::try_from(stats.ok + stats.failed).unwrap_or(u32::MAX);
+    stats.machine_cpu = machine_busy()
+        .saturating_sub(machine_before)
+        .checked_div(calls)
+        .unwrap_or_default();
     stats.micros.sort_unstable();
     stats
+}
+
+/// The busy CPU time of the whole machine since boot, all cores (`/proc/stat`).
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    let hz = rustix::param::clock_ticks_per_second();
+    Duration::from_secs_f64(busy as f64 / hz.max(1) as f64)
 }
 
 /// Quantiles of a sample of durations, in milliseconds.

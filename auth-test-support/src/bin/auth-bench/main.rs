@@ -85,6 +85,8 @@ struct Options {
     plot: Option<PathBuf>,
     /// `--baseline BIN`: only the comparisons with this build from before.
     baseline: Option<PathBuf>,
+    /// `--cold-only`: only the cold path against pgbench, with where the CPU goes.
+    cold_only: bool,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -101,6 +103,7 @@ fn options() -> Result<Options, BoxError> {
         sizes: Vec::new(),
         plot: None,
         baseline: None,
+        cold_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -110,6 +113,10 @@ fn options() -> Result<Options, BoxError> {
         }
         if flag == "--batch-sweep" {
             o.batch_sweep = true;
+            continue;
+        }
+        if flag == "--cold-only" {
+            o.cold_only = true;
             continue;
         }
         let value = args
@@ -485,6 +492,129 @@ async fn batch_sweep(
     Ok(())
 }
 
+/// The cold path under h2load: one process per token, each with one connection and one
+/// stream (h2load sends a fixed body, so that no two concurrent calls carry the same
+/// token and single-flight merges nothing; the lookup count shows it). `None` without
+/// h2load.
+async fn cold_h2load(
+    server: &Server,
+    tokens: &[String],
+    o: &Options,
+    dir: &Path,
+) -> Result<Option<h2load::Run>, BoxError> {
+    if !h2load::available() {
+        return Ok(None);
+    }
+    let bodies: Vec<PathBuf> = tokens
+        .iter()
+        .take(o.concurrency)
+        .enumerate()
+        .map(|(i, token)| {
+            let file = dir.join(format!("validate-{i}.bin"));
+            let body = h2load::grpc_frame(
+                &ValidateTokenRequest {
+                    token: token.clone(),
+                }
+                .encode_to_vec(),
+            );
+            std::fs::write(&file, body).map(|()| file)
+        })
+        .collect::<Result<_, _>>()?;
+    let lookups = "auth_db_lookups_total";
+    let before = server.metric(lookups).await;
+    let run = h2load::run_each(
+        &server.grpc.to_string(),
+        server.child.id(),
+        "/auth.v1.AuthService/ValidateToken",
+        &bodies,
+        Duration::from_secs(o.seconds),
+    )?;
+    let looked_up = server.metric(lookups).await - before;
+    println!(
+        "  h2load, {} processes of 1 connection, 1 stream, a token each {:>10.0} req/s  ({} non-2xx; {looked_up} lookups, server CPU {:.1} us/call, machine {:.1} us/call)",
+        bodies.len(),
+        run.rate,
+        run.non_2xx,
+        run.server_cpu.as_secs_f64() * 1e6,
+        run.machine_cpu.as_secs_f64() * 1e6,
+    );
+    Ok(Some(run))
+}
+
+/// The cold path and pgbench at the same concurrency, rounds interleaved, with the
+/// machine's CPU per call and the server's share of it.
+async fn cold_only(
+    bin: &Path,
+    config: &tokio_postgres::Config,
+    tokens: Arc<Vec<String>>,
+    o: &Options,
+) -> Result<(), BoxError> {
+    let hashes: Vec<Vec<u8>> = tokens
+        .iter()
+        .filter_map(|t| token::parse(&Prefix::default(), t).ok())
+        .map(|d| d.hash.to_vec())
+        .collect();
+    pgbench::prepare(config, &hashes).await?;
+    let bench_dir = std::env::temp_dir().join(format!("auth-bench-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&bench_dir)?;
+    let server = Server::spawn(bin, &cluster::conninfo(config), &["--cache-capacity", "0"])?;
+    let channels = server.channels(o.connections).await?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut ratios = Vec::new();
+    let mut h2_ratios = Vec::new();
+    // Connections and statements prepared, caches warm: the first round measures no
+    // start-up.
+    validate_load(
+        &channels,
+        tokens.clone(),
+        &Options {
+            seconds: 1,
+            ..o.clone()
+        },
+    )
+    .await;
+    for _ in 0..o.rounds {
+        let h2 = cold_h2load(&server, &tokens, o, &bench_dir).await?;
+        let server_before = auth_test_support::process::cpu_time(server.child.id())?;
+        let cold = validate_load(&channels, tokens.clone(), o).await;
+        let server_cpu = auth_test_support::process::cpu_time(server.child.id())?
+            .saturating_sub(server_before)
+            .as_secs_f64()
+            / (cold.ok + cold.failed).max(1) as f64;
+        row("ValidateToken, cold", &cold);
+        println!(
+            "    CPU per call: machine {:.1} us = server {:.1} + this generator {:.1} + the rest (PostgreSQL) {:.1}",
+            us(cold.machine_cpu),
+            server_cpu * 1e6,
+            us(cold.client_cpu),
+            us(cold.machine_cpu) - server_cpu * 1e6 - us(cold.client_cpu)
+        );
+        let before = load::machine_busy();
+        let tps = pgbench::run(config, hashes.len(), o.concurrency, o.seconds, &bench_dir)?;
+        let per = (load::machine_busy().saturating_sub(before)).as_secs_f64()
+            / (tps * o.seconds as f64).max(1.0);
+        println!(
+            "  pgbench, {} clients {tps:>10.0} tps; machine CPU per transaction {:.1} us",
+            o.concurrency,
+            per * 1e6
+        );
+        ratios.push(cold.rate() / tps);
+        if let Some(h2) = h2 {
+            h2_ratios.push(h2.rate / tps);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&bench_dir);
+    server.stop();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!("cold ValidateToken / pgbench by round: {}", shown.join(" "));
+    let shown: Vec<String> = h2_ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "cold ValidateToken (h2load) / pgbench by round: {}",
+        shown.join(" ")
+    );
+    Ok(())
+}
+
 /// The cold path through a real PgBouncer 1.18 in transaction mode (20 server
 /// connections), against the direct cold rate measured in the same run.
 async fn via_pgbouncer(
@@ -609,6 +739,10 @@ async fn main() -> Result<(), BoxError> {
     if let Some(baseline) = &o.baseline {
         return baseline::run(&bin, baseline, &config, &o).await;
     }
+    if o.cold_only {
+        let tokens = Arc::new(bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?);
+        return cold_only(&bin, &config, tokens, &o).await;
+    }
     let started = Instant::now();
     let tokens = bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?;
     let revoked = bulk_tokens(&config, o.propagation, 60.0 * 86400.0).await?;
@@ -664,6 +798,10 @@ async fn main() -> Result<(), BoxError> {
         &format!("ValidateToken, cold, {} tokens", tokens.len()),
         &cold_many,
     );
+    let cold_dir = std::env::temp_dir().join(format!("auth-bench-cold-{}", std::process::id()));
+    std::fs::create_dir_all(&cold_dir)?;
+    let cold_h2 = cold_h2load(&cold, &tokens, &o, &cold_dir).await?;
+    let _ = std::fs::remove_dir_all(&cold_dir);
     let db_plain = db_load(&config, 16, 1, hashes.clone(), &o).await?;
     row("the lookup SELECT: 16 connections, 1 in flight", &db_plain);
     let db_piped = db_load(&config, 16, 4, hashes.clone(), &o).await?;
@@ -721,6 +859,14 @@ async fn main() -> Result<(), BoxError> {
         "  cold ValidateToken / pgbench, 16 clients           {:>5.2}x",
         cold_many.rate() / pgbench_16
     );
+    if let Some(h2) = &cold_h2 {
+        let r = h2.rate / pgbench_same;
+        println!(
+            "  cold ValidateToken (h2load) / pgbench, {} clients  {r:>5.2}x  [target >= 1.0x: {}]",
+            o.concurrency,
+            verdict(r >= 1.0)
+        );
+    }
     // If the server's work and the database's simply added up on these shared cores, a
     // cold call could cost no less than a Health/Check plus a bare lookup.
     let bound = 1.0 / (1.0 / health.rate() + 1.0 / db_best) / db_best;
