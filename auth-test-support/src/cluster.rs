@@ -4,7 +4,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        OnceLock,
+        Mutex, Once, OnceLock, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -22,10 +22,12 @@ const TEMPLATE: &str = "auth_template";
 static SHARED: OnceLock<std::result::Result<Shared, String>> = OnceLock::new();
 static TEMPLATE_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Every scratch directory this process made, removed when it exits.
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static CLEAN_UP_AT_EXIT: Once = Once::new();
 
 struct Shared {
     cluster: Cluster,
-    dir: PathBuf,
 }
 
 /// Options for test clusters: no durability (speed), room for several servers' pools.
@@ -38,10 +40,17 @@ pub fn options() -> ClusterOptions {
 }
 
 /// A unique scratch directory under the system temp dir (short: Unix socket paths
-/// are limited to 107 bytes).
+/// are limited to 107 bytes), removed when the process exits: a test's own cluster
+/// (tens of MiB), nginx's and PgBouncer's files do not pile up run after run.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("auth-{tag}-{}-{n}", std::process::id()))
+    let dir = std::env::temp_dir().join(format!("auth-{tag}-{}-{n}", std::process::id()));
+    CLEAN_UP_AT_EXIT.call_once(clean_up_at_exit);
+    SCRATCH
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dir.clone());
+    dir
 }
 
 /// Stops `cluster`'s server (fast shutdown, on a blocking thread) and hands it back, so
@@ -79,30 +88,37 @@ pub fn stop_immediately(cluster: &Cluster) {
         .output();
 }
 
-extern "C" fn stop_shared_cluster() {
+/// At exit: stops the shared cluster, and removes every scratch directory. (A test's
+/// own cluster is stopped by the test; one left running by a test that failed stops
+/// by itself once its data directory is gone: PostgreSQL checks its lock file.)
+extern "C" fn clean_up() {
     if let Some(Ok(shared)) = SHARED.get() {
         // `immediate`: the process is exiting and the data is throwaway.
         stop_immediately(&shared.cluster);
-        let _ = std::fs::remove_dir_all(&shared.dir);
+    }
+    if let Ok(dirs) = SCRATCH.try_lock() {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-/// Registers [`stop_shared_cluster`] to run at process exit: a test binary ends with
+/// Registers [`clean_up`] to run at process exit: a test binary ends with
 /// `std::process::exit`, which drops no static, and nothing else would stop the
-/// server it started. rustix has no `atexit` (nor std), hence libc and `unsafe`.
+/// server it started or remove the directories it made. rustix has no `atexit` (nor
+/// std), hence libc and `unsafe`.
 #[allow(unsafe_code)]
-fn stop_shared_cluster_at_exit() {
+fn clean_up_at_exit() {
     // SAFETY: registering a plain `extern "C" fn` has no preconditions; it runs once,
     // at process exit.
-    unsafe { libc::atexit(stop_shared_cluster) };
+    unsafe { libc::atexit(clean_up) };
 }
 
 fn shared() -> Result<&'static Shared> {
     let shared = SHARED.get_or_init(|| {
         let dir = scratch_dir("test");
         let cluster = Cluster::start(&dir, None, &options()).map_err(|e| e.to_string())?;
-        stop_shared_cluster_at_exit();
-        Ok(Shared { cluster, dir })
+        Ok(Shared { cluster })
     });
     shared
         .as_ref()
@@ -267,5 +283,38 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         stop_immediately(&self.cluster);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Run by [`scratch_directories_are_removed_at_exit`], in a process of its own.
+    #[test]
+    #[ignore = "run by scratch_directories_are_removed_at_exit"]
+    fn makes_a_scratch_directory() {
+        let dir = super::scratch_dir("exit");
+        std::fs::create_dir_all(dir.join("pgdata")).unwrap();
+        std::fs::write(dir.join("pgdata").join("PG_VERSION"), b"15\n").unwrap();
+        println!("\nSCRATCH={}", dir.display());
+    }
+
+    #[test]
+    fn scratch_directories_are_removed_at_exit() {
+        let out = crate::process::clean(std::env::current_exe().unwrap())
+            .args(["cluster::tests::makes_a_scratch_directory", "--exact"])
+            .args(["--ignored", "--nocapture"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        let dir = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SCRATCH="))
+            .unwrap_or_else(|| panic!("no directory in: {stdout}"));
+        assert!(dir.contains("auth-exit-"), "{dir}");
+        assert!(
+            !std::path::Path::new(dir).exists(),
+            "{dir} outlived the process that made it"
+        );
     }
 }
