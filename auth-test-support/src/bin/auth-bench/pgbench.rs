@@ -39,6 +39,16 @@ fn script(n: usize) -> String {
     format!("\\set i random(1, {n})\n{};\n", lookup.trim())
 }
 
+/// How pgbench sends its statement (`-M`).
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    /// Parsed and planned at every call (`-M simple`, pgbench's default).
+    Simple,
+    /// Prepared once per connection (`-M prepared`), as the service's cold lookups are
+    /// on a direct session.
+    Prepared,
+}
+
 /// `pgbench` with `clients` connections (2 threads), for `seconds`: transactions (one
 /// lookup each) per second.
 pub fn run(
@@ -47,6 +57,7 @@ pub fn run(
     clients: usize,
     seconds: u64,
     dir: &Path,
+    protocol: Protocol,
 ) -> Result<f64, BoxError> {
     let file = dir.join("lookup.pgbench");
     std::fs::write(&file, script(n))?;
@@ -54,7 +65,11 @@ pub fn run(
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let out = cluster::client_program("pgbench")?
-        .args(["-n", "-M", "simple", "-j", "2"])
+        .args(["-n", "-j", "2", "-M"])
+        .arg(match protocol {
+            Protocol::Simple => "simple",
+            Protocol::Prepared => "prepared",
+        })
         .arg("-c")
         .arg(clients.to_string())
         .arg("-T")
