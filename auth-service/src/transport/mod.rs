@@ -186,10 +186,13 @@ impl AsyncRead for Conn {
 
 /// Most bytes held back for one flush; past it a write sends what is held first.
 const COALESCE_MAX: usize = 64 * 1024;
+/// The largest write buffer a connection keeps between flushes.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 impl Conn {
     /// Sends everything held in `out`.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let large = self.out.capacity() > KEEP_BUFFER;
         while !self.out.is_empty() {
             let n = match &mut self.io {
                 Io::Plain(s) => std::task::ready!(Pin::new(s).poll_write(cx, &self.out))?,
@@ -200,7 +203,13 @@ impl Conn {
             }
             self.out.advance(n);
         }
-        self.out.clear();
+        // A large response (a stream's burst) leaves no large buffer behind on an
+        // otherwise idle connection: thousands of them may be open.
+        if large {
+            self.out = BytesMut::new();
+        } else {
+            self.out.clear();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -610,6 +619,11 @@ mod tests {
             }
         }
         assert_eq!(got, big, "the held bytes went out when the next write came");
+        assert!(
+            conn.out.capacity() <= KEEP_BUFFER,
+            "no 64 KiB buffer is kept: {}",
+            conn.out.capacity()
+        );
 
         // Shutting down sends what is still held.
         conn.shutdown().await.unwrap();
