@@ -121,34 +121,36 @@ pub(crate) async fn open(
         None => Db::connect_to(target.clone(), pools, settings.timeout)?,
         Some(_) => Db::through_pooler(target.clone(), pools, settings.timeout)?,
     };
-    // PgBouncer refuses the startup option that carries statement_timeout: then the URL
-    // goes through a pooler, whatever the flags say, and sessions go without it.
-    let db = match db.pool().get().await {
+    // PgBouncer refuses the startup option that carries statement_timeout, or, with
+    // ignore_startup_parameters = options, accepts it and drops it: either way the URL
+    // goes through a pooler, whatever the flags say. Sessions then go without startup
+    // options, and nothing is prepared: a session is not ours from one statement to the
+    // next, and a statement prepared on one may be missing, or another client's, on the
+    // next.
+    let pooler = match db.pool().get().await {
         Err(deadpool_postgres::PoolError::Backend(e)) if refuses_startup_options(&e) => {
-            tracing::info!(
-                "the database URL goes through a pooler that refuses startup options \
-                 (PgBouncer): sessions carry no statement_timeout; set it on the role \
-                 (ALTER ROLE ... SET statement_timeout)"
-            );
-            db.close();
-            Db::through_pooler(target.clone(), pools, settings.timeout)?
+            Some("refuses startup options (PgBouncer)")
         }
-        _ => db,
+        Ok(client) if layout.session.is_none() => {
+            drop(client);
+            match db.session_options_applied().await {
+                Ok(false) => Some("drops startup options"),
+                _ => None,
+            }
+        }
+        _ => None,
     };
-    // A pooler may drop the option instead (ignore_startup_parameters = options): then
-    // the sessions are not ours from one statement to the next either, and a statement
-    // prepared on one may be missing, or another client's, on the next.
-    let db = match db.session_options_applied().await {
-        Ok(false) if layout.session.is_none() => {
+    let db = match pooler {
+        Some(how) => {
             tracing::warn!(
-                "the database URL goes through a pooler that drops startup options: \
-                 sessions carry no statement_timeout (set it on the role: ALTER ROLE \
-                 ... SET statement_timeout), and statements are not prepared"
+                "the database URL goes through a pooler that {how}: sessions carry no \
+                 statement_timeout (set it on the role: ALTER ROLE ... SET \
+                 statement_timeout), and statements are not prepared"
             );
             db.close();
             Db::through_pooler(target, pools, settings.timeout)?
         }
-        _ => db,
+        None => db,
     };
     let db = db.max_batch(settings.max_batch);
     let opened = Opened { db, cluster };

@@ -53,12 +53,19 @@ fn create_with_the_cli(bouncer: &PgBouncer, direct: &tokio_postgres::Config, use
         ])
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "token create through PgBouncer: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "token create through PgBouncer: {stderr}\n{}",
         bouncer.log()
     );
+    // Told once, for what this PgBouncer does: it refuses the option.
+    assert_eq!(
+        stderr.matches("goes through a pooler").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("refuses startup options"), "{stderr}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
