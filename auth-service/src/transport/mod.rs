@@ -143,6 +143,19 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// Either stream, as one.
+trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+impl Io {
+    fn stream(&mut self) -> Pin<&mut dyn ByteStream> {
+        match self {
+            Io::Plain(s) => Pin::new(s),
+            Io::Tls(s) => Pin::new(s.as_mut()),
+        }
+    }
+}
+
 /// One accepted connection, handed to tonic once its preface has arrived. The preface
 /// it read is replayed first; its slot under `max_connections` is released on drop.
 pub(crate) struct Conn {
@@ -177,10 +190,7 @@ impl AsyncRead for Conn {
             this.replay.advance(n);
             return Poll::Ready(Ok(()));
         }
-        match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        this.io.stream().poll_read(cx, buf)
     }
 }
 
@@ -194,10 +204,7 @@ impl Conn {
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let large = self.out.capacity() > KEEP_BUFFER;
         while !self.out.is_empty() {
-            let n = match &mut self.io {
-                Io::Plain(s) => std::task::ready!(Pin::new(s).poll_write(cx, &self.out))?,
-                Io::Tls(s) => std::task::ready!(Pin::new(s.as_mut()).poll_write(cx, &self.out))?,
-            };
+            let n = std::task::ready!(self.io.stream().poll_write(cx, &self.out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -259,19 +266,13 @@ impl AsyncWrite for Conn {
             std::task::ready!(this.poll_send(cx))?;
         }
         this.yielded = false;
-        match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        this.io.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_send(cx))?;
-        match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        this.io.stream().poll_shutdown(cx)
     }
 }
 
@@ -511,10 +512,7 @@ async fn handshake_http2(
         }
     };
     let mut preface = [0u8; PREFACE.len()];
-    match &mut io {
-        Io::Plain(s) => s.read_exact(&mut preface).await?,
-        Io::Tls(s) => s.read_exact(&mut preface).await?,
-    };
+    io.stream().read_exact(&mut preface).await?;
     if &preface != PREFACE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
