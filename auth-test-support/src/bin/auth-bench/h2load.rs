@@ -44,12 +44,10 @@ pub fn run(
     streams: usize,
     duration: Duration,
 ) -> Result<Run, String> {
-    let mut cmd = timed(connections, streams, duration);
-    cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg("-d")
-        .arg(body)
-        .arg(format!("http://{addr}{path}"));
-    measure(cmd, pid)
+    measure(
+        grpc(timed(connections, streams, duration), addr, path, body),
+        pid,
+    )
 }
 
 /// One h2load process per body in `bodies`, all at once, each with one connection and
@@ -65,13 +63,9 @@ pub fn run_each(
 ) -> Result<Run, String> {
     let mut children = Vec::new();
     for body in bodies {
-        let mut cmd = timed(1, 1, duration);
-        cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-            .arg("-d")
-            .arg(body)
-            .arg(format!("http://{addr}{path}"));
         children.push(
-            cmd.stdout(Stdio::piped())
+            grpc(timed(1, 1, duration), addr, path, body)
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("h2load: {e}"))?,
@@ -122,6 +116,15 @@ pub fn run_http1(
     }
     cmd.arg(format!("http://{addr}{path}"));
     measure(cmd, pid)
+}
+
+/// `cmd` posting `body` to the gRPC method `path` on `addr`.
+fn grpc(mut cmd: Command, addr: &str, path: &str, body: &Path) -> Command {
+    cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(body)
+        .arg(format!("http://{addr}{path}"));
+    cmd
 }
 
 /// The warm-up before h2load starts counting.
