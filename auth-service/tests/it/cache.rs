@@ -62,6 +62,18 @@ pub(crate) async fn wait_listening(server: &TestServer) {
     panic!("the change listener never came up");
 }
 
+/// Waits until `server` says its change listener is down.
+async fn wait_not_listening(server: &TestServer) {
+    for _ in 0..400 {
+        let (_, text) = server.http_get("/metrics").await.unwrap();
+        if text.lines().any(|line| line == "auth_cache_listening 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{} never noticed its listener was gone", server.addr);
+}
+
 async fn hits(server: &TestServer) -> f64 {
     metric(&server.http_get("/metrics").await.unwrap().1, HIT)
 }
@@ -284,6 +296,13 @@ async fn a_lost_listener_turns_the_cache_off_so_a_missed_revoke_is_never_served(
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...and until every replica has noticed. Between a backend's end and its replica
+    // reading the end of the socket, a missed revoke is bounded by the heartbeat's
+    // staleness bound (tests/it/staleness.rs), not by this; the listener then waits a
+    // second before it reconnects, so the moment cannot be missed.
+    for s in &servers {
+        wait_not_listening(s).await;
     }
     // Revoked while no replica listens: the notification reaches nobody.
     db.revoke_by_id(id, "test").await.unwrap();
