@@ -14,7 +14,8 @@
 //!   for the same statement (a raw tokio-postgres loop over as many connections as the
 //!   pool, without and with pipelining);
 //! - how long a revoke and a renewal take to show on the other two of three replicas;
-//! - the server's RSS before and after 100k distinct tokens are cached;
+//! - the server's RSS before and after 100k distinct tokens are cached (only this with
+//!   `--memory-only`);
 //! - with `--via-pgbouncer`, cold `ValidateToken` through a real PgBouncer in
 //!   transaction mode ÷ the direct cold rate;
 //! - with `--tokens 10000,1000000,10000000`, only the cost curve (see `curve.rs`), and
@@ -87,6 +88,8 @@ struct Options {
     baseline: Option<PathBuf>,
     /// `--cold-only`: only the cold path against pgbench, with where the CPU goes.
     cold_only: bool,
+    /// `--memory-only`: only the RSS of `--cached` tokens.
+    memory_only: bool,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -104,6 +107,7 @@ fn options() -> Result<Options, BoxError> {
         plot: None,
         baseline: None,
         cold_only: false,
+        memory_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -119,9 +123,13 @@ fn options() -> Result<Options, BoxError> {
             o.cold_only = true;
             continue;
         }
+        if flag == "--memory-only" {
+            o.memory_only = true;
+            continue;
+        }
         let value = args
             .next()
-            .ok_or("every flag but --via-pgbouncer takes a value")?;
+            .ok_or("every flag but --via-pgbouncer, --batch-sweep, --cold-only and --memory-only takes a value")?;
         match flag.as_str() {
             "--seconds" => o.seconds = value.parse()?,
             "--concurrency" => o.concurrency = value.parse()?,
@@ -144,7 +152,7 @@ fn options() -> Result<Options, BoxError> {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
                      --tokens T[,T2,...] --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep] \
-                     [--plot FILE.svg] [--baseline BIN]"
+                     [--plot FILE.svg] [--baseline BIN] [--cold-only] [--memory-only]"
                 )
                 .into());
             }
@@ -763,6 +771,11 @@ async fn main() -> Result<(), BoxError> {
         let tokens = Arc::new(bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?);
         return cold_only(&bin, &config, tokens, &o).await;
     }
+    if o.memory_only {
+        let one = Arc::new(bulk_tokens(&config, 1, 60.0 * 86400.0).await?);
+        let cached = bulk_tokens(&config, o.cached, 60.0 * 86400.0).await?;
+        return memory(&bin, &conninfo, one, cached, &o).await;
+    }
     let started = Instant::now();
     let tokens = bulk_tokens(&config, o.tokens, 60.0 * 86400.0).await?;
     let revoked = bulk_tokens(&config, o.propagation, 60.0 * 86400.0).await?;
@@ -1110,16 +1123,36 @@ async fn main() -> Result<(), BoxError> {
     r3.stop();
     warm.stop();
 
-    // --- Memory with 100k cached tokens, on a fresh server. ---
+    memory(&bin, &conninfo, one, cached, &o).await
+}
+
+/// The server's RSS before and after `cached` distinct tokens are validated, on a fresh
+/// server whose cache holds them all; `one` is validated first, under load, so that what
+/// the connections, buffers and allocator take is in the baseline.
+async fn memory(
+    bin: &Path,
+    conninfo: &str,
+    one: Arc<Vec<String>>,
+    cached: Vec<String>,
+    o: &Options,
+) -> Result<(), BoxError> {
     let fresh = Server::spawn(
-        &bin,
-        &conninfo,
-        &["--cache-capacity", &o.cached.to_string()],
+        bin,
+        conninfo,
+        &["--cache-capacity", &cached.len().to_string()],
     )?;
     let fresh_channels = fresh.channels(o.connections).await?;
     // The same traffic first, on one token: what the connections, buffers and allocator
     // take under this load is in the baseline, so the difference is the cache's.
-    validate_load(&fresh_channels, one, &Options { seconds: 5, ..o }).await;
+    validate_load(
+        &fresh_channels,
+        one,
+        &Options {
+            seconds: 5,
+            ..o.clone()
+        },
+    )
+    .await;
     let before = fresh.rss_mib();
     let all = Arc::new(cached);
     let filled = Instant::now();
