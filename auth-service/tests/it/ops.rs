@@ -473,6 +473,44 @@ async fn json_logs_are_one_flat_object_per_line_and_never_show_a_token() {
     }
 }
 
+/// mimalloc backs its arenas with transparent huge pages where the kernel offers them;
+/// `serve` opts out, so that its heap is not rounded up to 2 MiB pages (see main.rs).
+#[tokio::test]
+async fn serve_runs_without_transparent_huge_pages() {
+    let f = fresh().await;
+    let mut serve = Serving(
+        command(
+            "serve --listen 127.0.0.1:0 --log-format json",
+            Some(&f.url),
+            &[],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let rest = stderr_lines(&mut serve.0);
+    wait_listening_json(&rest);
+    let thp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no THP_enabled line (Linux 5.0 has it):\n{status}"))
+    };
+    assert_eq!(thp(serve.0.id()), "0", "the service runs with THP allowed");
+    // The flag is inherited: the test's own process must still have THP allowed, or the
+    // service's 0 above proves nothing.
+    assert_eq!(
+        thp(std::process::id()),
+        "1",
+        "this test runs with THP disabled"
+    );
+    let status = terminate(&mut serve.0);
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn the_service_reads_rust_log_after_its_own_variable() {
     let f = fresh().await;
