@@ -24,7 +24,8 @@ fn main() -> ExitCode {
     // Without transparent huge pages: mimalloc would back its arenas with 2 MiB pages
     // where the kernel offers them, and a small heap would take twice the memory
     // (`auth-bench --memory-only`: 36 MiB idle instead of 19). Set before the runtime's
-    // threads start; a kernel without the flag only costs the memory back.
+    // threads start. On a kernel without the flag the call fails harmlessly, and only
+    // the memory saving is lost.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
