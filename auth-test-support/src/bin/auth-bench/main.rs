@@ -25,7 +25,9 @@
 //!
 //! Everything runs on this machine: the load generators, PostgreSQL and the servers
 //! share its cores, so the absolute figures say more about the machine than about the
-//! service; the ratios are the result.
+//! service; the ratios are the result. With `--pin SUT:GENERATORS` (for example
+//! `--pin 0:1`) they share no core: the system under test runs on the first CPUs, the
+//! generators on the others (see `pin.rs`).
 #![forbid(unsafe_code)]
 
 mod baseline;
@@ -33,12 +35,13 @@ mod curve;
 mod h2load;
 mod load;
 mod pgbench;
+mod pin;
 
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -90,6 +93,9 @@ struct Options {
     cold_only: bool,
     /// `--memory-only`: only the RSS of `--cached` tokens.
     memory_only: bool,
+    /// `--pin SUT:GENERATORS`: the system under test and the generators on CPUs of
+    /// their own (see `pin.rs`).
+    pin: Option<pin::Pin>,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -108,6 +114,7 @@ fn options() -> Result<Options, BoxError> {
         baseline: None,
         cold_only: false,
         memory_only: false,
+        pin: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -148,11 +155,12 @@ fn options() -> Result<Options, BoxError> {
             "--cached" => o.cached = value.parse()?,
             "--propagation" => o.propagation = value.parse()?,
             "--rounds" => o.rounds = value.parse::<usize>()?.max(1),
+            "--pin" => o.pin = Some(pin::parse(&value)?),
             other => {
                 return Err(format!(
                     "unknown flag {other}; use --seconds S --concurrency N --connections C \
                      --tokens T[,T2,...] --cached M --propagation P --rounds R [--via-pgbouncer] [--batch-sweep] \
-                     [--plot FILE.svg] [--baseline BIN] [--cold-only] [--memory-only]"
+                     [--plot FILE.svg] [--baseline BIN] [--cold-only] [--memory-only] [--pin SUT:GENERATORS]"
                 )
                 .into());
             }
@@ -212,7 +220,7 @@ struct Server {
 
 impl Server {
     fn spawn(bin: &Path, conninfo: &str, extra: &[&str]) -> Result<Server, BoxError> {
-        let mut child = Command::new(bin)
+        let mut child = pin::server(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--database-url", conninfo])
             .args(extra)
@@ -248,6 +256,13 @@ impl Server {
         }
         if grpc.is_none() {
             return Err(format!("{} did not start:\n{}", bin.display(), seen.join("\n")).into());
+        }
+        if pin::pinned() {
+            println!(
+                "  (server pid {} on CPUs {})",
+                child.id(),
+                pin::allowed(child.id())
+            );
         }
         // Keep draining, so that the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -749,6 +764,13 @@ async fn main() -> Result<(), BoxError> {
         .ok_or("no target dir")?
         .join("auth-service");
     println!("auth-bench: {}", machine());
+    if let Some(p) = &o.pin {
+        pin::start(p.clone())?;
+    }
+    // The cluster starts here, on the system's CPUs when pinned; then this process
+    // moves to the generators'.
+    let config = cluster::fresh_database().await?;
+    pin::generators()?;
     if o.sizes.len() > 1 {
         let points = curve::run(&bin, &o.sizes, &o).await?;
         if let Some(file) = &o.plot {
@@ -758,11 +780,17 @@ async fn main() -> Result<(), BoxError> {
         return Ok(());
     }
     println!(
-        "load: {} concurrent calls over {} connections, {} s per phase; PostgreSQL, the servers and the load generators share the machine",
-        o.concurrency, o.connections, o.seconds
+        "load: {} concurrent calls over {} connections, {} s per phase; {}",
+        o.concurrency,
+        o.connections,
+        o.seconds,
+        if o.pin.is_some() {
+            "the system under test and the load generators on CPUs of their own"
+        } else {
+            "PostgreSQL, the servers and the load generators share the machine"
+        }
     );
 
-    let config = cluster::fresh_database().await?;
     let conninfo = cluster::conninfo(&config);
     if let Some(baseline) = &o.baseline {
         return baseline::run(&bin, baseline, &config, &o).await;
