@@ -116,8 +116,14 @@ async fn explain(client: &tokio_postgres::Client, sql: &str) -> Result<String, B
         .join("\n"))
 }
 
-pub async fn run(bin: &Path, sizes: &[u64], o: &Options) -> Result<Vec<Point>, BoxError> {
-    let config = cluster::fresh_database().await?;
+/// The curve, on the fresh database `config` (migrated, empty), grown to each of `sizes`.
+pub async fn run(
+    bin: &Path,
+    config: &tokio_postgres::Config,
+    sizes: &[u64],
+    o: &Options,
+) -> Result<Vec<Point>, BoxError> {
+    let config = config.clone();
     let conninfo = cluster::conninfo(&config);
     let (client, _task) = cluster::connect(&config).await?;
     // Real tokens to validate and renew (their secrets are known), at every size.

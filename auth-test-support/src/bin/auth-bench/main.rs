@@ -772,7 +772,7 @@ async fn main() -> Result<(), BoxError> {
     let config = cluster::fresh_database().await?;
     pin::generators()?;
     if o.sizes.len() > 1 {
-        let points = curve::run(&bin, &o.sizes, &o).await?;
+        let points = curve::run(&bin, &config, &o.sizes, &o).await?;
         if let Some(file) = &o.plot {
             curve::plot(&points, file)?;
             println!("wrote {}", file.display());
